@@ -1,0 +1,288 @@
+// bindings.cpp: the pybind11 module fastlstm._C, one thin layer: check arrays, release the GIL, forward.
+//
+// What this is: array -> pointer conversion with dtype/shape/contiguity/writability checks, and the
+// build/runtime switches (ISA, threads). What it is not: the layer API. Users call fastlstm.LSTM
+// (python/fastlstm/layer.py), which validates inputs with user-facing messages and allocates every
+// output array it passes here, so kernels only ever write memory fastlstm owns.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "lstm.h"
+#include "threading.h"
+
+namespace py = pybind11;
+using namespace fastlstm;
+
+#ifndef FASTLSTM_VERSION
+#define FASTLSTM_VERSION "0+unknown"
+#endif
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// Pointer to a C-contiguous array of dtype T with exactly `shape`.
+template <typename T>
+T* arr(const py::object& obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
+  FASTLSTM_CHECK(py::isinstance<py::array>(obj), name << ": expected a numpy array");
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  FASTLSTM_CHECK(a.dtype().is(py::dtype::of<T>()), name << ": expected dtype " << py::str(py::dtype::of<T>()).cast<std::string>()
+                                                        << ", got " << py::str(a.dtype()).cast<std::string>());
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
+  std::string want = "(";
+  for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+  FASTLSTM_CHECK(ok, name << ": expected shape " << want << (shape.size() == 1 ? ",)" : ")") << ", got " << shape_str(a));
+  FASTLSTM_CHECK(a.flags() & py::array::c_style, name << ": expected a C-contiguous array");
+  if (writable) {
+    FASTLSTM_CHECK(a.writeable(), name << ": expected a writable array");
+    return static_cast<T*>(a.mutable_data());
+  }
+  return const_cast<T*>(static_cast<const T*>(a.data()));
+}
+
+template <typename T>
+T* opt(const py::object& obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
+  return obj.is_none() ? nullptr : arr<T>(obj, name, shape, writable);
+}
+
+// A 2-D array whose rows may be strided (unit stride within a row): pointer and row stride.
+template <typename T>
+T* mat(const py::object& obj, const char* name, int64_t& rows, int64_t& cols, int64_t& ld, bool writable) {
+  FASTLSTM_CHECK(py::isinstance<py::array>(obj), name << ": expected a numpy array");
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  FASTLSTM_CHECK(a.dtype().is(py::dtype::of<T>()), name << ": expected dtype " << py::str(py::dtype::of<T>()).cast<std::string>());
+  FASTLSTM_CHECK(a.ndim() == 2, name << ": expected a 2-D array, got shape " << shape_str(a));
+  rows = a.shape(0);
+  cols = a.shape(1);
+  const auto sz = static_cast<py::ssize_t>(sizeof(T));
+  FASTLSTM_CHECK(cols <= 1 || a.strides(1) == sz, name << ": rows must be contiguous");
+  FASTLSTM_CHECK(a.strides(0) % sz == 0 && (rows <= 1 || a.strides(0) >= cols * sz),
+                 name << ": unsupported row stride " << a.strides(0));
+  ld = rows <= 1 ? cols : a.strides(0) / sz;
+  if (writable) {
+    FASTLSTM_CHECK(a.writeable(), name << ": expected a writable array");
+    return static_cast<T*>(a.mutable_data());
+  }
+  return const_cast<T*>(static_cast<const T*>(a.data()));
+}
+
+bool is_f64(const py::object& obj) {
+  return py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<double>());
+}
+
+// forward: gx [T, B, D*4H] (time-major) or [B, T, D*4H] (batch_first); w_hh [D, 4H, H]; bias [D, 4H];
+// h0, c0, h_n, c_n [D, B, H]; y like gx with D*H columns; gates [D, T, B, 4H]; cell [D, T, B, H].
+template <typename T>
+void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
+                  py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first,
+                  int num_threads) {
+  FASTLSTM_CHECK(py::isinstance<py::array>(w_hh) && py::reinterpret_borrow<py::array>(w_hh).ndim() == 3,
+                 "w_hh: expected a [D, 4H, H] array");
+  auto w = py::reinterpret_borrow<py::array>(w_hh);
+  const int64_t D = w.shape(0), H = w.shape(2);
+  FASTLSTM_CHECK(D == 1 || D == 2, "w_hh: expected 1 or 2 directions, got " << D);
+  FASTLSTM_CHECK(py::isinstance<py::array>(gx) && py::reinterpret_borrow<py::array>(gx).ndim() == 3,
+                 "gx: expected a 3-D array");
+  auto g = py::reinterpret_borrow<py::array>(gx);
+  const int64_t T_ = batch_first ? g.shape(1) : g.shape(0), B = batch_first ? g.shape(0) : g.shape(1);
+  auto seq = [&](int64_t cols) {
+    return batch_first ? std::vector<int64_t>{B, T_, cols} : std::vector<int64_t>{T_, B, cols};
+  };
+  const T* pgx = arr<T>(gx, "gx", seq(D * 4 * H), false);
+  const T* pw = arr<T>(w_hh, "w_hh", {D, 4 * H, H}, false);
+  const T* pb = opt<T>(bias, "bias", {D, 4 * H}, false);
+  const T* ph0 = opt<T>(h0, "h0", {D, B, H}, false);
+  const T* pc0 = opt<T>(c0, "c0", {D, B, H}, false);
+  T* py_ = arr<T>(y, "y", seq(D * H), true);
+  T* phn = arr<T>(h_n, "h_n", {D, B, H}, true);
+  T* pcn = arr<T>(c_n, "c_n", {D, B, H}, true);
+  T* pg = opt<T>(gates, "gates", {D, T_, B, 4 * H}, true);
+  T* pc = opt<T>(cell, "cell", {D, T_, B, H}, true);
+  FASTLSTM_CHECK((pg == nullptr) == (pc == nullptr), "gates and cell: pass both (training) or neither");
+  LstmForwardArgs<T> args[2];
+  for (int64_t d = 0; d < D; ++d) {
+    LstmForwardArgs<T>& a = args[d];
+    a.T = T_; a.B = B; a.H = H;
+    a.gx = pgx + d * 4 * H;
+    a.gx_st = batch_first ? D * 4 * H : B * D * 4 * H;
+    a.gx_sb = batch_first ? T_ * D * 4 * H : D * 4 * H;
+    a.bias = pb ? pb + d * 4 * H : nullptr;
+    a.w_hh = pw + d * 4 * H * H;
+    a.h0 = ph0 ? ph0 + d * B * H : nullptr;
+    a.c0 = pc0 ? pc0 + d * B * H : nullptr;
+    a.y = py_ + d * H;
+    a.y_st = batch_first ? D * H : B * D * H;
+    a.y_sb = batch_first ? T_ * D * H : D * H;
+    a.h_n = phn + d * B * H;
+    a.c_n = pcn + d * B * H;
+    a.gates = pg ? pg + d * T_ * B * 4 * H : nullptr;
+    a.cell = pc ? pc + d * T_ * B * H : nullptr;
+    a.reverse = d == 1;
+  }
+  py::gil_scoped_release nogil;
+  lstm_forward<T>(args, static_cast<int>(D), num_threads);
+}
+
+// backward: w_hh [D, 4H, H]; gates [D, T, B, 4H]; cell [D, T, B, H]; c0, dh_n, dc_n, dh0, dc0 [D, B, H];
+// dy [T, B, D*H] or [B, T, D*H]; dg [T, B, D*4H] or [B, T, D*4H].
+template <typename T>
+void backward_impl(py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy,
+                   py::object dh_n, py::object dc_n, py::object dg, py::object dh0, py::object dc0,
+                   bool batch_first, int num_threads) {
+  FASTLSTM_CHECK(py::isinstance<py::array>(gates) && py::reinterpret_borrow<py::array>(gates).ndim() == 4,
+                 "gates: expected a [D, T, B, 4H] array");
+  auto ga = py::reinterpret_borrow<py::array>(gates);
+  const int64_t D = ga.shape(0), T_ = ga.shape(1), B = ga.shape(2), H = ga.shape(3) / 4;
+  FASTLSTM_CHECK(D == 1 || D == 2, "gates: expected 1 or 2 directions, got " << D);
+  auto seq = [&](int64_t cols) {
+    return batch_first ? std::vector<int64_t>{B, T_, cols} : std::vector<int64_t>{T_, B, cols};
+  };
+  const T* pw = arr<T>(w_hh, "w_hh", {D, 4 * H, H}, false);
+  const T* pg = arr<T>(gates, "gates", {D, T_, B, 4 * H}, false);
+  const T* pc = arr<T>(cell, "cell", {D, T_, B, H}, false);
+  const T* pc0 = opt<T>(c0, "c0", {D, B, H}, false);
+  const T* pdy = opt<T>(dy, "dy", seq(D * H), false);
+  const T* pdhn = opt<T>(dh_n, "dh_n", {D, B, H}, false);
+  const T* pdcn = opt<T>(dc_n, "dc_n", {D, B, H}, false);
+  T* pdg = arr<T>(dg, "dg", seq(D * 4 * H), true);
+  T* pdh0 = arr<T>(dh0, "dh0", {D, B, H}, true);
+  T* pdc0 = arr<T>(dc0, "dc0", {D, B, H}, true);
+  LstmBackwardArgs<T> args[2];
+  for (int64_t d = 0; d < D; ++d) {
+    LstmBackwardArgs<T>& a = args[d];
+    a.T = T_; a.B = B; a.H = H;
+    a.w_hh = pw + d * 4 * H * H;
+    a.gates = pg + d * T_ * B * 4 * H;
+    a.cell = pc + d * T_ * B * H;
+    a.c0 = pc0 ? pc0 + d * B * H : nullptr;
+    a.dy = pdy ? pdy + d * H : nullptr;
+    a.dy_st = batch_first ? D * H : B * D * H;
+    a.dy_sb = batch_first ? T_ * D * H : D * H;
+    a.dh_n = pdhn ? pdhn + d * B * H : nullptr;
+    a.dc_n = pdcn ? pdcn + d * B * H : nullptr;
+    a.dg = pdg + d * 4 * H;
+    a.dg_st = batch_first ? D * 4 * H : B * D * 4 * H;
+    a.dg_sb = batch_first ? T_ * D * 4 * H : D * 4 * H;
+    a.dh0 = pdh0 + d * B * H;
+    a.dc0 = pdc0 + d * B * H;
+    a.reverse = d == 1;
+  }
+  py::gil_scoped_release nogil;
+  lstm_backward<T>(args, static_cast<int>(D), num_threads);
+}
+
+// c (+)= op(a) op(b) (+ bias); 2-D operands, rows may be strided.
+template <typename T>
+void gemm_impl(py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias,
+               bool accumulate, int num_threads) {
+  GemmArgs<T> g;
+  int64_t ar, ac, br, bc, cr, cc;
+  g.a = mat<T>(a, "a", ar, ac, g.lda, false);
+  g.b = mat<T>(b, "b", br, bc, g.ldb, false);
+  g.c = mat<T>(c, "c", cr, cc, g.ldc, true);
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.M = trans_a ? ac : ar;
+  g.K = trans_a ? ar : ac;
+  g.N = trans_b ? br : bc;
+  const int64_t kb = trans_b ? bc : br;
+  FASTLSTM_CHECK(kb == g.K, "gemm: inner sizes differ (" << g.K << " vs " << kb << ")");
+  FASTLSTM_CHECK(cr == g.M && cc == g.N, "c: expected shape (" << g.M << ", " << g.N << ")");
+  g.bias = opt<T>(bias, "bias", {g.N}, false);
+  g.accumulate = accumulate;
+  py::gil_scoped_release nogil;
+  gemm<T>(g, num_threads);
+}
+
+template <typename T>
+py::array activation(py::array_t<T, py::array::c_style | py::array::forcecast> x, bool is_sigmoid) {
+  py::array_t<T> out(x.request().shape);
+  const T* px = x.data();
+  T* po = out.mutable_data();
+  const int64_t n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    const KernelSet<T>& ks = [&]() -> const KernelSet<T>& {
+      if constexpr (sizeof(T) == 4) return kernels().f32;
+      else return kernels().f64;
+    }();
+    (is_sigmoid ? ks.sigmoid : ks.tanh)(px, po, n);
+  }
+  return out;
+}
+
+std::vector<std::string> names(const std::vector<Isa>& v) {
+  std::vector<std::string> out;
+  for (Isa i : v) out.emplace_back(isa_name(i));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastlstm compiled kernels (internal; use the fastlstm package)";
+  m.attr("__version__") = FASTLSTM_VERSION;
+
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = FASTLSTM_VERSION;
+    d["isa_compiled"] = names(isa_compiled());
+    d["isa_supported"] = names(isa_supported());
+    d["isa_selected"] = std::string(isa_name(isa_selected()));
+    d["num_threads"] = max_threads();
+    d["cuda_compiled"] = false;
+    d["cuda_archs"] = std::vector<std::string>{};
+    d["cuda_devices"] = 0;
+    d["compiler"] = std::string(__VERSION__);
+    return d;
+  });
+  m.def("set_isa", [](const std::string& name) { isa_select(isa_from_name(name)); }, py::arg("name"));
+  m.def("get_isa", [] { return std::string(isa_name(isa_selected())); });
+  m.def("set_num_threads", &set_max_threads, py::arg("n"));
+  m.def("get_num_threads", &max_threads);
+
+  m.def("lstm_forward",
+        [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
+           py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int num_threads) {
+          if (is_f64(w_hh)) forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, num_threads);
+          else forward_impl<float>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, num_threads);
+        },
+        py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"),
+        py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"),
+        py::arg("num_threads") = 0);
+  m.def("lstm_backward",
+        [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
+           py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, int num_threads) {
+          if (is_f64(w_hh)) backward_impl<double>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, batch_first, num_threads);
+          else backward_impl<float>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, batch_first, num_threads);
+        },
+        py::arg("w_hh"), py::arg("gates"), py::arg("cell"), py::arg("c0"), py::arg("dy"), py::arg("dh_n"),
+        py::arg("dc_n"), py::arg("dg"), py::arg("dh0"), py::arg("dc0"), py::arg("batch_first"),
+        py::arg("num_threads") = 0);
+  m.def("gemm",
+        [](py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias, bool accumulate,
+           int num_threads) {
+          if (is_f64(c)) gemm_impl<double>(a, b, c, trans_a, trans_b, bias, accumulate, num_threads);
+          else gemm_impl<float>(a, b, c, trans_a, trans_b, bias, accumulate, num_threads);
+        },
+        py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false, py::arg("trans_b") = false,
+        py::arg("bias") = py::none(), py::arg("accumulate") = false, py::arg("num_threads") = 0);
+  m.def("sigmoid", [](py::array x) {
+    if (x.dtype().is(py::dtype::of<double>())) return activation<double>(x, true);
+    return activation<float>(x, true);
+  }, py::arg("x"));
+  m.def("tanh", [](py::array x) {
+    if (x.dtype().is(py::dtype::of<double>())) return activation<double>(x, false);
+    return activation<float>(x, false);
+  }, py::arg("x"));
+}

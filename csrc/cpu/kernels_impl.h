@@ -1,0 +1,577 @@
+// kernels_impl.h: the CPU kernels, written once over a vector type and compiled once per ISA.
+//
+// What this is: the fused recurrent loops (forward inference/training, backward), the GEMM used for
+// the big products over all time steps, and the vectorised sigmoid/tanh. Each isa_*.cpp includes
+// this file inside its own namespace (fastlstm::cpu_scalar / cpu_avx2 / cpu_avx512) after defining
+// VF, VD (float/double vectors, see simd_*.h) and kMR, so the three copies never share a symbol.
+// Nothing here may call an inline function defined outside that namespace (see threading.h).
+//
+// The one micro-kernel: acc[MR][NV] (+)= A[MR rows, K] * Bp[K, NV vectors], A read by rows with a
+// stride (broadcast one element per row per k), Bp packed [K][NV][W]. It serves three masters:
+//   forward step:  A = h[t-1] [B, H],  Bp = W_hh^T for one tile of W hidden units, the NV = 4 vectors
+//                  being the i, f, g, o rows of the same units  -> gate epilogue in registers;
+//   backward step: A = dG[t+1] [B, 4H], Bp = W_hh[:, up to 4 tiles of units] -> derivative epilogue;
+//   GEMM:          A = x or dG (packed when transposed), Bp = a panel of 4W columns of B -> store.
+// Threads split hidden units (forward/backward) or panels (GEMM); every output element is computed
+// by one thread in one fixed order, so results are bitwise identical for any thread count.
+//
+// Tests: tests/test_kernels.py (every ISA against fastlstm.reference), tests/test_math.py (ulp bounds).
+
+#define FASTLSTM_INLINE inline __attribute__((always_inline))
+
+template <int N>
+struct Int {
+  static constexpr int value = N;
+};
+
+FASTLSTM_INLINE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+FASTLSTM_INLINE int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+FASTLSTM_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// f(Int<m>{}) for a runtime m in [1, kMR]
+template <class F>
+FASTLSTM_INLINE void with_rows(int m, F&& f) {
+  switch (m) {
+    case 1: f(Int<1>{}); break;
+    case 2: if constexpr (kMR >= 2) f(Int<2>{}); break;
+    case 3: if constexpr (kMR >= 3) f(Int<3>{}); break;
+    case 4: if constexpr (kMR >= 4) f(Int<4>{}); break;
+    case 5: if constexpr (kMR >= 5) f(Int<5>{}); break;
+    case 6: if constexpr (kMR >= 6) f(Int<6>{}); break;
+    default: break;
+  }
+}
+template <class F>
+FASTLSTM_INLINE void with_vecs(int nv, F&& f) {
+  switch (nv) {
+    case 1: f(Int<1>{}); break;
+    case 2: f(Int<2>{}); break;
+    case 3: f(Int<3>{}); break;
+    default: f(Int<4>{}); break;
+  }
+}
+
+// Scratch memory owned by one kernel call (never by a layer object: calls may run concurrently).
+template <typename T>
+struct Scratch {
+  T* p = nullptr;
+  explicit Scratch(int64_t n) : p(static_cast<T*>(aligned_alloc64(sizeof(T) * static_cast<size_t>(imax(n, 1))))) {}
+  ~Scratch() { aligned_free64(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Vectorised sigmoid and tanh.
+//
+// Both rest on one range reduction: y = n ln2 + r with n = round(y / ln2), |r| <= ln2/2, ln2 split
+// into a short high part (n * ln2_hi is exact for the n that occur) and a low part; then
+// expm1(r) = r + r^2 (1/2! + r/3! + ... + r^(D-2)/D!), a Taylor polynomial of degree D = 8 (float,
+// truncation < 6e-10 relative) or 14 (double, < 3e-19), evaluated by Horner with FMA.
+//   sigmoid(x) = num / (1 + e),  e = exp(-|x|) = 2^n (1 + expm1(r)),  num = 1 (x >= 0) or e (x < 0):
+//     no cancellation on either side; 2^n is applied in two halves so e is correctly produced down in
+//     the subnormal range (sigmoid(-100) is a float32 subnormal, not 0).
+//   tanh(x)    = sign(x) * m / (m + 2),  m = expm1(2|x|) = 2^n expm1(r) + (2^n - 1):
+//     accurate near 0 (m ~ 2x, so tanh(x) ~ x even for subnormal x) and no 1 - small cancellation.
+// Arguments are clamped where the result is already exact (|x| >= 104 / 746 for sigmoid: e
+// underflows; |x| >= 10 / 20 for tanh: the result rounds to 1), with min/max that keep NaN, so
+// NaN in gives NaN out and infinities give the limits.
+// Error bound, tested over the whole float32 range (tests/test_math.py samples every binade,
+// subnormals and the clamp points): sigmoid and tanh within 3 ulp of the exact value in float32 and
+// within 4 ulp in float64 (measured maxima are printed by the test).
+template <class V>
+struct Math {
+  using T = typename V::T;
+  using R = typename V::R;
+  static constexpr bool kF32 = sizeof(T) == 4;
+  static constexpr int kDeg = kF32 ? 8 : 14;
+  static constexpr double kLn2Hi = kF32 ? 0.693145751953125 : 6.93147180369123816490e-01;
+  static constexpr double kLn2Lo = kF32 ? 1.428606765330187045e-06 : 1.90821492927058770002e-10;
+  static constexpr double kLog2e = 1.44269504088896340736;
+  static constexpr double kSigmoidClamp = kF32 ? 104.0 : 746.0;
+  static constexpr double kTanhClamp = kF32 ? 10.0 : 20.0;
+
+  static constexpr double inv_fact(int k) {
+    double f = 1.0;
+    for (int i = 2; i <= k; ++i) f *= i;
+    return 1.0 / f;
+  }
+
+  // y = n ln2 + r; returns expm1(r), sets n
+  static FASTLSTM_INLINE R reduce_expm1(R y, R& n) {
+    n = V::round(V::mul(y, V::set1(T(kLog2e))));
+    R r = V::fnma(n, V::set1(T(kLn2Hi)), y);
+    r = V::fnma(n, V::set1(T(kLn2Lo)), r);
+    R p = V::set1(T(inv_fact(kDeg)));
+#pragma GCC unroll 16
+    for (int k = kDeg - 1; k >= 2; --k) p = V::fma(p, r, V::set1(T(inv_fact(k))));
+    return V::fma(V::mul(r, r), p, r);  // r + r^2 p
+  }
+
+  static FASTLSTM_INLINE R sigmoid(R x) {
+    const R one = V::set1(T(1));
+    R a = V::max_keep_nan(V::set1(T(-kSigmoidClamp)), V::neg(V::abs(x)));  // -|x|, clamped
+    R n;
+    R q = reduce_expm1(a, n);
+    R n1 = V::floor(V::mul(n, V::set1(T(0.5))));
+    R p1 = V::pow2i(n1), p2 = V::pow2i(V::sub(n, n1));
+    R e = V::mul(V::fma(q, p1, p1), p2);  // 2^n (1 + q), n in [-1076, 0] split in two
+    return V::div(V::select_neg(x, e, one), V::add(one, e));
+  }
+
+  static FASTLSTM_INLINE R tanh(R x) {
+    R a = V::min_keep_nan(V::set1(T(kTanhClamp)), V::abs(x));
+    R y = V::add(a, a);
+    R n;
+    R q = reduce_expm1(y, n);
+    R p = V::pow2i(n);
+    R m = V::fma(p, q, V::sub(p, V::set1(T(1))));  // expm1(2|x|)
+    return V::copysign(V::div(m, V::add(m, V::set1(T(2)))), x);
+  }
+};
+
+template <class V>
+void sigmoid_array(const typename V::T* x, typename V::T* y, int64_t n) {
+  constexpr int W = V::W;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) V::store(y + i, Math<V>::sigmoid(V::load(x + i)));
+  if (i < n) V::store_n(y + i, Math<V>::sigmoid(V::load_n(x + i, int(n - i))), int(n - i));
+}
+template <class V>
+void tanh_array(const typename V::T* x, typename V::T* y, int64_t n) {
+  constexpr int W = V::W;
+  int64_t i = 0;
+  for (; i + W <= n; i += W) V::store(y + i, Math<V>::tanh(V::load(x + i)));
+  if (i < n) V::store_n(y + i, Math<V>::tanh(V::load_n(x + i, int(n - i))), int(n - i));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The micro-kernel (see the top of the file).
+template <class V, int MR, int NV>
+FASTLSTM_INLINE void micro(const typename V::T* a, int64_t lda, const typename V::T* bp, int64_t K,
+                           typename V::R (&acc)[MR][NV]) {
+  constexpr int W = V::W;
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    typename V::R b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = V::load(bp + (k * NV + v) * W);
+    for (int r = 0; r < MR; ++r) {
+      typename V::R av = V::set1(a[r * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(av, b[v], acc[r][v]);
+    }
+  }
+}
+
+// load / store W lanes, or the first n of them
+template <class V>
+FASTLSTM_INLINE typename V::R ld(const typename V::T* p, int n) {
+  return n == V::W ? V::load(p) : V::load_n(p, n);
+}
+template <class V>
+FASTLSTM_INLINE void st(typename V::T* p, typename V::R v, int n) {
+  if (n == V::W) V::store(p, v);
+  else V::store_n(p, v, n);
+}
+
+// Balanced split of `units` pieces over `parts`: [begin, end) of part `idx`.
+FASTLSTM_INLINE void split(int64_t units, int parts, int idx, int64_t& begin, int64_t& end) {
+  int64_t base = units / parts, extra = units % parts;
+  begin = idx * base + imin(idx, extra);
+  end = begin + base + (idx < extra ? 1 : 0);
+}
+
+// Directions of one layer over a thread team: with two directions and two or more threads, each
+// direction gets half of the team (its own barrier); otherwise the whole team runs them in turn.
+struct TeamLayout {
+  int groups;  // 1 or 2
+  FASTLSTM_INLINE void member(int tid, int n, int& group, int& idx, int& size) const {
+    if (groups == 1) { group = 0; idx = tid; size = n; return; }
+    int half = n / 2;
+    group = tid < half ? 0 : 1;
+    idx = group == 0 ? tid : tid - half;
+    size = group == 0 ? half : n - half;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Forward recurrent loop.
+template <class V>
+struct Forward {
+  using T = typename V::T;
+  using R = typename V::R;
+  static constexpr int W = V::W;
+
+  struct Dir {
+    const LstmForwardArgs<T>* a;
+    T* wp;      // packed W_hh: [tiles][H][4][W], tile u holds units [u W, u W + W)
+    T* hbuf;    // [2][B][H] double-buffered h
+    T* zeros;   // [B][H] zeros, the h0 of a direction without one
+    SpinBarrier* barrier;
+  };
+  struct Ctx {
+    Dir dir[2];
+    int ndirs;
+    TeamLayout team;
+  };
+
+  static void run(const LstmForwardArgs<T>* dirs, int ndirs, int num_threads) {
+    const int64_t B = dirs[0].B, H = dirs[0].H, tiles = ceil_div(H, W);
+    int n = choose_threads(2.0 * B * 4 * H * H * ndirs, tiles * ndirs, num_threads);
+    Parallel par(n);
+    n = par.size();
+    Ctx ctx;
+    ctx.ndirs = ndirs;
+    ctx.team.groups = (ndirs == 2 && n >= 2) ? 2 : 1;
+    Scratch<T> wp(ndirs * tiles * W * 4 * H), hb(ndirs * 2 * B * H), zeros(B * H);
+    for (int64_t i = 0; i < B * H; ++i) zeros.p[i] = T(0);
+    SpinBarrier b0(ctx.team.groups == 2 ? n / 2 : n), b1(n - n / 2);
+    for (int d = 0; d < ndirs; ++d)
+      ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * H, hb.p + d * 2 * B * H, zeros.p,
+                       d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
+    par.run(&worker, &ctx);
+  }
+
+  static void worker(void* vctx, int tid, int n) {
+    Ctx& ctx = *static_cast<Ctx*>(vctx);
+    int group, idx, size;
+    ctx.team.member(tid, n, group, idx, size);
+    for (int d = 0; d < ctx.ndirs; ++d)
+      if (ctx.team.groups == 1 || d == group) direction(ctx.dir[d], idx, size);
+  }
+
+  static void direction(const Dir& dir, int idx, int size) {
+    const LstmForwardArgs<T>& a = *dir.a;
+    const int64_t T_ = a.T, B = a.B, H = a.H, tiles = ceil_div(H, W);
+    int64_t u0, u1;
+    split(tiles, size, idx, u0, u1);
+    // pack this thread's slice of W_hh (first touch by the thread that reuses it every step)
+    for (int64_t u = u0; u < u1; ++u) {
+      T* dst = dir.wp + u * H * 4 * W;
+      for (int64_t k = 0; k < H; ++k)
+        for (int g = 0; g < 4; ++g)
+          for (int l = 0; l < W; ++l) {
+            int64_t j = u * W + l;
+            dst[(k * 4 + g) * W + l] = j < H ? a.w_hh[(g * H + j) * H + k] : T(0);
+          }
+    }
+    // c lives in c_n; each thread owns its units' columns
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) a.c_n[b * H + j] = a.c0 ? a.c0[b * H + j] : T(0);
+
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t t = a.reverse ? T_ - 1 - s : s;
+      const T* hprev = s == 0 ? (a.h0 ? a.h0 : dir.zeros) : dir.hbuf + ((s - 1) & 1) * B * H;
+      T* hout = dir.hbuf + (s & 1) * B * H;
+      const bool last = s == T_ - 1;
+      for (int64_t u = u0; u < u1; ++u) {
+        const T* wu = dir.wp + u * H * 4 * W;
+        const int64_t j0 = u * W;
+        const int nv = static_cast<int>(imin(W, H - j0));
+        for (int64_t b0 = 0; b0 < B; b0 += kMR) {
+          with_rows(static_cast<int>(imin(kMR, B - b0)), [&](auto MRc) {
+            constexpr int mr = decltype(MRc)::value;
+            R acc[mr][4];
+            micro<V, mr, 4>(hprev + b0 * H, H, wu, H, acc);
+            for (int r = 0; r < mr; ++r) step_epilogue(a, t, b0 + r, j0, nv, acc[r], hout, last);
+          });
+        }
+      }
+      if (!last) dir.barrier->wait();
+    }
+  }
+
+  // gates -> activations -> cell update, in registers; writes h (and, training, gates and c)
+  static FASTLSTM_INLINE void step_epilogue(const LstmForwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
+                                            int nv, R* acc, T* hout, bool last) {
+    const int64_t H = a.H;
+    const T* gx = a.gx + t * a.gx_st + b * a.gx_sb + j0;
+    R pre[4];
+    for (int g = 0; g < 4; ++g) {
+      pre[g] = V::add(acc[g], ld<V>(gx + g * H, nv));
+      if (a.bias) pre[g] = V::add(pre[g], ld<V>(a.bias + g * H + j0, nv));
+    }
+    R ig = Math<V>::sigmoid(pre[0]);
+    R fg = Math<V>::sigmoid(pre[1]);
+    R gg = Math<V>::tanh(pre[2]);
+    R og = Math<V>::sigmoid(pre[3]);
+    T* cp = a.c_n + b * H + j0;
+    R c = V::fma(fg, ld<V>(cp, nv), V::mul(ig, gg));
+    R h = V::mul(og, Math<V>::tanh(c));
+    st<V>(cp, c, nv);
+    st<V>(hout + b * H + j0, h, nv);
+    st<V>(a.y + t * a.y_st + b * a.y_sb + j0, h, nv);
+    if (last) st<V>(a.h_n + b * H + j0, h, nv);
+    if (a.gates) {
+      T* gs = a.gates + (t * a.B + b) * 4 * H + j0;
+      st<V>(gs, ig, nv);
+      st<V>(gs + H, fg, nv);
+      st<V>(gs + 2 * H, gg, nv);
+      st<V>(gs + 3 * H, og, nv);
+      st<V>(a.cell + (t * a.B + b) * H + j0, c, nv);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Backward recurrent loop: for each step in reverse processing order,
+//   dh  = dy[t] + dG[t+1] W_hh            (the GEMM; dh_n at the first step)
+//   dc  = dc' + dh o (1 - tanh^2 c)        dc' = f[t+1] dc[t+1]
+//   dG  = [dc gg i(1-i), dc c[t-1] f(1-f), dc i (1-gg^2), dh tanh(c) o(1-o)]
+// and after the last, dh0 = dG[first] W_hh, dc0 = f[first] dc[first].
+template <class V>
+struct Backward {
+  using T = typename V::T;
+  using R = typename V::R;
+  static constexpr int W = V::W;
+  static constexpr int kGroup = 4;  // tiles per micro-kernel call (NV)
+
+  struct Dir {
+    const LstmBackwardArgs<T>* a;
+    T* wp;  // packed W_hh columns: per group of up to 4 tiles, [4H][nv][W]
+    SpinBarrier* barrier;
+  };
+  struct Ctx {
+    Dir dir[2];
+    int ndirs;
+    TeamLayout team;
+  };
+
+  static void run(const LstmBackwardArgs<T>* dirs, int ndirs, int num_threads) {
+    const int64_t B = dirs[0].B, H = dirs[0].H, tiles = ceil_div(H, W);
+    int n = choose_threads(2.0 * B * 4 * H * H * ndirs, tiles * ndirs, num_threads);
+    Parallel par(n);
+    n = par.size();
+    Ctx ctx;
+    ctx.ndirs = ndirs;
+    ctx.team.groups = (ndirs == 2 && n >= 2) ? 2 : 1;
+    Scratch<T> wp(ndirs * tiles * W * 4 * H);
+    SpinBarrier b0(ctx.team.groups == 2 ? n / 2 : n), b1(n - n / 2);
+    for (int d = 0; d < ndirs; ++d)
+      ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * H, d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
+    par.run(&worker, &ctx);
+  }
+
+  static void worker(void* vctx, int tid, int n) {
+    Ctx& ctx = *static_cast<Ctx*>(vctx);
+    int group, idx, size;
+    ctx.team.member(tid, n, group, idx, size);
+    for (int d = 0; d < ctx.ndirs; ++d)
+      if (ctx.team.groups == 1 || d == group) direction(ctx.dir[d], idx, size);
+  }
+
+  static void direction(const Dir& dir, int idx, int size) {
+    const LstmBackwardArgs<T>& a = *dir.a;
+    const int64_t T_ = a.T, B = a.B, H = a.H, K = 4 * H, tiles = ceil_div(H, W);
+    int64_t u0, u1;
+    split(tiles, size, idx, u0, u1);
+    // pack: group starting at tile u (nv tiles) lives at wp + u * K * W, as [K][nv][W]
+    for (int64_t u = u0; u < u1; u += kGroup) {
+      const int nv = static_cast<int>(imin(kGroup, u1 - u));
+      T* dst = dir.wp + u * K * W;
+      for (int64_t k = 0; k < K; ++k)
+        for (int v = 0; v < nv; ++v)
+          for (int l = 0; l < W; ++l) {
+            int64_t j = (u + v) * W + l;
+            dst[(k * nv + v) * W + l] = j < H ? a.w_hh[k * H + j] : T(0);
+          }
+    }
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) a.dc0[b * H + j] = a.dc_n ? a.dc_n[b * H + j] : T(0);
+
+    int64_t tprev = -1;  // the step processed last (its dG feeds this step's dh)
+    for (int64_t s = 0; s <= T_; ++s) {
+      const int64_t t = s == T_ ? -1 : (a.reverse ? s : T_ - 1 - s);
+      for (int64_t u = u0; u < u1; u += kGroup) {
+        const int nvt = static_cast<int>(imin(kGroup, u1 - u));
+        for (int64_t b0 = 0; b0 < B; b0 += kMR) {
+          const int m = static_cast<int>(imin(kMR, B - b0));
+          with_vecs(nvt, [&](auto NVc) {
+            with_rows(m, [&](auto MRc) {
+              constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
+              R acc[mr][nv];
+              if (tprev >= 0) {
+                micro<V, mr, nv>(a.dg + tprev * a.dg_st + b0 * a.dg_sb, a.dg_sb, dir.wp + u * K * W, K, acc);
+              } else {
+                for (int r = 0; r < mr; ++r)
+                  for (int v = 0; v < nv; ++v) {
+                    const int64_t j0 = (u + v) * W;
+                    const int nl = static_cast<int>(imin(W, H - j0));
+                    acc[r][v] = a.dh_n ? ld<V>(a.dh_n + (b0 + r) * H + j0, nl) : V::zero();
+                  }
+              }
+              for (int r = 0; r < mr; ++r)
+                for (int v = 0; v < nv; ++v) {
+                  const int64_t j0 = (u + v) * W;
+                  const int nl = static_cast<int>(imin(W, H - j0));
+                  if (t < 0) st<V>(a.dh0 + (b0 + r) * H + j0, acc[r][v], nl);
+                  else step_epilogue(a, t, b0 + r, j0, nl, acc[r][v]);
+                }
+            });
+          });
+        }
+      }
+      if (t < 0) break;
+      tprev = t;
+      dir.barrier->wait();
+    }
+  }
+
+  static FASTLSTM_INLINE void step_epilogue(const LstmBackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
+                                            int nl, R dh) {
+    const int64_t H = a.H, B = a.B;
+    const R one = V::set1(T(1));
+    if (a.dy) dh = V::add(dh, ld<V>(a.dy + t * a.dy_st + b * a.dy_sb + j0, nl));
+    const T* gs = a.gates + (t * B + b) * 4 * H + j0;
+    R ig = ld<V>(gs, nl), fg = ld<V>(gs + H, nl), gg = ld<V>(gs + 2 * H, nl), og = ld<V>(gs + 3 * H, nl);
+    R c = ld<V>(a.cell + (t * B + b) * H + j0, nl);
+    const int64_t tp = a.reverse ? t + 1 : t - 1;  // previous step in forward processing order
+    R cprev = (tp >= 0 && tp < a.T) ? ld<V>(a.cell + (tp * B + b) * H + j0, nl)
+                                    : (a.c0 ? ld<V>(a.c0 + b * H + j0, nl) : V::zero());
+    R tc = Math<V>::tanh(c);
+    T* dcp = a.dc0 + b * H + j0;
+    R dc = V::fma(V::mul(dh, og), V::fnma(tc, tc, one), ld<V>(dcp, nl));
+    R dgo = V::mul(V::mul(dh, tc), V::mul(og, V::sub(one, og)));
+    R dgi = V::mul(V::mul(dc, gg), V::mul(ig, V::sub(one, ig)));
+    R dgg = V::mul(V::mul(dc, ig), V::fnma(gg, gg, one));
+    R dgf = V::mul(V::mul(dc, cprev), V::mul(fg, V::sub(one, fg)));
+    st<V>(dcp, V::mul(dc, fg), nl);
+    T* out = a.dg + t * a.dg_st + b * a.dg_sb + j0;
+    st<V>(out, dgi, nl);
+    st<V>(out + H, dgf, nl);
+    st<V>(out + 2 * H, dgg, nl);
+    st<V>(out + 3 * H, dgo, nl);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// GEMM: C (+)= op(A) op(B) (+ bias). Blocked over K (kKc) so a packed B panel [kKc][4W] stays in L2
+// while every row block of the thread's M range streams past it; A is read in place when row-major
+// and packed per K block when transposed. Threads take a grid of (M range, panel range) blocks.
+template <class V>
+struct Gemm {
+  using T = typename V::T;
+  using R = typename V::R;
+  static constexpr int W = V::W;
+  static constexpr int NV = 4;
+  static constexpr int64_t NR = NV * W;                 // columns per panel
+  static constexpr int64_t kKc = 16384 / (NR * sizeof(T)) * 4;  // 64 KiB of packed B per K block
+
+  struct Ctx {
+    const GemmArgs<T>* g;
+    int pm, pn;        // thread grid
+    T* bpack;          // per thread [kKc][NR]
+    T* apack;          // per thread [mrange][kKc] when trans_a
+    int64_t mrange;    // rows of the largest M range
+  };
+
+  static void run(const GemmArgs<T>& g, int num_threads) {
+    if (g.M == 0 || g.N == 0) return;
+    if (g.K == 0) {
+      if (!g.accumulate)
+        for (int64_t m = 0; m < g.M; ++m)
+          for (int64_t j = 0; j < g.N; ++j) g.c[m * g.ldc + j] = g.bias ? g.bias[j] : T(0);
+      return;
+    }
+    const int64_t panels = ceil_div(g.N, NR), mblocks = ceil_div(g.M, kMR);
+    int n = choose_threads(2.0 * g.M * g.N * g.K, panels * mblocks, num_threads);
+    Parallel par(n);
+    n = par.size();
+    // the thread grid that minimises the largest block
+    Ctx ctx{&g, 1, 1, nullptr, nullptr, 0};
+    int64_t best = -1;
+    for (int pn = 1; pn <= n; ++pn) {
+      int pm = n / pn;
+      int64_t work = ceil_div(panels, pn) * ceil_div(mblocks, pm);
+      if (best < 0 || work < best) { best = work; ctx.pm = pm; ctx.pn = pn; }
+    }
+    // all scratch is allocated here: an exception must never leave a worker thread
+    ctx.mrange = ceil_div(mblocks, ctx.pm) * kMR;
+    Scratch<T> bpack(n * kKc * NR), apack(g.trans_a ? n * ctx.mrange * kKc : 0);
+    ctx.bpack = bpack.p;
+    ctx.apack = apack.p;
+    par.run(&worker, &ctx);
+  }
+
+  static void worker(void* vctx, int tid, int) {
+    const Ctx& ctx = *static_cast<const Ctx*>(vctx);
+    const GemmArgs<T>& g = *ctx.g;
+    if (tid >= ctx.pm * ctx.pn) return;
+    int64_t mb0, mb1, p0, p1;
+    split(ceil_div(g.M, kMR), ctx.pm, tid / ctx.pn, mb0, mb1);
+    split(ceil_div(g.N, NR), ctx.pn, tid % ctx.pn, p0, p1);
+    const int64_t m0 = mb0 * kMR, m1 = imin(mb1 * kMR, g.M);
+    if (m0 >= m1 || p0 >= p1) return;
+    T* bpack = ctx.bpack + tid * kKc * NR;
+    T* apack = ctx.apack + tid * ctx.mrange * kKc;
+    for (int64_t k0 = 0; k0 < g.K; k0 += kKc) {
+      const int64_t kb = imin(kKc, g.K - k0);
+      if (g.trans_a) {  // A^T block [m0:m1, k0:k0+kb] as rows of length kb
+        for (int64_t k = 0; k < kb; ++k) {
+          const T* src = g.a + (k0 + k) * g.lda;
+          for (int64_t m = m0; m < m1; ++m) apack[(m - m0) * kb + k] = src[m];
+        }
+      }
+      const int64_t lda = g.trans_a ? kb : g.lda;
+      const bool first = k0 == 0 && !g.accumulate;
+      for (int64_t p = p0; p < p1; ++p) {
+        pack_b(g, k0, kb, p, bpack);
+        for (int64_t m = m0; m < m1; m += kMR) {
+          with_rows(static_cast<int>(imin(kMR, m1 - m)), [&](auto MRc) {
+            constexpr int mr = decltype(MRc)::value;
+            R acc[mr][NV];
+            const T* arow = g.trans_a ? apack + (m - m0) * kb : g.a + m * g.lda + k0;
+            micro<V, mr, NV>(arow, lda, bpack, kb, acc);
+            for (int v = 0; v < NV; ++v) {
+              const int64_t col = p * NR + v * W;
+              if (col >= g.N) break;
+              const int nl = static_cast<int>(imin(W, g.N - col));
+              R add = (first && g.bias) ? ld<V>(g.bias + col, nl) : V::zero();
+              for (int r = 0; r < mr; ++r) {
+                T* cp = g.c + (m + r) * g.ldc + col;
+                st<V>(cp, V::add(acc[r][v], first ? add : ld<V>(cp, nl)), nl);
+              }
+            }
+          });
+        }
+      }
+    }
+  }
+
+  // panel p of op(B), rows [k0, k0 + kb) -> dst [kb][NR], zero beyond column N
+  static void pack_b(const GemmArgs<T>& g, int64_t k0, int64_t kb, int64_t p, T* dst) {
+    const int64_t c0 = p * NR, nc = imin(NR, g.N - c0);
+    if (g.trans_b) {
+      for (int64_t k = 0; k < kb; ++k)
+        for (int64_t j = nc; j < NR; ++j) dst[k * NR + j] = T(0);
+      for (int64_t j = 0; j < nc; ++j) {
+        const T* src = g.b + (c0 + j) * g.ldb + k0;
+        for (int64_t k = 0; k < kb; ++k) dst[k * NR + j] = src[k];
+      }
+    } else {
+      for (int64_t k = 0; k < kb; ++k) {
+        const T* src = g.b + (k0 + k) * g.ldb + c0;
+        T* d = dst + k * NR;
+        for (int64_t j = 0; j < nc; ++j) d[j] = src[j];
+        for (int64_t j = nc; j < NR; ++j) d[j] = T(0);
+      }
+    }
+  }
+};
+
+template <class V>
+KernelSet<typename V::T> make_kernel_set() {
+  KernelSet<typename V::T> s;
+  s.lstm_forward = &Forward<V>::run;
+  s.lstm_backward = &Backward<V>::run;
+  s.gemm = &Gemm<V>::run;
+  s.sigmoid = &sigmoid_array<V>;
+  s.tanh = &tanh_array<V>;
+  return s;
+}
+
+const KernelTable& table() {
+  static const KernelTable t{make_kernel_set<VF>(), make_kernel_set<VD>()};
+  return t;
+}

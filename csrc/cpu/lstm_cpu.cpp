@@ -1,0 +1,75 @@
+// lstm_cpu.cpp: the C++ entry points of lstm.h: check the arguments, then run the selected ISA.
+//
+// Arguments reaching here were already validated in Python with user-facing messages; these checks
+// keep the kernels safe when called from C++ or when a binding is misused (FASTLSTM_CHECK throws).
+#include "../check.h"
+#include "../lstm.h"
+
+namespace fastlstm {
+namespace {
+
+template <typename T>
+const KernelSet<T>& set();
+template <>
+const KernelSet<float>& set<float>() { return kernels().f32; }
+template <>
+const KernelSet<double>& set<double>() { return kernels().f64; }
+
+template <typename T>
+void check_forward(const LstmForwardArgs<T>& a, const LstmForwardArgs<T>& first) {
+  FASTLSTM_CHECK(a.T > 0 && a.B > 0 && a.H > 0, "sizes must be positive: T=" << a.T << " B=" << a.B << " H=" << a.H);
+  FASTLSTM_CHECK(a.T == first.T && a.B == first.B && a.H == first.H, "directions of a layer must agree in T, B, H");
+  FASTLSTM_CHECK(a.gx && a.w_hh && a.y && a.h_n && a.c_n, "gx, w_hh, y, h_n, c_n are required");
+  FASTLSTM_CHECK((a.gates == nullptr) == (a.cell == nullptr), "gates and cell are saved together or not at all");
+}
+
+template <typename T>
+void check_backward(const LstmBackwardArgs<T>& a, const LstmBackwardArgs<T>& first) {
+  FASTLSTM_CHECK(a.T > 0 && a.B > 0 && a.H > 0, "sizes must be positive: T=" << a.T << " B=" << a.B << " H=" << a.H);
+  FASTLSTM_CHECK(a.T == first.T && a.B == first.B && a.H == first.H, "directions of a layer must agree in T, B, H");
+  FASTLSTM_CHECK(a.w_hh && a.gates && a.cell && a.dg && a.dh0 && a.dc0,
+                 "w_hh, gates, cell, dg, dh0, dc0 are required");
+}
+
+}  // namespace
+
+template <typename T>
+void lstm_forward(const LstmForwardArgs<T>* dirs, int ndirs, int num_threads) {
+  FASTLSTM_CHECK(ndirs == 1 || ndirs == 2, "ndirs must be 1 or 2, got " << ndirs);
+  for (int d = 0; d < ndirs; ++d) check_forward(dirs[d], dirs[0]);
+  set<T>().lstm_forward(dirs, ndirs, num_threads);
+}
+
+template <typename T>
+void lstm_backward(const LstmBackwardArgs<T>* dirs, int ndirs, int num_threads) {
+  FASTLSTM_CHECK(ndirs == 1 || ndirs == 2, "ndirs must be 1 or 2, got " << ndirs);
+  for (int d = 0; d < ndirs; ++d) check_backward(dirs[d], dirs[0]);
+  set<T>().lstm_backward(dirs, ndirs, num_threads);
+}
+
+template <typename T>
+void gemm(const GemmArgs<T>& g, int num_threads) {
+  FASTLSTM_CHECK(g.M >= 0 && g.N >= 0 && g.K >= 0, "gemm sizes must be >= 0");
+  FASTLSTM_CHECK(g.c && (g.K == 0 || (g.a && g.b)), "gemm operands are required");
+  FASTLSTM_CHECK(g.ldc >= g.N, "ldc=" << g.ldc << " < N=" << g.N);
+  FASTLSTM_CHECK(g.lda >= (g.trans_a ? g.M : g.K), "lda=" << g.lda << " too small");
+  FASTLSTM_CHECK(g.ldb >= (g.trans_b ? g.K : g.N), "ldb=" << g.ldb << " too small");
+  set<T>().gemm(g, num_threads);
+}
+
+template void lstm_forward<float>(const LstmForwardArgs<float>*, int, int);
+template void lstm_forward<double>(const LstmForwardArgs<double>*, int, int);
+template void lstm_backward<float>(const LstmBackwardArgs<float>*, int, int);
+template void lstm_backward<double>(const LstmBackwardArgs<double>*, int, int);
+template void gemm<float>(const GemmArgs<float>&, int);
+template void gemm<double>(const GemmArgs<double>&, int);
+
+namespace detail {
+void throw_check(const char* file, int line, const char* cond, const std::string& msg, bool invalid_argument) {
+  std::string text = std::string(file) + ":" + std::to_string(line) + ": check failed (" + cond + "): " + msg;
+  if (invalid_argument) throw std::invalid_argument(text);
+  throw std::runtime_error(text);
+}
+}  // namespace detail
+
+}  // namespace fastlstm

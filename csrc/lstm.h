@@ -1,0 +1,126 @@
+// lstm.h: the C++ interface of fastlstm's kernels. Shapes, gate order and entry points live here.
+//
+// What this is: plain argument structs (one per kernel) and the functions that run them on the CPU
+// through the ISA dispatch table. What it is not: a layer. Stacking, directions' weights, dropout and
+// the big GEMMs' orchestration live in python/fastlstm/layer.py; bindings.cpp converts arrays.
+//
+// Gate order, everywhere in this library (as PyTorch): i, f, g, o. A [4H] gate vector holds
+// i in [0, H), f in [H, 2H), g in [2H, 3H), o in [3H, 4H). Weights use PyTorch's layout:
+// weight_ih [4H, I] and weight_hh [4H, H], row-major.
+//
+// One direction of one layer, forward, for t in processing order (t = T-1..0 when reverse):
+//   g   = gx[t] + bias + h[t-1] W_hh^T                (gx = x W_ih^T, computed beforehand)
+//   i, f, o = sigmoid(g_i, g_f, g_o); gg = tanh(g_g)
+//   c[t] = f * c[t-1] + i * gg;  h[t] = o * tanh(c[t])
+//
+// Sequence arrays are addressed through two strides (in elements) so that time-major [T, B, ...] and
+// batch-major [B, T, ...] buffers, and one direction's columns inside a bidirectional buffer, are all
+// read and written in place: element (t, b, j) of a sequence array p is p[t * st + b * sb + j].
+//
+// Extension points (later issues): per-sequence lengths, a projection (LSTMP: h = W_hr (o*tanh c),
+// recurrent width P instead of H), zoneout and variational recurrent dropout masks add fields to these
+// structs; nullptr / 0 in a new field keeps today's behaviour, so callers that do not use a feature do
+// not change. A CUDA backend takes the same structs with device pointers.
+//
+// Test: tests/test_kernels.py runs every entry point on every ISA against fastlstm.reference.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fastlstm {
+
+// ---- forward: one direction of one layer ---------------------------------------------------------
+template <typename Real>
+struct LstmForwardArgs {
+  int64_t T = 0, B = 0, H = 0;   // time steps, batch, hidden units
+  const Real* gx = nullptr;         // gx:   [T, B, 4H] (strides gx_st, gx_sb) input projection x W_ih^T
+  int64_t gx_st = 0, gx_sb = 0;
+  const Real* bias = nullptr;       // bias: [4H] b_ih + b_hh, or nullptr for none
+  const Real* w_hh = nullptr;       // w_hh: [4H, H] recurrent weights, row-major (PyTorch layout)
+  const Real* h0 = nullptr;         // h0:   [B, H] initial hidden state, or nullptr for zeros
+  const Real* c0 = nullptr;         // c0:   [B, H] initial cell state, or nullptr for zeros
+  Real* y = nullptr;                // y:    [T, B, H] (strides y_st, y_sb) output h[t]
+  int64_t y_st = 0, y_sb = 0;
+  Real* h_n = nullptr;              // h_n:  [B, H] final hidden state (after the last processed step)
+  Real* c_n = nullptr;              // c_n:  [B, H] final cell state
+  // training only (both nullptr in inference: then no gate value is ever written to memory)
+  Real* gates = nullptr;            // gates: [T, B, 4H] contiguous, activated i, f, gg, o
+  Real* cell = nullptr;             // cell:  [T, B, H] contiguous, c[t]
+  bool reverse = false;          // process t = T-1 .. 0 (the reverse direction of a bidirectional layer)
+};
+
+// ---- backward: one direction of one layer ---------------------------------------------------------
+// Consumes what a training forward saved; produces the pre-activation gate gradients dG, from which
+// the caller forms dW_ih = dG^T x, dW_hh = dG^T h[t-1], db = sum dG and dx = dG W_ih (big GEMMs).
+template <typename Real>
+struct LstmBackwardArgs {
+  int64_t T = 0, B = 0, H = 0;
+  const Real* w_hh = nullptr;       // w_hh:  [4H, H] the weights the forward used
+  const Real* gates = nullptr;      // gates: [T, B, 4H] contiguous, activated i, f, gg, o (from forward)
+  const Real* cell = nullptr;       // cell:  [T, B, H] contiguous, c[t] (from forward)
+  const Real* c0 = nullptr;         // c0:    [B, H] initial cell state, or nullptr for zeros
+  const Real* dy = nullptr;         // dy:    [T, B, H] (strides dy_st, dy_sb) dL/dy, or nullptr for zeros
+  int64_t dy_st = 0, dy_sb = 0;
+  const Real* dh_n = nullptr;       // dh_n:  [B, H] dL/dh_n, or nullptr for zeros
+  const Real* dc_n = nullptr;       // dc_n:  [B, H] dL/dc_n, or nullptr for zeros
+  Real* dg = nullptr;               // dg:    [T, B, 4H] (strides dg_st, dg_sb) out: dL/d(pre-activation)
+  int64_t dg_st = 0, dg_sb = 0;
+  Real* dh0 = nullptr;              // dh0:   [B, H] out: dL/dh0
+  Real* dc0 = nullptr;              // dc0:   [B, H] out: dL/dc0
+  bool reverse = false;
+};
+
+// ---- GEMM for the big products over all time steps --------------------------------------------------
+// C = op(A) op(B) (+ bias per column) or C += op(A) op(B). op(A): [M, K], op(B): [K, N].
+template <typename Real>
+struct GemmArgs {
+  int64_t M = 0, N = 0, K = 0;
+  const Real* a = nullptr;          // a: [M, K] row stride lda, or [K, M] when trans_a
+  int64_t lda = 0;
+  bool trans_a = false;
+  const Real* b = nullptr;          // b: [K, N] row stride ldb, or [N, K] when trans_b
+  int64_t ldb = 0;
+  bool trans_b = false;
+  Real* c = nullptr;                // c: [M, N] row stride ldc
+  int64_t ldc = 0;
+  const Real* bias = nullptr;       // bias: [N] added to every row (only when !accumulate), or nullptr
+  bool accumulate = false;
+};
+
+// ---- instruction sets ------------------------------------------------------------------------------
+enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+const char* isa_name(Isa isa);
+std::vector<Isa> isa_compiled();   // built into this binary
+std::vector<Isa> isa_supported();  // compiled and runnable on this CPU
+Isa isa_selected();
+void isa_select(Isa isa);          // throws std::invalid_argument if not supported
+Isa isa_from_name(const std::string& name);  // throws std::invalid_argument for unknown names
+
+// One ISA's kernels; every translation unit in csrc/cpu/ fills one of these.
+// num_threads: 0 picks a count from the problem size (see choose_threads), n > 0 uses at most n.
+template <typename Real>
+struct KernelSet {
+  void (*lstm_forward)(const LstmForwardArgs<Real>* dirs, int ndirs, int num_threads);
+  void (*lstm_backward)(const LstmBackwardArgs<Real>* dirs, int ndirs, int num_threads);
+  void (*gemm)(const GemmArgs<Real>& args, int num_threads);
+  void (*sigmoid)(const Real* x, Real* y, int64_t n);  // vectorised activations, exposed for tests
+  void (*tanh)(const Real* x, Real* y, int64_t n);
+};
+struct KernelTable {
+  KernelSet<float> f32;
+  KernelSet<double> f64;
+};
+const KernelTable& kernels();  // the selected ISA's table
+
+// ---- entry points (validate, then run on the selected ISA; the caller holds no GIL) -----------------
+// Runs the directions of one layer; they share nothing and run concurrently when threads allow.
+template <typename T>
+void lstm_forward(const LstmForwardArgs<T>* dirs, int ndirs, int num_threads);
+template <typename T>
+void lstm_backward(const LstmBackwardArgs<T>* dirs, int ndirs, int num_threads);
+template <typename T>
+void gemm(const GemmArgs<T>& args, int num_threads);
+
+}  // namespace fastlstm

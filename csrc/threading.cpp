@@ -1,0 +1,207 @@
+// threading.cpp: the pool, barrier and heuristics declared in threading.h (baseline compiler flags).
+//
+// Pool protocol: the owner of a Parallel lease publishes (fn, ctx, n), bumps a generation counter and
+// runs tid 0 itself; workers 1..n-1 run their share and count down `pending`. Workers spin for a short
+// while on the generation (a layer call is a few back-to-back kernels) and then sleep in a futex wait.
+// After fork() the child gets a fresh pool on first use (the parent's worker threads do not exist there).
+#include "threading.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FASTLSTM_PAUSE() _mm_pause()
+#else
+#define FASTLSTM_PAUSE() ((void)0)
+#endif
+
+namespace fastlstm {
+namespace {
+
+// spin iterations before a waiting thread starts yielding (barrier) or sleeping (idle worker)
+constexpr int kSpinBeforeYield = 4000;
+constexpr int kSpinBeforeSleep = 40000;
+
+int default_threads() {
+  if (const char* env = std::getenv("FASTLSTM_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n >= 1) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+class Pool {
+ public:
+  explicit Pool(int nthreads) : nthreads_(nthreads) {
+    for (int i = 1; i < nthreads_; ++i) workers_.emplace_back([this, i] { worker(i); });
+  }
+  ~Pool() {
+    stop_.store(true);
+    gen_.fetch_add(1, std::memory_order_release);
+    gen_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int size() const { return nthreads_; }
+  std::mutex& busy() { return busy_; }
+
+  void run(int n, TaskFn fn, void* ctx) {
+    fn_ = fn;
+    ctx_ = ctx;
+    n_ = n;
+    pending_.store(n - 1, std::memory_order_relaxed);
+    gen_.fetch_add(1, std::memory_order_release);
+    gen_.notify_all();
+    fn(ctx, 0, n);
+    for (int spin = 0;; ++spin) {
+      int left = pending_.load(std::memory_order_acquire);
+      if (left == 0) break;
+      if (spin < kSpinBeforeSleep) FASTLSTM_PAUSE();
+      else pending_.wait(left, std::memory_order_acquire);
+    }
+  }
+
+ private:
+  void worker(int id) {
+    unsigned seen = 0;
+    for (;;) {
+      for (int spin = 0;; ++spin) {
+        unsigned g = gen_.load(std::memory_order_acquire);
+        if (g != seen) { seen = g; break; }
+        if (spin < kSpinBeforeSleep) FASTLSTM_PAUSE();
+        else gen_.wait(g, std::memory_order_acquire);
+      }
+      if (stop_.load()) return;
+      if (id < n_) {
+        fn_(ctx_, id, n_);
+        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+      }
+    }
+  }
+
+  int nthreads_;
+  std::vector<std::thread> workers_;
+  std::mutex busy_;
+  alignas(64) std::atomic<unsigned> gen_{0};
+  alignas(64) std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
+  TaskFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  int n_ = 0;
+};
+
+std::mutex g_config_mutex;  // guards g_pool replacement and g_max_threads
+Pool* g_pool = nullptr;
+int g_max_threads = 0;
+
+void after_fork_child() {
+  // the parent's workers are gone; leak the old object (its mutex may be locked) and start afresh
+  g_pool = nullptr;
+  new (&g_config_mutex) std::mutex();
+}
+
+// the current pool, created on first use; call with g_config_mutex held
+Pool& pool_locked() {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, after_fork_child); });
+  if (g_max_threads == 0) g_max_threads = default_threads();
+  if (!g_pool) g_pool = new Pool(g_max_threads);  // never destroyed: workers sleep through exit
+  return *g_pool;
+}
+
+}  // namespace
+
+int max_threads() {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  if (g_max_threads == 0) g_max_threads = default_threads();
+  return g_max_threads;
+}
+
+void set_max_threads(int n) {
+  if (n < 1) n = 1;
+  Pool* old = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_config_mutex);
+    if (n == g_max_threads && g_pool) return;
+    g_max_threads = n;
+    old = g_pool;
+    g_pool = nullptr;
+  }
+  if (old) {
+    // wait for a kernel that still owns the old pool, then retire it
+    { std::lock_guard<std::mutex> wait_idle(old->busy()); }
+    delete old;
+  }
+}
+
+Parallel::Parallel(int wanted) : n_(1), pool_(nullptr) {
+  if (wanted <= 1) return;
+  // under the config lock, so set_max_threads cannot retire this pool between lookup and lease
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  Pool& p = pool_locked();
+  if (p.size() <= 1 || !p.busy().try_lock()) return;  // pool in use: run on this thread alone
+  pool_ = &p;
+  n_ = std::min(wanted, p.size());
+}
+
+Parallel::~Parallel() {
+  if (pool_) static_cast<Pool*>(pool_)->busy().unlock();
+}
+
+int Parallel::size() const { return n_; }
+
+void Parallel::run(TaskFn fn, void* ctx) {
+  if (n_ == 1) {
+    fn(ctx, 0, 1);
+    return;
+  }
+  static_cast<Pool*>(pool_)->run(n_, fn, ctx);
+}
+
+SpinBarrier::SpinBarrier(int n) : count_(0), phase_(0), n_(n) {}
+
+void SpinBarrier::wait() {
+  if (n_ <= 1) return;
+  int phase = phase_.load(std::memory_order_acquire);
+  if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+    count_.store(0, std::memory_order_relaxed);
+    phase_.store(phase + 1, std::memory_order_release);
+    return;
+  }
+  for (int spin = 0; phase_.load(std::memory_order_acquire) == phase; ++spin) {
+    if (spin < kSpinBeforeYield) FASTLSTM_PAUSE();
+    else sched_yield();
+  }
+}
+
+int choose_threads(double work_flops, int64_t units, int request) {
+  // below this much work per thread between synchronisations, a barrier (~0.3 us on this class of
+  // machine, more when a core is shared) costs more than the parallel speed-up; measured with
+  // bench/bench_lstm.py (see README, "Threads").
+  constexpr double kMinFlopsPerThread = 96e3;
+  int64_t limit = std::max<int64_t>(1, units);
+  if (request > 0) return static_cast<int>(std::min<int64_t>(request, limit));
+  int n = max_threads();
+  while (n > 1 && work_flops / n < kMinFlopsPerThread) --n;
+  return static_cast<int>(std::min<int64_t>(n, limit));
+}
+
+void* aligned_alloc64(size_t bytes) {
+  size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
+void aligned_free64(void* p) { std::free(p); }
+
+}  // namespace fastlstm

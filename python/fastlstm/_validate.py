@@ -1,0 +1,104 @@
+"""Argument checks with messages that name the argument, what was expected and what came.
+
+Every public entry point validates here before touching the compiled kernels, so a bad argument is a
+``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong value or shape), never a crash.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def describe(value) -> str:
+    """Short description of a value for error messages: type, and dtype/shape for arrays."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"{type(value).__module__.split('.')[0]}.{type(value).__name__} of dtype {value.dtype} and shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r}" if isinstance(value, (int, float, str, bool)) else type(value).__name__
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive int, got {describe(value)}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
+
+
+def probability(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a float in [0, 1), got {describe(value)}")
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a float in [0, 1), got {value}")
+    return value
+
+
+def boolean(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {describe(value)}")
+    return bool(value)
+
+
+def float_dtype(value, name: str = "dtype") -> np.dtype:
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected 'float32' or 'float64', got {describe(value)}") from None
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected 'float32' or 'float64', got {dt}")
+    return dt
+
+
+def seed(value, name: str = "seed"):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise TypeError(f"{name}: expected None or a non-negative int, got {describe(value)}")
+    return int(value)
+
+
+def array(value, name: str, dtype: np.dtype, shape_doc: str) -> np.ndarray:
+    """A NumPy array of exactly `dtype` (shape is the caller's business)."""
+    if not isinstance(value, np.ndarray):
+        module = type(value).__module__.split(".")[0]
+        if module == "cupy":
+            raise TypeError(f"{name}: expected a numpy.ndarray for this CPU layer, got a cupy.ndarray "
+                            f"(a GPU array); move the layer with .to('cuda') or the array with cupy.asnumpy")
+        raise TypeError(f"{name}: expected a numpy.ndarray of {dtype} with shape {shape_doc}, got {describe(value)}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype} "
+                        f"(convert with .astype(numpy.{dtype.name}) or build the layer with dtype='{value.dtype}')")
+    return value
+
+
+def shape(value: np.ndarray, name: str, expected: tuple, shape_doc: str) -> None:
+    if tuple(value.shape) != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)} {shape_doc}, got {tuple(value.shape)}")
+
+
+def _available_memory() -> int:
+    """Bytes this process may still allocate, as far as the OS says (MemAvailable, else physical)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def memory(nbytes: int, what: str) -> None:
+    """Raise MemoryError up front when `what` needs more memory than the machine has available."""
+    avail = _available_memory()
+    if nbytes > avail:
+        raise MemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB of working memory but only "
+                          f"{avail / 2**30:.2f} GiB is available; use a smaller batch or sequence length")

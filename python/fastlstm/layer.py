@@ -1,0 +1,366 @@
+"""fastlstm.LSTM: a stacked, optionally bidirectional LSTM with torch.nn.LSTM's semantics on NumPy arrays.
+
+What this is: the layer users call. It owns the parameters (PyTorch's names, shapes and gate order),
+validates inputs, runs one fused recurrent kernel per layer (both directions in one call, concurrently
+when threads allow) between big GEMMs over all time steps, and implements backward (BPTT) with
+explicit ``backward(dy, (dh_n, dc_n))``. What it is not: an autograd system; the training library
+(layers, losses, optimizers) composes these explicit forward/backward calls.
+
+Data flow of layer l (D = 1 or 2 directions, all directions' weights stacked so each GEMM is one call):
+    gx  = x W_ih^T                 [rows, D*4H]   _C.gemm (rows = T*B, any time/batch order)
+    y   = recurrence(gx + b, W_hh) [.., D*H]      _C.lstm_forward, saving gates and c when training
+  backward:
+    dG  = recurrence'(dy, W_hh)    [rows, D*4H]   _C.lstm_backward
+    dW_ih += dG^T x;  dW_hh += dG^T h[t-1];  db += sum dG;  dx = dG W_ih   (_C.gemm, NumPy sum)
+
+Test: tests/test_layer.py (against fastlstm.reference), tests/test_torch_parity.py (against PyTorch).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from . import _C
+from . import _validate as V
+
+__all__ = ["LSTM", "Parameter"]
+
+
+class Parameter:
+    """A parameter's value and gradient, both views into the owning layer's stacked buffers.
+
+    ``p.data`` may be modified in place (as optimizers do) or assigned (the value is copied in, so the
+    layer keeps seeing it); ``p.grad`` accumulates across backward calls until ``zero_grad()``.
+    """
+
+    __slots__ = ("_data", "_grad", "name")
+
+    def __init__(self, name: str, data: np.ndarray, grad: np.ndarray):
+        self.name, self._data, self._grad = name, data, grad
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        value = np.asarray(value)
+        if value.shape != self._data.shape:
+            raise ValueError(f"{self.name}: expected shape {self._data.shape}, got {value.shape}")
+        self._data[...] = value
+
+    @property
+    def grad(self) -> np.ndarray:
+        return self._grad
+
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name}, shape={self._data.shape}, dtype={self._data.dtype})"
+
+
+class _LayerWeights:
+    """One layer's parameters (all directions stacked) and their gradients."""
+
+    def __init__(self, D: int, H: int, I: int, dtype: np.dtype, bias: bool):
+        self.w_ih = np.zeros((D * 4 * H, I), dtype)   # weight_ih of direction d: rows [d*4H, (d+1)*4H)
+        self.w_hh = np.zeros((D, 4 * H, H), dtype)
+        self.b_ih = np.zeros((D, 4 * H), dtype) if bias else None
+        self.b_hh = np.zeros((D, 4 * H), dtype) if bias else None
+        self.g_w_ih = np.zeros_like(self.w_ih)
+        self.g_w_hh = np.zeros_like(self.w_hh)
+        self.g_b_ih = None if self.b_ih is None else np.zeros_like(self.b_ih)
+        self.g_b_hh = None if self.b_hh is None else np.zeros_like(self.b_hh)
+
+
+class LSTM:
+    """Multi-layer LSTM with torch.nn.LSTM's arguments, parameters and results, on NumPy arrays.
+
+    >>> lstm = LSTM(10, 20, num_layers=2, seed=0)
+    >>> y, (h_n, c_n) = lstm(np.zeros((5, 3, 10), np.float32))    # x: [T, B, I]
+    >>> dx, (dh0, dc0) = lstm.backward(np.ones_like(y))             # grads in lstm.named_parameters()
+
+    Layers start in training mode (as PyTorch modules do): forward saves what backward needs and applies
+    inter-layer dropout. Call ``eval()`` for inference: nothing is saved, and the layer may then be
+    called from several threads at once.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, dtype="float32", device="cpu", seed=None):
+        self.input_size = V.positive_int(input_size, "input_size")
+        self.hidden_size = V.positive_int(hidden_size, "hidden_size")
+        self.num_layers = V.positive_int(num_layers, "num_layers")
+        self.bias = V.boolean(bias, "bias")
+        self.batch_first = V.boolean(batch_first, "batch_first")
+        self.dropout = V.probability(dropout, "dropout")
+        self.bidirectional = V.boolean(bidirectional, "bidirectional")
+        self.dtype = V.float_dtype(dtype)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise TypeError(f"proj_size: expected a non-negative int, got {V.describe(proj_size)}")
+        if proj_size != 0:
+            raise NotImplementedError("proj_size: projections (LSTMP) are not implemented yet; use proj_size=0")
+        self.proj_size = 0
+        self.device = self._check_device(device)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout > 0 only acts between layers; with num_layers=1 it does nothing", stacklevel=2)
+        self._rng = np.random.default_rng(V.seed(seed))
+        self.training = True
+        self._ctx = None
+
+        D, H = self.num_directions, self.hidden_size
+        nparams = sum(D * 4 * H * (self._layer_input(l) + H + (2 if self.bias else 0)) for l in range(self.num_layers))
+        V.memory(2 * nparams * self.dtype.itemsize, "LSTM parameters and gradients")
+        self._layers = [_LayerWeights(D, H, self._layer_input(l), self.dtype, self.bias) for l in range(self.num_layers)]
+        self._params = {}
+        for l, w in enumerate(self._layers):
+            for d in range(D):
+                sfx = f"_l{l}" + ("_reverse" if d == 1 else "")
+                rows = slice(d * 4 * H, (d + 1) * 4 * H)
+                self._params["weight_ih" + sfx] = Parameter("weight_ih" + sfx, w.w_ih[rows], w.g_w_ih[rows])
+                self._params["weight_hh" + sfx] = Parameter("weight_hh" + sfx, w.w_hh[d], w.g_w_hh[d])
+                if self.bias:
+                    self._params["bias_ih" + sfx] = Parameter("bias_ih" + sfx, w.b_ih[d], w.g_b_ih[d])
+                    self._params["bias_hh" + sfx] = Parameter("bias_hh" + sfx, w.b_hh[d], w.g_b_hh[d])
+        self.reset_parameters()
+
+    # ---- configuration -----------------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _layer_input(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.num_directions * self.hidden_size
+
+    @staticmethod
+    def _check_device(device) -> str:
+        if not isinstance(device, str):
+            raise TypeError(f"device: expected 'cpu' or 'cuda', got {V.describe(device)}")
+        if device == "cpu":
+            return device
+        if device.split(":")[0] == "cuda":
+            raise RuntimeError("device='cuda': this build of fastlstm has no CUDA backend "
+                               "(fastlstm.build_info()['cuda_compiled'] is False)")
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default init: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), from the layer's seed."""
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for p in self._params.values():
+            p.data[...] = self._rng.uniform(-k, k, size=p.shape)
+
+    def train(self, mode: bool = True) -> "LSTM":
+        self.training = V.boolean(mode, "mode")
+        if not self.training:
+            self._ctx = None
+        return self
+
+    def eval(self) -> "LSTM":
+        return self.train(False)
+
+    def to(self, device) -> "LSTM":
+        self.device = self._check_device(device)
+        return self
+
+    # ---- parameters ----------------------------------------------------------------------------------
+    def named_parameters(self):
+        """(name, Parameter) pairs in PyTorch's order: per layer and direction, w_ih, w_hh, b_ih, b_hh."""
+        return iter(self._params.items())
+
+    def parameters(self):
+        return list(self._params.values())
+
+    def zero_grad(self) -> None:
+        for w in self._layers:
+            for g in (w.g_w_ih, w.g_w_hh, w.g_b_ih, w.g_b_hh):
+                if g is not None:
+                    g.fill(0)
+
+    def state_dict(self) -> dict:
+        """Copies of the parameters under PyTorch's names (loadable by torch.nn.LSTM after torch.from_numpy)."""
+        return {name: p.data.copy() for name, p in self._params.items()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy values in (a PyTorch state_dict converted to NumPy loads unchanged); all-or-nothing."""
+        if not hasattr(state, "keys"):
+            raise TypeError(f"state: expected a dict of arrays, got {V.describe(state)}")
+        missing = [k for k in self._params if k not in state]
+        unexpected = [k for k in state if k not in self._params]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
+        values = {}
+        for name in self._params:
+            if name not in state:
+                continue
+            v = state[name]
+            if hasattr(v, "detach"):  # a torch tensor
+                v = v.detach().cpu().numpy()
+            v = np.asarray(v)
+            if v.shape != self._params[name].shape:
+                raise ValueError(f"state[{name!r}]: expected shape {self._params[name].shape}, got {v.shape}")
+            if not np.issubdtype(v.dtype, np.floating):
+                raise TypeError(f"state[{name!r}]: expected a floating-point array, got dtype {v.dtype}")
+            values[name] = v
+        for name, v in values.items():
+            self._params[name].data[...] = v
+
+    def __repr__(self) -> str:
+        extra = [f"num_layers={self.num_layers}"] if self.num_layers != 1 else []
+        for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, key) != default:
+                extra.append(f"{key}={getattr(self, key)}")
+        if self.dtype != np.float32:
+            extra.append(f"dtype='{self.dtype.name}'")
+        return f"LSTM({', '.join([str(self.input_size), str(self.hidden_size)] + extra)})"
+
+    # ---- forward ---------------------------------------------------------------------------------------
+    def __call__(self, x, hx=None):
+        return self.forward(x, hx)
+
+    def forward(self, x, hx=None):
+        """y, (h_n, c_n) = lstm(x, (h0, c0)); shapes exactly as torch.nn.LSTM.
+
+        x: [T, B, I] ([B, T, I] with batch_first) or unbatched [T, I]; h0, c0: [L*D, B, H] ([L*D, H]
+        unbatched) or hx=None for zeros. Returns y [T, B, D*H] (batch_first: [B, T, D*H]), h_n, c_n.
+        """
+        L, D, H, dt = self.num_layers, self.num_directions, self.hidden_size, self.dtype
+        doc = f"(T, B, {self.input_size})" if not self.batch_first else f"(B, T, {self.input_size})"
+        x = V.array(x, "x", dt, doc + " or unbatched (T, %d)" % self.input_size)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"x: expected 3 dimensions {doc} or 2 (T, {self.input_size}), got shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected the last dimension to be input_size={self.input_size}, got shape {x.shape}")
+        unbatched = x.ndim == 2
+        bf = self.batch_first and not unbatched
+        if unbatched:
+            x = x[:, None, :]
+        T, B = (x.shape[1], x.shape[0]) if bf else (x.shape[0], x.shape[1])
+        if T == 0 or B == 0:
+            raise ValueError(f"x: expected at least one time step and one sequence, got shape {x.shape}")
+        h0, c0 = self._check_state(hx, "hx", B, unbatched)
+
+        training = self.training
+        rows = T * B
+        per_layer = rows * D * (4 * H + H) + (rows * D * (4 * H + H) if training else 0) + rows * max(self.input_size, D * H)
+        V.memory(per_layer * dt.itemsize * (L if training else 1), "this forward call")
+
+        seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
+        h_n = np.empty((L * D, B, H), dt)
+        c_n = np.empty((L * D, B, H), dt)
+        inp = np.ascontiguousarray(x)
+        saved = []
+        for l, w in enumerate(self._layers):
+            gx = np.empty((rows, D * 4 * H), dt)
+            _C.gemm(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True)
+            bias = (w.b_ih + w.b_hh) if self.bias else None
+            y = np.empty(seq(D * H), dt)
+            gates = np.empty((D, T, B, 4 * H), dt) if training else None
+            cell = np.empty((D, T, B, H), dt) if training else None
+            ks = slice(l * D, (l + 1) * D)
+            h0l = None if h0 is None else h0[ks]
+            c0l = None if c0 is None else c0[ks]
+            _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
+                            gates, cell, bf)
+            del gx
+            mask = None
+            if training and self.dropout > 0 and l < L - 1:
+                keep = self._rng.random(y.shape, dtype=dt) >= self.dropout
+                mask = keep.astype(dt) * dt.type(1.0 / (1.0 - self.dropout))
+            if training:
+                saved.append(dict(inp=inp, y=y, gates=gates, cell=cell, h0=h0l, c0=c0l, mask=mask))
+            inp = y if mask is None else y * mask
+        y = inp
+        if training:
+            self._ctx = dict(layers=saved, T=T, B=B, bf=bf, unbatched=unbatched, y_shape=y.shape)
+        if unbatched:
+            return y[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
+        return y, (h_n, c_n)
+
+    def _check_state(self, pair, name, B, unbatched, allow_none_members=False):
+        """(h, c) pair -> two contiguous [L*D, B, H] arrays (or None); None -> (None, None)."""
+        if pair is None:
+            return None, None
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"{name}: expected a pair (h, c) of arrays or None, got {V.describe(pair)}")
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        expected = (LD, H) if unbatched else (LD, B, H)
+        doc = "(num_layers * num_directions, hidden_size)" if unbatched else "(num_layers * num_directions, batch, hidden_size)"
+        out = []
+        for member, part in zip(pair, ("[0]", "[1]")):
+            if member is None and allow_none_members:
+                out.append(None)
+                continue
+            member = V.array(member, name + part, self.dtype, str(expected))
+            V.shape(member, name + part, expected, doc)
+            member = np.ascontiguousarray(member)
+            out.append(member[:, None, :] if unbatched else member)
+        return out[0], out[1]
+
+    # ---- backward --------------------------------------------------------------------------------------
+    def backward(self, dy, dhx=None):
+        """dx, (dh0, dc0) = lstm.backward(dy, (dh_n, dc_n)) after a training-mode forward.
+
+        dy: gradient of the loss w.r.t. y (same shape as y), or None; dhx: None or a pair whose members
+        (gradients w.r.t. h_n and c_n) may be None. Adds the parameter gradients into ``p.grad`` and
+        releases what the forward saved (a second backward needs a new forward).
+        """
+        ctx = self._ctx
+        if ctx is None:
+            raise ValueError("backward: no saved forward to differentiate; call the layer in training mode "
+                             "(lstm.train()) right before backward, once per forward")
+        dt, L, D, H = self.dtype, self.num_layers, self.num_directions, self.hidden_size
+        T, B, bf, unbatched = ctx["T"], ctx["B"], ctx["bf"], ctx["unbatched"]
+        y_shape = ctx["y_shape"]
+        if dy is not None:
+            shown = (y_shape[0], y_shape[2]) if unbatched else y_shape
+            dy = V.array(dy, "dy", dt, str(shown))
+            V.shape(dy, "dy", shown, "(the shape of y)")
+            dy = np.ascontiguousarray(dy[:, None, :] if unbatched else dy)
+        dh_n, dc_n = self._check_state(dhx, "dhx", B, unbatched, allow_none_members=True)
+        self._ctx = None
+
+        seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
+        tview = (lambda a: a.swapaxes(0, 1)) if bf else (lambda a: a)  # any seq array as [T, B, ...]
+        rows = T * B
+        dh0 = np.empty((L * D, B, H), dt)
+        dc0 = np.empty((L * D, B, H), dt)
+        dout = dy
+        for l in reversed(range(L)):
+            s, w = ctx["layers"][l], self._layers[l]
+            ks = slice(l * D, (l + 1) * D)
+            dg = np.empty(seq(D * 4 * H), dt)
+            _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout,
+                             None if dh_n is None else dh_n[ks], None if dc_n is None else dc_n[ks],
+                             dg, dh0[ks], dc0[ks], bf)
+            dg2 = dg.reshape(rows, D * 4 * H)
+            _C.gemm(dg2, s["inp"].reshape(rows, -1), w.g_w_ih, trans_a=True, accumulate=True)
+            yt = tview(s["y"])
+            for d in range(D):
+                hp = np.empty(seq(H), dt)  # h[t-1] in processing order, h0 at the first step
+                hpt = tview(hp)
+                first, rest, src = (0, slice(1, None), slice(None, -1)) if d == 0 else (T - 1, slice(None, -1), slice(1, None))
+                hpt[first] = 0 if s["h0"] is None else s["h0"][d]
+                hpt[rest] = yt[src, :, d * H:(d + 1) * H]
+                _C.gemm(dg2[:, d * 4 * H:(d + 1) * 4 * H], hp.reshape(rows, H), w.g_w_hh[d], trans_a=True,
+                        accumulate=True)
+            if self.bias:
+                db = dg2.sum(axis=0, dtype=np.float64).astype(dt).reshape(D, 4 * H)
+                w.g_b_ih += db
+                w.g_b_hh += db
+            dx = np.empty((rows, self._layer_input(l)), dt)
+            _C.gemm(dg2, w.w_ih, dx)
+            dx = dx.reshape(seq(self._layer_input(l)))
+            if l > 0 and ctx["layers"][l - 1]["mask"] is not None:
+                dx *= ctx["layers"][l - 1]["mask"]
+            dout = dx
+        if unbatched:
+            return dout[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
+        return dout, (dh0, dc0)

@@ -1,0 +1,152 @@
+"""Pure-NumPy LSTM, forward and backward: the executable specification of fastlstm.
+
+What this is: the slowest, plainest statement of what every fast path (scalar C++, AVX2, AVX-512,
+CUDA) must compute, written for reading. What it is not: fast, or a layer object. Every kernel test
+compares against these functions; they are themselves checked against central finite differences in
+float64 (tests/test_reference.py).
+
+Conventions (PyTorch's): gate order i, f, g, o; ``w_ih`` is [4H, I], ``w_hh`` is [4H, H]; sequences
+are time-major [T, B, ...]; a stacked, possibly bidirectional LSTM takes its parameters as a dict with
+PyTorch's state_dict names (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...).
+
+One step, one direction::
+
+    z = x[t] W_ih^T + b_ih + h W_hh^T + b_hh          # [B, 4H]
+    i, f, g, o = sigmoid(z_i), sigmoid(z_f), tanh(z_g), sigmoid(z_o)
+    c = f * c + i * g
+    h = o * tanh(c)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["sigmoid", "lstm_layer_forward", "lstm_layer_backward", "lstm_forward", "lstm_backward"]
+
+
+def sigmoid(x):
+    """Logistic function, accurate for large |x| (no overflow warning)."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, reverse=False):
+    """One direction of one layer.
+
+    x: [T, B, I]; w_ih: [4H, I]; w_hh: [4H, H]; b_ih, b_hh: [4H] or None; h0, c0: [B, H] or None.
+    Returns (y [T, B, H], h_n [B, H], c_n [B, H], cache for lstm_layer_backward).
+    With reverse=True the sequence is processed from t = T-1 down to 0 (y stays indexed by t).
+    """
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    h = np.zeros((B, H), x.dtype) if h0 is None else h0
+    c = np.zeros((B, H), x.dtype) if c0 is None else c0
+    bias = (0 if b_ih is None else b_ih) + (0 if b_hh is None else b_hh)
+    order = range(T - 1, -1, -1) if reverse else range(T)
+    y = np.zeros((T, B, H), x.dtype)
+    steps = []
+    for t in order:
+        z = x[t] @ w_ih.T + h @ w_hh.T + bias
+        i, f, g, o = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
+        c_prev, h_prev = c, h
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        y[t] = h
+        steps.append((t, h_prev, c_prev, i, f, g, o, c))
+    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, steps=steps)
+    return y, h, c, cache
+
+
+def lstm_layer_backward(dy, dh_n, dc_n, cache):
+    """Backpropagation through time for lstm_layer_forward.
+
+    dy: [T, B, H] or None; dh_n, dc_n: [B, H] or None.
+    Returns (dx, dh0, dc0, grads) with grads = dict(w_ih, w_hh, b_ih, b_hh).
+    """
+    x, w_ih, w_hh, steps = cache["x"], cache["w_ih"], cache["w_hh"], cache["steps"]
+    B, H = steps[0][1].shape
+    dh = np.zeros((B, H), x.dtype) if dh_n is None else dh_n.copy()
+    dc = np.zeros((B, H), x.dtype) if dc_n is None else dc_n.copy()
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db = np.zeros(4 * H, x.dtype)
+    for t, h_prev, c_prev, i, f, g, o, c in reversed(steps):
+        if dy is not None:
+            dh = dh + dy[t]
+        tc = np.tanh(c)
+        do = dh * tc
+        dc = dc + dh * o * (1 - tc ** 2)
+        di, df, dg = dc * g, dc * c_prev, dc * i
+        dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g ** 2), do * o * (1 - o)], axis=1)
+        dx[t] = dz @ w_ih
+        dw_ih += dz.T @ x[t]
+        dw_hh += dz.T @ h_prev
+        db += dz.sum(axis=0)
+        dh = dz @ w_hh
+        dc = dc * f
+    return dx, dh, dc, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
+
+
+def _suffix(d):
+    return "_reverse" if d == 1 else ""
+
+
+def lstm_forward(x, params, num_layers=1, bidirectional=False, h0=None, c0=None, dropout_masks=None):
+    """A stacked (optionally bidirectional) LSTM, time-major, as torch.nn.LSTM computes it.
+
+    x: [T, B, I]; params: PyTorch state_dict names -> arrays (biases may be absent);
+    h0, c0: [L*D, B, H] or None; dropout_masks: None or a list of L-1 arrays [T, B, D*H] that
+    multiply the output of layer l before it enters layer l+1 (already scaled by 1/(1-p)).
+    Returns (y [T, B, D*H], (h_n, c_n) each [L*D, B, H], cache).
+    """
+    D = 2 if bidirectional else 1
+    inp = x
+    hn, cn, caches, inputs = [], [], [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            sfx = f"_l{layer}{_suffix(d)}"
+            y, h, c, cache = lstm_layer_forward(
+                inp, params["weight_ih" + sfx], params["weight_hh" + sfx],
+                params.get("bias_ih" + sfx), params.get("bias_hh" + sfx),
+                None if h0 is None else h0[k], None if c0 is None else c0[k], reverse=d == 1)
+            outs.append(y)
+            hn.append(h)
+            cn.append(c)
+            caches.append(cache)
+        inputs.append(inp)
+        out = np.concatenate(outs, axis=2)
+        if dropout_masks is not None and layer < num_layers - 1:
+            out = out * dropout_masks[layer]
+        inp = out
+    cache = dict(caches=caches, num_layers=num_layers, D=D, dropout_masks=dropout_masks)
+    return inp, (np.stack(hn), np.stack(cn)), cache
+
+
+def lstm_backward(dy, dh_n, dc_n, cache):
+    """Backward of lstm_forward. dy: [T, B, D*H] or None; dh_n, dc_n: [L*D, B, H] or None.
+
+    Returns (dx, dh0, dc0, grads by PyTorch name).
+    """
+    L, D, caches, masks = cache["num_layers"], cache["D"], cache["caches"], cache["dropout_masks"]
+    H = caches[0]["w_hh"].shape[1]
+    grads, dh0, dc0 = {}, [None] * (L * D), [None] * (L * D)
+    dout = dy
+    for layer in reversed(range(L)):
+        dx_total = None
+        for d in range(D):
+            k = layer * D + d
+            dyd = None if dout is None else dout[:, :, d * H:(d + 1) * H]
+            dx, dh, dc, g = lstm_layer_backward(
+                dyd, None if dh_n is None else dh_n[k], None if dc_n is None else dc_n[k], caches[k])
+            dx_total = dx if dx_total is None else dx_total + dx
+            dh0[k], dc0[k] = dh, dc
+            sfx = f"_l{layer}{_suffix(d)}"
+            for name in ("w_ih", "w_hh", "b_ih", "b_hh"):
+                torch_name = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}[name]
+                grads[torch_name + sfx] = g[name]
+        if layer > 0 and masks is not None:
+            dx_total = dx_total * masks[layer - 1]
+        dout = dx_total
+    return dout, np.stack(dh0), np.stack(dc0), grads
