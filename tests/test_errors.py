@@ -1,0 +1,127 @@
+"""Bad input never crashes: a TypeError/ValueError naming the argument, what was expected and what came."""
+
+import numpy as np
+import pytest
+
+import fastlstm
+from fastlstm import _C
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(input_size=0), ValueError, "input_size: expected a positive int, got 0"),
+    (dict(input_size=3.0), TypeError, "input_size: expected a positive int, got float"),
+    (dict(hidden_size=True), TypeError, "hidden_size"),
+    (dict(num_layers=-1), ValueError, "num_layers"),
+    (dict(dropout=1.0), ValueError, r"dropout: expected a float in \[0, 1\), got 1.0"),
+    (dict(dropout="0.1"), TypeError, "dropout"),
+    (dict(dtype="float16"), TypeError, "dtype: expected 'float32' or 'float64', got float16"),
+    (dict(dtype="int32"), TypeError, "dtype"),
+    (dict(bidirectional=1), TypeError, "bidirectional: expected a bool"),
+    (dict(device="tpu"), ValueError, "device"),
+    (dict(device="cuda"), RuntimeError, "CUDA"),
+    (dict(seed=-3), TypeError, "seed"),
+    (dict(proj_size=2), NotImplementedError, "proj_size"),
+])
+def test_bad_constructor_arguments(kwargs, exc, match):
+    args = dict(input_size=3, hidden_size=4)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        fastlstm.LSTM(**args)
+
+
+@pytest.fixture
+def lstm():
+    return fastlstm.LSTM(3, 4, num_layers=2, seed=0)
+
+
+@pytest.mark.parametrize("x,exc,match", [
+    ([[[0.0, 0.0, 0.0]]], TypeError, "x: expected a numpy.ndarray of float32"),
+    (np.zeros((2, 1, 3), np.float64), TypeError, "x: expected dtype float32, got float64"),
+    (np.zeros((2, 1, 3), np.int64), TypeError, "x: expected dtype float32, got int64"),
+    (np.zeros((2, 1, 5), np.float32), ValueError, r"x: expected the last dimension to be input_size=3, got shape \(2, 1, 5\)"),
+    (np.zeros((3,), np.float32), ValueError, r"x: expected 3 dimensions"),
+    (np.zeros((1, 2, 1, 3), np.float32), ValueError, r"x: expected 3 dimensions"),
+    (np.zeros((0, 2, 3), np.float32), ValueError, "at least one time step"),
+    (np.zeros((2, 0, 3), np.float32), ValueError, "at least one time step"),
+])
+def test_bad_input(lstm, x, exc, match):
+    with pytest.raises(exc, match=match):
+        lstm(x)
+
+
+def test_bad_states(lstm):
+    x = np.zeros((2, 5, 3), np.float32)
+    h = np.zeros((2, 5, 4), np.float32)
+    with pytest.raises(TypeError, match="hx: expected a pair"):
+        lstm(x, h)
+    with pytest.raises(ValueError, match=r"hx\[0\]: expected shape \(2, 5, 4\).*got \(2, 4, 4\)"):
+        lstm(x, (np.zeros((2, 4, 4), np.float32), h))
+    with pytest.raises(TypeError, match=r"hx\[1\]: expected dtype float32, got float64"):
+        lstm(x, (h, h.astype(np.float64)))
+    with pytest.raises(TypeError, match=r"hx\[0\]"):
+        lstm(x, (None, h))
+
+
+def test_bad_backward_arguments(lstm):
+    x = np.zeros((2, 5, 3), np.float32)
+    y, _ = lstm(x)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(2, 5, 4\)"):
+        lstm.backward(np.zeros((2, 5, 5), np.float32))
+    with pytest.raises(TypeError, match="dy: expected dtype float32"):
+        lstm.backward(np.zeros((2, 5, 4)))
+    with pytest.raises(ValueError, match=r"dhx\[1\]: expected shape"):
+        lstm.backward(np.zeros_like(y), (None, np.zeros((1, 5, 4), np.float32)))
+    lstm.backward(np.zeros_like(y))  # the failed calls above did not consume the saved forward
+
+
+def test_bad_state_dict(lstm):
+    sd = lstm.state_dict()
+    with pytest.raises(ValueError, match="missing keys"):
+        lstm.load_state_dict({k: v for k, v in sd.items() if k != "bias_hh_l1"})
+    with pytest.raises(ValueError, match="unexpected keys"):
+        lstm.load_state_dict(dict(sd, extra=np.zeros(1)))
+    before = lstm.state_dict()
+    bad = dict(sd, weight_ih_l0=sd["weight_ih_l0"] + 1, weight_hh_l1=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"state\['weight_hh_l1'\]: expected shape \(16, 4\), got \(3, 3\)"):
+        lstm.load_state_dict(bad)
+    for k in before:  # all-or-nothing: nothing was loaded
+        np.testing.assert_array_equal(lstm.state_dict()[k], before[k])
+    with pytest.raises(TypeError, match="state: expected a dict"):
+        lstm.load_state_dict([1, 2])
+
+
+def test_memory_is_checked_before_allocating():
+    lstm = fastlstm.LSTM(1, 1)
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(10**7, 10**5, 1), strides=(0, 0, 0))
+    with pytest.raises(MemoryError, match="GiB"):
+        lstm(huge)
+    with pytest.raises(MemoryError, match="parameters"):
+        fastlstm.LSTM(10**6, 10**6)
+
+
+def test_isa_and_threads_switches_reject_bad_values():
+    with pytest.raises(ValueError, match="isa: expected one of"):
+        fastlstm.set_isa("sse9")
+    with pytest.raises(TypeError):
+        fastlstm.set_isa(3)
+    with pytest.raises(ValueError):
+        fastlstm.set_num_threads(0)
+    with pytest.raises(TypeError):
+        fastlstm.set_num_threads(2.0)
+
+
+def test_compiled_functions_check_their_arrays():
+    """The binding's own checks (a misuse of fastlstm._C raises, never writes out of bounds)."""
+    a = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="inner sizes differ"):
+        _C.gemm(a, np.zeros((5, 2), np.float32), np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="c: expected shape"):
+        _C.gemm(a, np.zeros((4, 2), np.float32), np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match="writable"):
+        c = np.zeros((3, 2), np.float32)
+        c.flags.writeable = False
+        _C.gemm(a, np.zeros((4, 2), np.float32), c)
+    with pytest.raises(ValueError, match="y: expected shape"):
+        _C.lstm_forward(np.zeros((2, 1, 16), np.float32), np.zeros((1, 16, 4), np.float32), None, None, None,
+                        np.zeros((2, 1, 5), np.float32), np.zeros((1, 1, 4), np.float32),
+                        np.zeros((1, 1, 4), np.float32), None, None, False)

@@ -1,0 +1,128 @@
+"""Every CPU kernel on every ISA this machine runs, against fastlstm.reference, at sizes that hit tails.
+
+Sizes: H in (1, 7, 33, 129) crosses the 16/8/4/1-lane unit tiles of AVX-512/AVX2/scalar, B in (1, 3, 8)
+crosses the register-blocked row groups, T in (1, 5). Each case runs a bidirectional layer, so the
+forward and reverse recurrences are both checked, with initial states, in both time-major and
+batch-major layouts, and with 1, 2 and 3 threads (which must agree bit for bit).
+"""
+
+import numpy as np
+import pytest
+
+import fastlstm
+from conftest import assert_close, random_state_dict, using_threads
+from fastlstm import _C
+from fastlstm import reference as R
+
+
+def run_layer(params, x, h0, c0, dy, dh_n, dc_n, dtype, batch_first):
+    T, B, I = x.shape
+    H = params["weight_hh_l0"].shape[1]
+    lstm = fastlstm.LSTM(I, H, bidirectional=True, batch_first=batch_first, dtype=dtype)
+    lstm.load_state_dict(params)
+    cast = lambda a: a.astype(dtype)
+    xin = x.transpose(1, 0, 2) if batch_first else x
+    dyin = dy.transpose(1, 0, 2) if batch_first else dy
+    y, (hn, cn) = lstm(cast(xin), (cast(h0), cast(c0)))
+    dx, (dh0, dc0) = lstm.backward(cast(dyin), (cast(dh_n), cast(dc_n)))
+    if batch_first:
+        y, dx = y.transpose(1, 0, 2), dx.transpose(1, 0, 2)
+    grads = {name: p.grad.copy() for name, p in lstm.named_parameters()}
+    return dict(y=y, hn=hn, cn=cn, dx=dx, dh0=dh0, dc0=dc0, **grads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T", [1, 5])
+@pytest.mark.parametrize("B", [1, 3, 8])
+@pytest.mark.parametrize("H", [1, 7, 33, 129])
+def test_layer_kernels_match_reference(isa, H, B, T, dtype):
+    rng = np.random.default_rng(H * 100 + B * 10 + T)
+    I = 5
+    params = random_state_dict(rng, I, H, bidirectional=True)
+    x = rng.standard_normal((T, B, I))
+    h0, c0 = rng.standard_normal((2, B, H)), rng.standard_normal((2, B, H))
+    dy = rng.standard_normal((T, B, 2 * H))
+    dh_n, dc_n = rng.standard_normal((2, B, H)), rng.standard_normal((2, B, H))
+
+    y, (hn, cn), cache = R.lstm_forward(x, params, 1, True, h0, c0)
+    dx, dh0, dc0, grads = R.lstm_backward(dy, dh_n, dc_n, cache)
+    ref = dict(y=y, hn=hn, cn=cn, dx=dx, dh0=dh0, dc0=dc0, **grads)
+
+    results = []
+    for threads, batch_first in [(1, False), (2, True), (3, False)]:
+        with using_threads(threads):
+            got = run_layer(params, x, h0, c0, dy, dh_n, dc_n, dtype, batch_first)
+        for key in ref:
+            assert_close(got[key], ref[key], dtype, f"{isa} {key} threads={threads} batch_first={batch_first}")
+        results.append(got)
+    for key in ref:  # the partition of hidden units over threads must not change a single bit
+        np.testing.assert_array_equal(results[0][key], results[2][key], err_msg=f"{key}: 1 vs 3 threads")
+
+
+def test_forward_without_optional_inputs(isa):
+    """No bias, no initial state, no gradient for h_n/c_n: the kernels' null-pointer paths."""
+    rng = np.random.default_rng(7)
+    T, B, I, H = 4, 3, 6, 9
+    params = random_state_dict(rng, I, H, bias=False)
+    x = rng.standard_normal((T, B, I))
+    lstm = fastlstm.LSTM(I, H, bias=False, dtype="float64")
+    lstm.load_state_dict(params)
+    y, (hn, cn) = lstm(x)
+    yr, (hr, cr), cache = R.lstm_forward(x, params)
+    assert_close(y, yr, np.float64, "y")
+    assert_close(cn, cr, np.float64, "c_n")
+    dy = rng.standard_normal(y.shape)
+    dx, (dh0, dc0) = lstm.backward(dy)
+    dxr, dh0r, dc0r, gr = R.lstm_backward(dy, None, None, cache)
+    assert_close(dx, dxr, np.float64, "dx")
+    assert_close(dh0, dh0r, np.float64, "dh0")
+    assert_close(dc0, dc0r, np.float64, "dc0")
+    for name, p in lstm.named_parameters():
+        assert_close(p.grad, gr[name], np.float64, name)
+    # only dc_n: dy None
+    y, _ = lstm(x)
+    dc_n = rng.standard_normal((1, B, H))
+    _, (dh0, dc0) = lstm.backward(None, (None, dc_n))
+    _, dh0r, dc0r, _ = R.lstm_backward(None, None, dc_n, cache)
+    assert_close(dh0, dh0r, np.float64, "dh0 from dc_n only")
+    assert_close(dc0, dc0r, np.float64, "dc0 from dc_n only")
+
+
+GEMM_SHAPES = [(1, 1, 1), (7, 65, 300), (13, 129, 513), (6, 64, 256), (100, 3, 17)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("M,N,K", GEMM_SHAPES)
+def test_gemm_matches_numpy(isa, M, N, K, trans_a, trans_b, dtype):
+    rng = np.random.default_rng(M + N + K)
+    a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
+    b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
+    bias = rng.standard_normal(N).astype(dtype)
+    ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    c = np.full((M, N), np.nan, dtype)
+    _C.gemm(a, b, c, trans_a, trans_b, bias)
+    assert_close(c, ref + bias, dtype, "c = op(a) op(b) + bias")
+    _C.gemm(a, b, c, trans_a, trans_b, None, True)  # accumulate
+    assert_close(c, 2 * ref + bias, dtype, "c += op(a) op(b)")
+
+
+def test_gemm_strided_rows_and_thread_counts(isa):
+    """Row-strided operands (a column block of a wider matrix) as the layer passes them; any thread count."""
+    rng = np.random.default_rng(3)
+    big_a = rng.standard_normal((300, 50)).astype(np.float32)
+    a = big_a[:, 10:30]          # [300, 20], row stride 50
+    b = rng.standard_normal((300, 70)).astype(np.float32)
+    out = np.zeros((40, 90), np.float32)
+    c = out[:20, 5:75]           # [20, 70], row stride 90
+    ref = a.T.astype(np.float64) @ b
+    results = []
+    for threads in (1, 2, 3, 5):
+        c[...] = 0
+        _C.gemm(a, b, c, True, False, None, False, threads)
+        assert_close(c, ref, np.float32, f"threads={threads}")
+        results.append(c.copy())
+        assert np.all(out[20:] == 0) and np.all(out[:, :5] == 0) and np.all(out[:, 75:] == 0), "wrote outside c"
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
