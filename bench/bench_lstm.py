@@ -18,7 +18,7 @@ output is checked against torch's (a warning is printed past 1e-4; nothing abort
 
 Timing: wall clock (time.perf_counter). Every method is warmed up (at least 2 runs and 0.2 s), then
 measured in blocks, in 2 rounds that alternate the methods (A B C, then C B A); each block starts with
-one untimed run after a short pause, so the thread pools of the method before (torch's OpenMP threads
+untimed runs (at least one, at least 10 ms) after a short pause, so the thread pools of the method before (torch's OpenMP threads
 and fastlstm's pool spin for a moment after their work) do not bill the next one. The reported time is
 the median over all reps of both rounds.
 
@@ -61,8 +61,10 @@ QUICK_CONFIGS = ((20, 1, 32, 32), (20, 4, 64, 64))
 MODES = ("forward", "fwd+bwd")
 DEFAULT_CSV = Path(__file__).resolve().parent / "results" / "bench_cpu.csv"
 SEED = 0
+BUSY_WARN = 0.10          # warn when other processes keep this share of the CPUs busy
 GUARD_ATOL = 1e-4          # fastlstm vs torch forward output: warn past this max abs difference
 BLOCK_PAUSE_S = 0.02       # idle time before each measured block (lets other pools stop spinning)
+BLOCK_WARMUP_S = 0.01      # then untimed runs for at least this long (at least one) to wake this method up
 EXIT_OK = 0
 EXIT_UNAVAILABLE = 2       # the requested device has no backend in this build
 
@@ -105,8 +107,8 @@ class TimingPlan:
 
 
 FULL_PLAN = TimingPlan()
-QUICK_PLAN = TimingPlan(warmup_runs=1, warmup_s=0.0, target_s=0.02, min_reps=2, max_reps=4, slow_target_s=0.0,
-                        slow_max_reps=1, sgemm_n=512, sgemm_reps=2)
+QUICK_PLAN = TimingPlan(warmup_runs=2, warmup_s=0.01, target_s=0.02, min_reps=4, max_reps=10, slow_target_s=0.0,
+                        slow_max_reps=1, sgemm_n=1024, sgemm_reps=4)
 
 
 @dataclasses.dataclass
@@ -192,9 +194,11 @@ def choose_reps(method: Method, seconds: float, plan: TimingPlan) -> int:
 def measure_block(method: Method, reps: int, timer: CpuTimer) -> list:
     method.enter()
     time.sleep(BLOCK_PAUSE_S)
-    if not method.slow:
-        method.run()  # untimed: caches and thread pools back to this method
-    gc.collect()
+    if not method.slow:  # untimed: caches, thread pools and CPU clocks back to this method
+        start = time.perf_counter()
+        method.run()
+        while time.perf_counter() - start < BLOCK_WARMUP_S:
+            method.run()
     gc.disable()
     try:
         return [timer.time_once(method.run) for _ in range(reps)]
@@ -212,6 +216,7 @@ def measure(methods: list, timer: CpuTimer, plan: TimingPlan) -> dict:
         if estimate is not None:
             per_round[m.key] = math.ceil(choose_reps(m, estimate, plan) / plan.rounds)
     active = [m for m in methods if m.key in per_round]
+    gc.collect()  # once: a full collection with torch loaded takes tens of ms
     for r in range(plan.rounds):
         for m in (active if r % 2 == 0 else active[::-1]):
             results[m.key].times += measure_block(m, per_round[m.key], timer)
@@ -300,6 +305,7 @@ class Machine:
     cpu_model: str
     logical_cpus: int
     python_version: str
+    busy_at_start: Optional[float] = None
     sgemm_numpy_gflops: float = float("nan")
     sgemm_fastlstm_gflops: float = float("nan")
 
@@ -309,6 +315,7 @@ class Machine:
 
     def csv_fields(self) -> dict:
         out = dataclasses.asdict(self)
+        out["busy_at_start"] = "" if self.busy_at_start is None else f"{self.busy_at_start:.3f}"
         out["sgemm_numpy_gflops"] = f"{self.sgemm_numpy_gflops:.1f}"
         out["sgemm_fastlstm_gflops"] = f"{self.sgemm_fastlstm_gflops:.1f}"
         out["sgemm_peak_gflops"] = f"{self.sgemm_peak_gflops:.1f}"
@@ -331,6 +338,30 @@ def logical_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def cpu_busy_share(seconds: float = 0.3) -> Optional[float]:
+    """Share of all CPUs busy over ``seconds`` while this process sleeps (so: other processes), or None."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return None if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
+def busy_warning(share: Optional[float], when: str) -> Optional[str]:
+    if share is None or share < BUSY_WARN:
+        return None
+    return (f"WARNING: other processes kept {100 * share:.0f}% of the CPUs busy {when}; "
+            "timings (multi-threaded ones most) are unreliable")
 
 
 def numpy_blas() -> str:
@@ -479,7 +510,7 @@ def progress_line(row: Row) -> str:
     return ", ".join(parts)
 
 
-def table_columns(torch_threads: list) -> list:
+def table_columns(torch_threads: list, with_reference: bool) -> list:
     """[(group, header, cell function)]; groups are separated by ' | ' in the plain table."""
     cols = [("cfg", "T", lambda r: str(r.cfg.T)), ("cfg", "B", lambda r: str(r.cfg.B)),
             ("cfg", "I", lambda r: str(r.cfg.I)), ("cfg", "H", lambda r: str(r.cfg.H)),
@@ -494,14 +525,15 @@ def table_columns(torch_threads: list) -> list:
         cols.append(("torch", f"torch {t}t ms", cell))
     if torch_threads:
         cols.append(("torch", "speedup vs torch best", lambda r: fmt_x(r.speedup_vs_torch)))
-    cols += [("ref", "reference ms",
-              lambda r: "skipped" if r.reference_status == "skipped" else fmt_ms(r.reference_ms)),
-             ("ref", "speedup vs reference", lambda r: fmt_x(r.speedup_vs_reference))]
+    if with_reference:
+        cols += [("ref", "reference ms",
+                  lambda r: "skipped" if r.reference_status == "skipped" else fmt_ms(r.reference_ms)),
+                 ("ref", "speedup vs reference", lambda r: fmt_x(r.speedup_vs_reference))]
     return cols
 
 
-def plain_table(rows: list, torch_threads: list) -> str:
-    cols = table_columns(torch_threads)
+def plain_table(rows: list, torch_threads: list, with_reference: bool) -> str:
+    cols = table_columns(torch_threads, with_reference)
     cells = [[fn(r) for _, _, fn in cols] for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(cols)]
 
@@ -517,8 +549,8 @@ def plain_table(rows: list, torch_threads: list) -> str:
     return "\n".join([line([h for _, h, _ in cols]), rule] + [line(c) for c in cells])
 
 
-def markdown_table(rows: list, torch_threads: list) -> str:
-    cols = table_columns(torch_threads)
+def markdown_table(rows: list, torch_threads: list, with_reference: bool) -> str:
+    cols = table_columns(torch_threads, with_reference)
     head = "| " + " | ".join(h for _, h, _ in cols) + " |"
     align = "|" + "|".join(":---" if g == "mode" else "---:" for g, _, _ in cols) + "|"
     body = ["| " + " | ".join(fn(r) for _, _, fn in cols) + " |" for r in rows]
@@ -527,9 +559,9 @@ def markdown_table(rows: list, torch_threads: list) -> str:
 
 def header_lines(machine: Machine, torch_threads: list, plan: TimingPlan) -> list:
     n = plan.sgemm_n
+    counts = " and ".join(str(t) for t in torch_threads)
     torch_line = (f"torch {machine.torch_version}: default {machine.torch_default_threads} threads, measured at "
-                  + ", ".join(f"{t}" for t in torch_threads) + " threads"
-                  if torch_threads else "torch: not measured")
+                  f"{counts} thread{'s' if torch_threads != [1] else ''}" if torch_threads else "torch: not measured")
     return [
         "fastlstm CPU benchmark: 1 layer, unidirectional, float32, time-major [T, B, I]",
         f"fastlstm {machine.fastlstm_version}: isa_selected={machine.isa_selected}, "
@@ -551,13 +583,14 @@ def print_header(lines: list, markdown: bool) -> None:
     print(flush=True)
 
 
-def table_notes(torch_threads: list) -> list:
+def table_notes(torch_threads: list, with_reference: bool) -> list:
     notes = []
     if len(torch_threads) > 1:
         notes.append("* torch's faster thread count; speedup vs torch best = that time / fastlstm's "
                      "(> 1: fastlstm is faster)")
-    notes.append("speedup vs reference = NumPy reference time / fastlstm's; 'skipped': one run took over "
-                 "the time budget")
+    if with_reference:
+        notes.append("speedup vs reference = NumPy reference time / fastlstm's; 'skipped': one run took over "
+                     "the time budget")
     return notes
 
 
@@ -675,20 +708,27 @@ def run(args, fastlstm, torch) -> int:
     torch_threads = sorted({1, n}) if torch else []
 
     machine = describe_machine(fastlstm, torch)
+    machine.busy_at_start = cpu_busy_share()
     log_stderr(f"measuring SGEMM {plan.sgemm_n}^3 ...")
     machine.sgemm_numpy_gflops, machine.sgemm_fastlstm_gflops = measure_sgemm(fastlstm, timer, plan)
     print_header(header_lines(machine, torch_threads, plan), args.markdown)
+    warning = busy_warning(machine.busy_at_start, "at the start")
+    if warning:
+        print(warning, flush=True)
 
     ctx = dict(fastlstm=fastlstm, torch=torch, reference=reference, torch_threads=torch_threads, machine=machine)
     rows = []
     for cfg in configs:
         rows += bench_config(cfg, ctx, timer, plan, log_stderr)
 
+    table = markdown_table if args.markdown else plain_table
+    print(table(rows, torch_threads, reference is not None))
     print()
-    print(markdown_table(rows, torch_threads) if args.markdown else plain_table(rows, torch_threads))
-    print()
-    for note in table_notes(torch_threads):
+    for note in table_notes(torch_threads, reference is not None):
         print(note)
+    warning = busy_warning(cpu_busy_share(), "at the end")
+    if warning:
+        print(warning, flush=True)
     if args.csv:
         write_csv(Path(args.csv), rows, torch_threads, machine)
         log_stderr(f"wrote {args.csv}")
