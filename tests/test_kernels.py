@@ -88,7 +88,8 @@ def test_forward_without_optional_inputs(isa):
     assert_close(dc0, dc0r, np.float64, "dc0 from dc_n only")
 
 
-GEMM_SHAPES = [(1, 1, 1), (7, 65, 300), (13, 129, 513), (6, 64, 256), (100, 3, 17)]
+# K = 2100 and 16500 cross the K block of every ISA and dtype (256 KiB of packed B)
+GEMM_SHAPES = [(1, 1, 1), (7, 65, 300), (13, 129, 513), (6, 64, 256), (100, 3, 17), (5, 70, 2100), (3, 5, 16500)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

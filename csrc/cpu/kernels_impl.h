@@ -146,10 +146,11 @@ void tanh_array(const typename V::T* x, typename V::T* y, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The micro-kernel (see the top of the file).
+// The micro-kernel (see the top of the file). Element (r, k) of A is a[r * lda + k * aks]: aks = 1 for
+// rows in place, lda = 1, aks = MR for a panel packed k-major (one sequential stream).
 template <class V, int MR, int NV>
 FASTLSTM_INLINE void micro(const typename V::T* a, int64_t lda, const typename V::T* bp, int64_t K,
-                           typename V::R (&acc)[MR][NV]) {
+                           typename V::R (&acc)[MR][NV], int64_t aks = 1) {
   constexpr int W = V::W;
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
@@ -158,7 +159,7 @@ FASTLSTM_INLINE void micro(const typename V::T* a, int64_t lda, const typename V
     typename V::R b[NV];
     for (int v = 0; v < NV; ++v) b[v] = V::load(bp + (k * NV + v) * W);
     for (int r = 0; r < MR; ++r) {
-      typename V::R av = V::set1(a[r * lda + k]);
+      typename V::R av = V::set1(a[r * lda + k * aks]);
       for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(av, b[v], acc[r][v]);
     }
   }
@@ -447,8 +448,9 @@ struct Backward {
 
 // ---------------------------------------------------------------------------------------------------
 // GEMM: C (+)= op(A) op(B) (+ bias). Blocked over K (kKc) so a packed B panel [kKc][4W] stays in L2
-// while every row block of the thread's M range streams past it; A is read in place when row-major
-// and packed per K block when transposed. Threads take a grid of (M range, panel range) blocks.
+// while every row block of the thread's M range streams past it; A is packed per K block into
+// k-major row blocks (one sequential stream per micro-kernel call, whatever op(A)'s layout).
+// Threads take a grid of (M range, panel range) blocks.
 template <class V>
 struct Gemm {
   using T = typename V::T;
@@ -456,13 +458,13 @@ struct Gemm {
   static constexpr int W = V::W;
   static constexpr int NV = 4;
   static constexpr int64_t NR = NV * W;                 // columns per panel
-  static constexpr int64_t kKc = 16384 / (NR * sizeof(T)) * 4;  // 64 KiB of packed B per K block
+  static constexpr int64_t kKc = 262144 / (NR * sizeof(T));  // 256 KiB of packed B per K block (L2)
 
   struct Ctx {
     const GemmArgs<T>* g;
     int pm, pn;        // thread grid
     T* bpack;          // per thread [kKc][NR]
-    T* apack;          // per thread [mrange][kKc] when trans_a
+    T* apack;          // per thread [mrange][kKc], A packed by pack_a
     int64_t mrange;    // rows of the largest M range
   };
 
@@ -488,7 +490,7 @@ struct Gemm {
     }
     // all scratch is allocated here: an exception must never leave a worker thread
     ctx.mrange = ceil_div(mblocks, ctx.pm) * kMR;
-    Scratch<T> bpack(n * kKc * NR), apack(g.trans_a ? n * ctx.mrange * kKc : 0);
+    Scratch<T> bpack(n * kKc * NR), apack(n * ctx.mrange * kKc);
     ctx.bpack = bpack.p;
     ctx.apack = apack.p;
     par.run(&worker, &ctx);
@@ -507,13 +509,7 @@ struct Gemm {
     T* apack = ctx.apack + tid * ctx.mrange * kKc;
     for (int64_t k0 = 0; k0 < g.K; k0 += kKc) {
       const int64_t kb = imin(kKc, g.K - k0);
-      if (g.trans_a) {  // A^T block [m0:m1, k0:k0+kb] as rows of length kb
-        for (int64_t k = 0; k < kb; ++k) {
-          const T* src = g.a + (k0 + k) * g.lda;
-          for (int64_t m = m0; m < m1; ++m) apack[(m - m0) * kb + k] = src[m];
-        }
-      }
-      const int64_t lda = g.trans_a ? kb : g.lda;
+      pack_a(g, m0, m1, k0, kb, apack);
       const bool first = k0 == 0 && !g.accumulate;
       for (int64_t p = p0; p < p1; ++p) {
         pack_b(g, k0, kb, p, bpack);
@@ -521,8 +517,7 @@ struct Gemm {
           with_rows(static_cast<int>(imin(kMR, m1 - m)), [&](auto MRc) {
             constexpr int mr = decltype(MRc)::value;
             R acc[mr][NV];
-            const T* arow = g.trans_a ? apack + (m - m0) * kb : g.a + m * g.lda + k0;
-            micro<V, mr, NV>(arow, lda, bpack, kb, acc);
+            micro<V, mr, NV>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR);
             for (int v = 0; v < NV; ++v) {
               const int64_t col = p * NR + v * W;
               if (col >= g.N) break;
@@ -534,6 +529,26 @@ struct Gemm {
               }
             }
           });
+        }
+      }
+    }
+  }
+
+  // rows [m0, m1) of op(A), columns [k0, k0 + kb) -> dst, per block of kMR rows [kb][kMR] (k-major,
+  // rows past m1 zero), so the micro-kernel reads A as one sequential stream
+  static void pack_a(const GemmArgs<T>& g, int64_t m0, int64_t m1, int64_t k0, int64_t kb, T* dst) {
+    for (int64_t mb = m0; mb < m1; mb += kMR) {
+      T* d = dst + (mb - m0) * kb;
+      const int64_t rows = imin(kMR, m1 - mb);
+      if (g.trans_a) {
+        for (int64_t k = 0; k < kb; ++k) {
+          const T* src = g.a + (k0 + k) * g.lda + mb;
+          for (int64_t r = 0; r < kMR; ++r) d[k * kMR + r] = r < rows ? src[r] : T(0);
+        }
+      } else {
+        for (int64_t r = 0; r < kMR; ++r) {
+          const T* src = g.a + (mb + r) * g.lda + k0;
+          for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = r < rows ? src[k] : T(0);
         }
       }
     }
