@@ -480,13 +480,15 @@ struct Gemm {
     int n = choose_threads(2.0 * g.M * g.N * g.K, panels * mblocks, num_threads);
     Parallel par(n);
     n = par.size();
-    // the thread grid that minimises the largest block
+    // the thread grid (pm x pn) that minimises a thread's multiply work plus its packing: each thread
+    // packs its own rows of A and its own panels of B, so splitting the smaller side duplicates less
     Ctx ctx{&g, 1, 1, nullptr, nullptr, 0};
-    int64_t best = -1;
+    double best = -1;
     for (int pn = 1; pn <= n; ++pn) {
-      int pm = n / pn;
-      int64_t work = ceil_div(panels, pn) * ceil_div(mblocks, pm);
-      if (best < 0 || work < best) { best = work; ctx.pm = pm; ctx.pn = pn; }
+      const int pm = n / pn;
+      const double rows = double(ceil_div(mblocks, pm) * kMR), cols = double(ceil_div(panels, pn) * NR);
+      const double cost = rows * cols / (2.0 * W) + rows + cols;  // per k: FMAs / 2W lanes vs packed elements
+      if (best < 0 || cost < best) { best = cost; ctx.pm = pm; ctx.pn = pn; }
     }
     // all scratch is allocated here: an exception must never leave a worker thread
     ctx.mrange = ceil_div(mblocks, ctx.pm) * kMR;

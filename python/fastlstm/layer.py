@@ -115,6 +115,7 @@ class LSTM:
         self._rng = np.random.default_rng(V.seed(seed))
         self.training = True
         self._ctx = None
+        self._workspace = {}  # training-mode scratch reused across calls (eval mode shares nothing)
 
         D, H = self.num_directions, self.hidden_size
         nparams = sum(D * 4 * H * (self._layer_input(l) + H + (2 if self.bias else 0)) for l in range(self.num_layers))
@@ -161,6 +162,7 @@ class LSTM:
         self.training = V.boolean(mode, "mode")
         if not self.training:
             self._ctx = None
+            self._workspace.clear()
         return self
 
     def eval(self) -> "LSTM":
@@ -221,6 +223,14 @@ class LSTM:
             extra.append(f"dtype='{self.dtype.name}'")
         return f"LSTM({', '.join([str(self.input_size), str(self.hidden_size)] + extra)})"
 
+    def _scratch(self, key, shape):
+        """A training-mode buffer reused across calls (fresh pages cost a page fault each)."""
+        buf = self._workspace.get(key)
+        if buf is None or buf.shape != shape:
+            buf = np.empty(shape, self.dtype)
+            self._workspace[key] = buf
+        return buf
+
     # ---- forward ---------------------------------------------------------------------------------------
     def __call__(self, x, hx=None):
         return self.forward(x, hx)
@@ -258,18 +268,17 @@ class LSTM:
         inp = np.ascontiguousarray(x)
         saved = []
         for l, w in enumerate(self._layers):
-            gx = np.empty((rows, D * 4 * H), dt)
+            gx = self._scratch("gx", (rows, D * 4 * H)) if training else np.empty((rows, D * 4 * H), dt)
             _C.gemm(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True)
             bias = (w.b_ih + w.b_hh) if self.bias else None
             y = np.empty(seq(D * H), dt)
-            gates = np.empty((D, T, B, 4 * H), dt) if training else None
-            cell = np.empty((D, T, B, H), dt) if training else None
+            gates = self._scratch(("gates", l), (D, T, B, 4 * H)) if training else None
+            cell = self._scratch(("cell", l), (D, T, B, H)) if training else None
             ks = slice(l * D, (l + 1) * D)
             h0l = None if h0 is None else h0[ks]
             c0l = None if c0 is None else c0[ks]
             _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
                             gates, cell, bf)
-            del gx
             mask = None
             if training and self.dropout > 0 and l < L - 1:
                 keep = self._rng.random(y.shape, dtype=dt) >= self.dropout
@@ -336,7 +345,7 @@ class LSTM:
         for l in reversed(range(L)):
             s, w = ctx["layers"][l], self._layers[l]
             ks = slice(l * D, (l + 1) * D)
-            dg = np.empty(seq(D * 4 * H), dt)
+            dg = self._scratch("dg", seq(D * 4 * H))
             _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout,
                              None if dh_n is None else dh_n[ks], None if dc_n is None else dc_n[ks],
                              dg, dh0[ks], dc0[ks], bf)
