@@ -184,10 +184,10 @@ void SpinBarrier::wait() {
 }
 
 int choose_threads(double work_flops, int64_t units, int request) {
-  // below this much work per thread between synchronisations, a barrier (~0.3 us on this class of
-  // machine, more when a core is shared) costs more than the parallel speed-up; measured with
-  // bench/bench_lstm.py (see README, "Threads").
-  constexpr double kMinFlopsPerThread = 96e3;
+  // below this much work per thread between synchronisations the barrier (~0.25 us a step on the
+  // 2-core EPYC of the README) costs more than the split saves: measured crossover at B=1, 1000 steps:
+  // H=32 (8k flops a step) 156 us on 1 thread vs 218 on 2; H=48 (18k) 374 vs 336; H=64 661 vs 413
+  constexpr double kMinFlopsPerThread = 9e3;
   int64_t limit = std::max<int64_t>(1, units);
   if (request > 0) return static_cast<int>(std::min<int64_t>(request, limit));
   int n = max_threads();
