@@ -40,23 +40,22 @@ def assert_close(got, ref, dtype, what="", rtol=None):
 
 
 @contextlib.contextmanager
+def _switched(get, set_, value):
+    """Set a global switch of fastlstm for the duration of a with-block, then restore it."""
+    old = get()
+    set_(value)
+    try:
+        yield
+    finally:
+        set_(old)
+
+
 def using_isa(name):
-    old = fastlstm.get_isa()
-    fastlstm.set_isa(name)
-    try:
-        yield
-    finally:
-        fastlstm.set_isa(old)
+    return _switched(fastlstm.get_isa, fastlstm.set_isa, name)
 
 
-@contextlib.contextmanager
 def using_threads(n):
-    old = fastlstm.get_num_threads()
-    fastlstm.set_num_threads(n)
-    try:
-        yield
-    finally:
-        fastlstm.set_num_threads(old)
+    return _switched(fastlstm.get_num_threads, fastlstm.set_num_threads, n)
 
 
 @pytest.fixture(params=ISAS)

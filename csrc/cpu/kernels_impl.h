@@ -544,13 +544,17 @@ struct Gemm {
       const int64_t rows = imin(kMR, m1 - mb);
       if (g.trans_a) {
         for (int64_t k = 0; k < kb; ++k) {
-          const T* src = g.a + (k0 + k) * g.lda + mb;
+          const T* src = g.a + (k0 + k) * g.lda + mb;  // rows mb.. of column k0 + k (in bounds: rows >= 1)
           for (int64_t r = 0; r < kMR; ++r) d[k * kMR + r] = r < rows ? src[r] : T(0);
         }
       } else {
         for (int64_t r = 0; r < kMR; ++r) {
+          if (r >= rows) {
+            for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = T(0);
+            continue;
+          }
           const T* src = g.a + (mb + r) * g.lda + k0;
-          for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = r < rows ? src[k] : T(0);
+          for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = src[k];
         }
       }
     }
