@@ -148,21 +148,41 @@ void tanh_array(const typename V::T* x, typename V::T* y, int64_t n) {
 // ---------------------------------------------------------------------------------------------------
 // The micro-kernel (see the top of the file). Element (r, k) of A is a[r * lda + k * aks]: aks = 1 for
 // rows in place, lda = 1, aks = MR for a panel packed k-major (one sequential stream).
+// micro_acc adds to acc, micro starts from zero. micro_acc is out of line on purpose: inlined into a
+// loop with a gate epilogue, GCC keeps the epilogue's constants in registers and spills accumulators
+// inside the k loop (measured: recurrent forward at 1 thread, B=16, H=256, 81 -> 94 GFLOP/s).
 template <class V, int MR, int NV>
-FASTLSTM_INLINE void micro(const typename V::T* a, int64_t lda, const typename V::T* bp, int64_t K,
-                           typename V::R (&acc)[MR][NV], int64_t aks = 1) {
+__attribute__((noinline)) void micro_acc(const typename V::T* a, int64_t lda, const typename V::T* bp, int64_t K,
+                                         typename V::R (&acc)[MR][NV], int64_t aks) {
   constexpr int W = V::W;
+  typename V::R c[MR][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) c[r][v] = acc[r][v];
 #pragma GCC unroll 2
   for (int64_t k = 0; k < K; ++k) {
     typename V::R b[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = V::load(bp + (k * NV + v) * W);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       typename V::R av = V::set1(a[r * lda + k * aks]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = V::fma(av, b[v], acc[r][v]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[r][v] = V::fma(av, b[v], c[r][v]);
     }
   }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = c[r][v];
+}
+template <class V, int MR, int NV>
+FASTLSTM_INLINE void micro(const typename V::T* a, int64_t lda, const typename V::T* bp, int64_t K,
+                           typename V::R (&acc)[MR][NV], int64_t aks = 1) {
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  micro_acc<V, MR, NV>(a, lda, bp, K, acc, aks);
 }
 
 // load / store W lanes, or the first n of them
