@@ -138,7 +138,7 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
 template <typename T>
 void backward_impl(py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy,
                    py::object dh_n, py::object dc_n, py::object dg, py::object dh0, py::object dc0,
-                   bool batch_first, int num_threads) {
+                   py::object dbias, bool batch_first, int num_threads) {
   FASTLSTM_CHECK(py::isinstance<py::array>(gates) && py::reinterpret_borrow<py::array>(gates).ndim() == 4,
                  "gates: expected a [D, T, B, 4H] array");
   auto ga = py::reinterpret_borrow<py::array>(gates);
@@ -157,6 +157,7 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
   T* pdg = arr<T>(dg, "dg", seq(D * 4 * H), true);
   T* pdh0 = arr<T>(dh0, "dh0", {D, B, H}, true);
   T* pdc0 = arr<T>(dc0, "dc0", {D, B, H}, true);
+  T* pdb = opt<T>(dbias, "dbias", {D, 4 * H}, true);
   LstmBackwardArgs<T> args[2];
   for (int64_t d = 0; d < D; ++d) {
     LstmBackwardArgs<T>& a = args[d];
@@ -175,6 +176,7 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
     a.dg_sb = batch_first ? T_ * D * 4 * H : D * 4 * H;
     a.dh0 = pdh0 + d * B * H;
     a.dc0 = pdc0 + d * B * H;
+    a.dbias = pdb ? pdb + d * 4 * H : nullptr;
     a.reverse = d == 1;
   }
   py::gil_scoped_release nogil;
@@ -262,13 +264,16 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads") = 0);
   m.def("lstm_backward",
         [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
-           py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, int num_threads) {
-          if (is_f64(w_hh)) backward_impl<double>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, batch_first, num_threads);
-          else backward_impl<float>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, batch_first, num_threads);
+           py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, py::object dbias,
+           int num_threads) {
+          if (is_f64(w_hh))
+            backward_impl<double>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, num_threads);
+          else
+            backward_impl<float>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, num_threads);
         },
         py::arg("w_hh"), py::arg("gates"), py::arg("cell"), py::arg("c0"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dg"), py::arg("dh0"), py::arg("dc0"), py::arg("batch_first"),
-        py::arg("num_threads") = 0);
+        py::arg("dbias") = py::none(), py::arg("num_threads") = 0);
   m.def("gemm",
         [](py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias, bool accumulate,
            int num_threads) {

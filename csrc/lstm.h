@@ -53,7 +53,8 @@ struct LstmForwardArgs {
 
 // ---- backward: one direction of one layer ---------------------------------------------------------
 // Consumes what a training forward saved; produces the pre-activation gate gradients dG, from which
-// the caller forms dW_ih = dG^T x, dW_hh = dG^T h[t-1], db = sum dG and dx = dG W_ih (big GEMMs).
+// the caller forms dW_ih = dG^T x, dW_hh = dG^T h[t-1] and dx = dG W_ih (big GEMMs); db = sum dG
+// is summed here, in the epilogue, when dbias is given.
 template <typename Real>
 struct LstmBackwardArgs {
   int64_t T = 0, B = 0, H = 0;
@@ -69,6 +70,8 @@ struct LstmBackwardArgs {
   int64_t dg_st = 0, dg_sb = 0;
   Real* dh0 = nullptr;              // dh0:   [B, H] out: dL/dh0
   Real* dc0 = nullptr;              // dc0:   [B, H] out: dL/dc0
+  Real* dbias = nullptr;            // dbias: [4H] out: sum of dG over all steps and sequences (the bias
+                                    //        gradient, summed in double), or nullptr to skip it
   bool reverse = false;
 };
 

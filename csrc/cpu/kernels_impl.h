@@ -340,7 +340,9 @@ struct Forward {
 //   dh  = dy[t] + dG[t+1] W_hh            (the GEMM; dh_n at the first step)
 //   dc  = dc' + dh o (1 - tanh^2 c)        dc' = f[t+1] dc[t+1]
 //   dG  = [dc gg i(1-i), dc c[t-1] f(1-f), dc i (1-gg^2), dh tanh(c) o(1-o)]
-// and after the last, dh0 = dG[first] W_hh, dc0 = f[first] dc[first].
+// and after the last, dh0 = dG[first] W_hh, dc0 = f[first] dc[first]. With dbias, each thread also sums
+// its columns of dG into double accumulators (steps in processing order, rows in order: the same sum
+// for any thread count).
 template <class V>
 struct Backward {
   using T = typename V::T;
@@ -350,7 +352,8 @@ struct Backward {
 
   struct Dir {
     const LstmBackwardArgs<T>* a;
-    T* wp;  // packed W_hh columns: per group of up to 4 tiles, [4H][nv][W]
+    T* wp;        // packed W_hh columns: per group of up to 4 tiles, [4H][nv][W]
+    double* dbs;  // [4H] running bias-gradient sums (each thread owns its units' columns)
     SpinBarrier* barrier;
   };
   struct Ctx {
@@ -368,9 +371,11 @@ struct Backward {
     ctx.ndirs = ndirs;
     ctx.team.groups = (ndirs == 2 && n >= 2) ? 2 : 1;
     Scratch<T> wp(ndirs * tiles * W * 4 * H);
+    Scratch<double> dbs(ndirs * 4 * H);
     SpinBarrier b0(ctx.team.groups == 2 ? n / 2 : n), b1(n - n / 2);
     for (int d = 0; d < ndirs; ++d)
-      ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * H, d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
+      ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * H, dbs.p + d * 4 * H,
+                       d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
     par.run(&worker, &ctx);
   }
 
@@ -400,6 +405,10 @@ struct Backward {
     }
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) a.dc0[b * H + j] = a.dc_n ? a.dc_n[b * H + j] : T(0);
+    double* dbs = a.dbias ? dir.dbs : nullptr;
+    if (dbs)
+      for (int g = 0; g < 4; ++g)
+        for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) dbs[g * H + j] = 0.0;
 
     int64_t tprev = -1;  // the step processed last (its dG feeds this step's dh)
     for (int64_t s = 0; s <= T_; ++s) {
@@ -427,7 +436,7 @@ struct Backward {
                   const int64_t j0 = (u + v) * W;
                   const int nl = static_cast<int>(imin(W, H - j0));
                   if (t < 0) st<V>(a.dh0 + (b0 + r) * H + j0, acc[r][v], nl);
-                  else step_epilogue(a, t, b0 + r, j0, nl, acc[r][v]);
+                  else step_epilogue(a, t, b0 + r, j0, nl, acc[r][v], dbs);
                 }
             });
           });
@@ -437,10 +446,24 @@ struct Backward {
       tprev = t;
       dir.barrier->wait();
     }
+    if (dbs)
+      for (int g = 0; g < 4; ++g)
+        for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) a.dbias[g * H + j] = static_cast<T>(dbs[g * H + j]);
+  }
+
+  // p[0..n) += v's first n lanes, in double
+  static FASTLSTM_INLINE void add_wide(double* p, R v, int n) {
+    alignas(64) T lanes[W];
+    V::store(lanes, v);
+    if (n == W) {
+      for (int l = 0; l < W; ++l) p[l] += static_cast<double>(lanes[l]);
+    } else {
+      for (int l = 0; l < n; ++l) p[l] += static_cast<double>(lanes[l]);
+    }
   }
 
   static FASTLSTM_INLINE void step_epilogue(const LstmBackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
-                                            int nl, R dh) {
+                                            int nl, R dh, double* dbs) {
     const int64_t H = a.H, B = a.B;
     const R one = V::set1(T(1));
     if (a.dy) dh = V::add(dh, ld<V>(a.dy + t * a.dy_st + b * a.dy_sb + j0, nl));
@@ -463,6 +486,12 @@ struct Backward {
     st<V>(out + H, dgf, nl);
     st<V>(out + 2 * H, dgg, nl);
     st<V>(out + 3 * H, dgo, nl);
+    if (dbs) {
+      add_wide(dbs + j0, dgi, nl);
+      add_wide(dbs + H + j0, dgf, nl);
+      add_wide(dbs + 2 * H + j0, dgg, nl);
+      add_wide(dbs + 3 * H + j0, dgo, nl);
+    }
   }
 };
 

@@ -11,7 +11,8 @@ Data flow of layer l (D = 1 or 2 directions, all directions' weights stacked so 
     y   = recurrence(gx + b, W_hh) [.., D*H]      _C.lstm_forward, saving gates and c when training
   backward:
     dG  = recurrence'(dy, W_hh)    [rows, D*4H]   _C.lstm_backward
-    dW_ih += dG^T x;  dW_hh += dG^T h[t-1];  db += sum dG;  dx = dG W_ih   (_C.gemm, NumPy sum)
+    db += sum dG                                   (summed by _C.lstm_backward)
+    dW_ih += dG^T x;  dW_hh += dG^T h[t-1];  dx = dG W_ih   (_C.gemm; time-major reads h[t-1] from y)
 
 Test: tests/test_layer.py (against fastlstm.reference), tests/test_torch_parity.py (against PyTorch).
 """
@@ -337,7 +338,6 @@ class LSTM:
         self._ctx = None
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
-        tview = (lambda a: a.swapaxes(0, 1)) if bf else (lambda a: a)  # any seq array as [T, B, ...]
         rows = T * B
         dh0 = np.empty((L * D, B, H), dt)
         dc0 = np.empty((L * D, B, H), dt)
@@ -346,22 +346,15 @@ class LSTM:
             s, w = ctx["layers"][l], self._layers[l]
             ks = slice(l * D, (l + 1) * D)
             dg = self._scratch("dg", seq(D * 4 * H))
+            db = self._scratch(("db", l), (D, 4 * H)) if self.bias else None
             _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout,
                              None if dh_n is None else dh_n[ks], None if dc_n is None else dc_n[ks],
-                             dg, dh0[ks], dc0[ks], bf)
+                             dg, dh0[ks], dc0[ks], bf, db)
             dg2 = dg.reshape(rows, D * 4 * H)
             _C.gemm(dg2, s["inp"].reshape(rows, -1), w.g_w_ih, trans_a=True, accumulate=True)
-            yt = tview(s["y"])
             for d in range(D):
-                hp = np.empty(seq(H), dt)  # h[t-1] in processing order, h0 at the first step
-                hpt = tview(hp)
-                first, rest, src = (0, slice(1, None), slice(None, -1)) if d == 0 else (T - 1, slice(None, -1), slice(1, None))
-                hpt[first] = 0 if s["h0"] is None else s["h0"][d]
-                hpt[rest] = yt[src, :, d * H:(d + 1) * H]
-                _C.gemm(dg2[:, d * 4 * H:(d + 1) * 4 * H], hp.reshape(rows, H), w.g_w_hh[d], trans_a=True,
-                        accumulate=True)
+                self._grad_w_hh(w.g_w_hh[d], dg, s["y"], s["h0"], d, T, B, bf)
             if self.bias:
-                db = dg2.sum(axis=0, dtype=np.float64).astype(dt).reshape(D, 4 * H)
                 w.g_b_ih += db
                 w.g_b_hh += db
             dx = np.empty((rows, self._layer_input(l)), dt)
@@ -373,3 +366,26 @@ class LSTM:
         if unbatched:
             return dout[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
         return dout, (dh0, dc0)
+
+    def _grad_w_hh(self, g_w_hh, dg, y, h0, d, T, B, bf):
+        """g_w_hh += sum over steps of dG[t]^T h[t-1] for direction d (h[t-1]: the state before step t
+        in processing order; h0, or zeros, before the first)."""
+        dt, D, H = self.dtype, self.num_directions, self.hidden_size
+        gcols, hcols = slice(d * 4 * H, (d + 1) * 4 * H), slice(d * H, (d + 1) * H)
+        if not bf:
+            # time-major: the rows of step t and of step t-1 (d=0) or t+1 (d=1) are B rows apart, so
+            # both products read y and dG in place
+            dg2, y2 = dg.reshape(T * B, -1), y.reshape(T * B, -1)
+            head, tail = slice(B, None), slice(None, (T - 1) * B)
+            if T > 1:
+                g_rows, h_rows = (head, tail) if d == 0 else (tail, head)
+                _C.gemm(dg2[g_rows, gcols], y2[h_rows, hcols], g_w_hh, trans_a=True, accumulate=True)
+            if h0 is not None:
+                first = slice(None, B) if d == 0 else slice((T - 1) * B, None)
+                _C.gemm(dg2[first, gcols], h0[d], g_w_hh, trans_a=True, accumulate=True)
+            return
+        hp = np.empty((B, T, H), dt)  # batch-major: h[t-1] gathered in processing order
+        first, rest, src = (0, slice(1, None), slice(None, -1)) if d == 0 else (T - 1, slice(None, -1), slice(1, None))
+        hp[:, first] = 0 if h0 is None else h0[d]
+        hp[:, rest] = y[:, src, hcols]
+        _C.gemm(dg.reshape(T * B, -1)[:, gcols], hp.reshape(T * B, H), g_w_hh, trans_a=True, accumulate=True)
