@@ -1,8 +1,12 @@
-"""fastlstm: fused LSTM kernels (AVX2/AVX-512) behind a torch.nn.LSTM-compatible layer for NumPy arrays.
+"""fastlstm: fused LSTM kernels (AVX2/AVX-512) behind a torch.nn.LSTM-compatible layer for NumPy arrays,
+and a small training library around it.
 
     import numpy as np, fastlstm
     lstm = fastlstm.LSTM(32, 64, num_layers=2, seed=0)
     y, (h_n, c_n) = lstm(np.random.rand(100, 8, 32).astype(np.float32))
+
+Training: fastlstm.nn (layers), .losses, .optim, .train (fit), .data and .tasks (built-in tasks),
+fastlstm.save / fastlstm.load (checkpoints); the `fastlstm` command runs it all.
 
 Environment: FASTLSTM_ISA=scalar|avx2|avx512 forces a kernel set (default: the best this CPU runs);
 FASTLSTM_NUM_THREADS=n sets the thread budget (default: the cores this process may use).
@@ -13,10 +17,13 @@ import os as _os
 from . import _C
 from . import reference
 from .layer import LSTM, Parameter
+from . import checkpoint, data, losses, nn, optim, tasks, train
+from .checkpoint import load, save
 
 __version__ = _C.__version__
 
-__all__ = ["LSTM", "Parameter", "reference", "build_info", "set_num_threads", "get_num_threads",
+__all__ = ["LSTM", "Parameter", "reference", "nn", "losses", "optim", "train", "data", "tasks", "checkpoint",
+           "save", "load", "build_info", "set_num_threads", "get_num_threads",
            "set_isa", "get_isa", "__version__"]
 
 

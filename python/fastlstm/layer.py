@@ -67,6 +67,8 @@ class Parameter:
 
     @data.setter
     def data(self, value) -> None:
+        if value is self._data:  # `p.data -= u` lands here with the same array
+            return
         value = np.asarray(value)
         if value.shape != self._data.shape:
             raise ValueError(f"{self.name}: expected shape {self._data.shape}, got {value.shape}")
@@ -75,6 +77,14 @@ class Parameter:
     @property
     def grad(self) -> np.ndarray:
         return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:  # `p.grad += g` lands here with the same array; other values are copied in
+        if value is not self._grad:
+            value = np.asarray(value)
+            if value.shape != self._grad.shape:
+                raise ValueError(f"{self.name}.grad: expected shape {self._grad.shape}, got {value.shape}")
+            self._grad[...] = value
 
     @property
     def shape(self):

@@ -1,0 +1,97 @@
+"""Array-library plumbing shared by the training library: NumPy on the CPU, CuPy on a GPU.
+
+What this is: the few places where the two libraries differ (which module an array belongs to, moving
+arrays between devices, scatter-add, matrix products), so that nn, losses and optim are written once
+against ``xp``. What it is not: a device abstraction layer; CuPy is imported only when an array or a
+device asks for it, and NumPy-only code never pays for it.
+
+Tests: tests/test_nn.py and tests/test_optim.py run everything here on NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C
+
+
+def cupy_or_none():
+    """The cupy module if it is installed and importable, else None."""
+    try:
+        import cupy
+    except Exception:  # ImportError, or a CUDA runtime that fails to initialise
+        return None
+    return cupy
+
+
+def array_module(*arrays):
+    """numpy, or cupy when any argument is a CuPy array."""
+    for a in arrays:
+        if type(a).__module__.startswith("cupy"):
+            import cupy
+            return cupy
+    return np
+
+
+def device_of(a) -> str:
+    return "cuda" if array_module(a) is not np else "cpu"
+
+
+def module_for(device: str):
+    if device == "cpu":
+        return np
+    cp = cupy_or_none()
+    if cp is None:
+        raise RuntimeError(f"device={device!r} needs CuPy (pip install cupy-cuda12x), which is not importable here")
+    return cp
+
+
+def to_numpy(a) -> np.ndarray:
+    return a.get() if array_module(a) is not np else np.asarray(a)
+
+
+def to_device(a, device: str):
+    """a copied to `device` ('cpu' or 'cuda'); returned unchanged when it is already there."""
+    if device == "cpu":
+        return to_numpy(a)
+    xp = module_for(device)
+    return xp.asarray(a)
+
+
+def scatter_add(target, indices, values) -> None:
+    """target[indices] += values, with repeated indices adding up."""
+    xp = array_module(target)
+    if xp is np:
+        np.add.at(target, indices, values)
+    else:
+        import cupyx
+        cupyx.scatter_add(target, indices, values)
+
+
+_GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def matmul(a, b, out=None, trans_a=False, trans_b=False, accumulate=False):
+    """op(a) @ op(b) for 2-D arrays; into `out` (added to it when accumulate).
+
+    NumPy float arrays go through fastlstm's own GEMM (so its thread pool is the only one spinning);
+    anything else uses the array library's matmul.
+    """
+    xp = array_module(a, b)
+    if xp is np and a.dtype == b.dtype and a.dtype in _GEMM_DTYPES:
+        m = a.shape[1] if trans_a else a.shape[0]
+        n = b.shape[0] if trans_b else b.shape[1]
+        if out is None:
+            out = np.empty((m, n), a.dtype)
+            accumulate = False
+        a, b = (x if x.strides[-1] == x.itemsize else np.ascontiguousarray(x) for x in (a, b))
+        _C.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate)
+        return out
+    r = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    if out is None:
+        return r
+    if accumulate:
+        out += r
+    else:
+        out[...] = r
+    return out

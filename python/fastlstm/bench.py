@@ -1,0 +1,763 @@
+#!/usr/bin/env python
+"""Benchmark: fastlstm's LSTM against torch.nn.LSTM and the NumPy reference, timed in one process.
+
+What this is: a sweep over single-layer, unidirectional, float32, time-major LSTM problems (T, B, I, H)
+that times, for each problem, inference (``forward``: eval mode) and training (``fwd+bwd``: a forward
+in train mode, then backward with a fixed random dy) for
+
+    fastlstm    fastlstm.LSTM with its default settings (all threads; it picks fewer for small problems)
+    torch       torch.nn.LSTM with the same weights, at 1 thread and at fastlstm's thread count
+                (forward under eval() + torch.inference_mode(); fwd+bwd via autograd); the speedup
+                column compares against the faster of the two
+    reference   fastlstm.reference, the pure-NumPy specification (few reps; skipped past ~20 s a run)
+
+and reports median milliseconds, GFLOP/s (forward = 2*T*B*4H*(I+H) flops, fwd+bwd = 3x that), the
+percentage of this machine's SGEMM peak (the better of NumPy's and fastlstm's 2048^3 float32 matmul,
+measured at the start of the same run) and the speedups. Before a problem is timed, fastlstm's forward
+output is checked against torch's (a warning is printed past 1e-4; nothing aborts).
+
+Timing: wall clock (time.perf_counter). Every method is warmed up (at least 2 runs and 0.2 s), then
+measured in blocks, in 2 rounds that alternate the methods (A B C, then C B A); each block starts with
+untimed runs (at least one, at least 10 ms) after a short pause, so the thread pools of the method before (torch's OpenMP threads
+and fastlstm's pool spin for a moment after their work) do not bill the next one. The reported time is
+the median over all reps of both rounds.
+
+What it is not: a test (it never fails on slowness), a GPU benchmark (``--device cuda`` exits with
+status 2 until fastlstm has a CUDA backend; a device gets its own timer class, see ``make_timer``), or
+a multi-layer / bidirectional / float64 sweep.
+
+How to run (with fastlstm installed; ``python bench/bench_lstm.py`` in the repository is the same
+program, writing its CSV under bench/results/)::
+
+    fastlstm bench                      # default sweep, a few minutes
+    fastlstm bench --quick              # smoke test, seconds
+    fastlstm bench --configs 100,16,256,256 --repeat 20 --no-reference
+    fastlstm bench --markdown           # the table as Markdown, for the README
+
+Results are also written to ./fastlstm_bench_cpu.csv (``--csv PATH``; ``--csv ''`` writes none).
+Progress goes to stderr; the header, warnings and the table go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+DEFAULT_CONFIGS = ((100, 1, 128, 128), (100, 16, 256, 256), (100, 64, 512, 512), (50, 32, 1024, 1024),
+                   (1000, 1, 32, 64))
+QUICK_CONFIGS = ((20, 1, 32, 32), (20, 4, 64, 64))
+MODES = ("forward", "fwd+bwd")
+DEFAULT_CSV = Path("fastlstm_bench_cpu.csv")  # bench/bench_lstm.py passes bench/results/bench_cpu.csv
+SEED = 0
+BUSY_WARN = 0.10          # warn when other processes keep this share of the CPUs busy
+GUARD_ATOL = 1e-4          # fastlstm vs torch forward output: warn past this max abs difference
+BLOCK_PAUSE_S = 0.02       # idle time before each measured block (lets other pools stop spinning)
+BLOCK_WARMUP_S = 0.01      # then untimed runs for at least this long (at least one) to wake this method up
+EXIT_OK = 0
+EXIT_UNAVAILABLE = 2       # the requested device has no backend in this build
+
+
+# ---- what is measured ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One problem: sequence length T, batch B, input size I, hidden size H (1 layer, 1 direction)."""
+
+    T: int
+    B: int
+    I: int
+    H: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.T},{self.B},{self.I},{self.H}"
+
+    def flops(self, mode: str) -> int:
+        forward = 2 * self.T * self.B * 4 * self.H * (self.I + self.H)
+        return forward if mode == "forward" else 3 * forward
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingPlan:
+    """How long to warm up and how many reps to take (``repeat`` fixes the measured reps per method)."""
+
+    warmup_runs: int = 2
+    warmup_s: float = 0.2
+    target_s: float = 1.0          # auto reps: about this much measured time per method
+    min_reps: int = 5
+    max_reps: int = 50
+    rounds: int = 2
+    repeat: Optional[int] = None
+    slow_target_s: float = 3.0     # the reference: 1-3 reps, skipped when one run exceeds slow_skip_s
+    slow_max_reps: int = 3
+    slow_skip_s: float = 20.0
+    sgemm_n: int = 2048
+    sgemm_reps: int = 5
+
+
+FULL_PLAN = TimingPlan()
+QUICK_PLAN = TimingPlan(warmup_runs=2, warmup_s=0.01, target_s=0.02, min_reps=4, max_reps=10, slow_target_s=0.0,
+                        slow_max_reps=1, sgemm_n=1024, sgemm_reps=4)
+
+
+@dataclasses.dataclass
+class Method:
+    """A timed callable. ``enter`` runs before each block (e.g. sets torch's threads); ``slow`` methods
+    (the reference) get few reps, a time budget and no untimed run at the start of a block."""
+
+    key: str
+    run: Callable[[], object]
+    enter: Callable[[], object] = lambda: None
+    slow: bool = False
+
+
+@dataclasses.dataclass
+class Measurement:
+    times: list = dataclasses.field(default_factory=list)   # seconds, all rounds
+    status: str = "ok"                                        # ok | skipped
+
+    @property
+    def median_ms(self) -> Optional[float]:
+        return statistics.median(self.times) * 1e3 if self.status == "ok" and self.times else None
+
+
+# ---- timers: one per device --------------------------------------------------------------------------
+class CpuTimer:
+    """Wall-clock time of host-synchronous work: every CPU method has finished when its call returns.
+
+    A device timer (CUDA) would implement the same two methods with events and a synchronize, so the
+    measuring code below stays the same.
+    """
+
+    device = "cpu"
+
+    def time_once(self, fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def synchronize(self) -> None:
+        pass
+
+
+def device_unavailable(device: str, build_info: dict) -> Optional[str]:
+    """None when ``device`` can be benchmarked, else the one-line reason."""
+    if device == "cpu":
+        return None
+    if not build_info.get("cuda_compiled"):
+        return ("bench_lstm: the CUDA backend is not available in this build of fastlstm "
+                "(fastlstm.build_info()['cuda_compiled'] is False); use --device cpu")
+    return "bench_lstm: fastlstm has CUDA, but this benchmark has no CUDA timing path yet; use --device cpu"
+
+
+def make_timer(device: str) -> CpuTimer:
+    if device == "cpu":
+        return CpuTimer()
+    raise NotImplementedError(f"no timer for device {device!r}")
+
+
+# ---- measuring -----------------------------------------------------------------------------------------
+def warm_up(method: Method, timer: CpuTimer, plan: TimingPlan) -> Optional[float]:
+    """Run ``method`` until warm; return an estimate of one run's seconds, or None if it is too slow."""
+    if method.slow:
+        t = timer.time_once(method.run)
+        return None if t > plan.slow_skip_s else t
+    times, spent = [], 0.0
+    while len(times) < plan.warmup_runs or spent < plan.warmup_s:
+        times.append(timer.time_once(method.run))
+        spent += times[-1]
+    return statistics.median(times[1:] or times)
+
+
+def choose_reps(method: Method, seconds: float, plan: TimingPlan) -> int:
+    """Measured reps in total (all rounds): --repeat, or enough for about target_s within the caps."""
+    if method.slow:
+        auto = math.ceil(plan.slow_target_s / max(seconds, 1e-9))
+        cap = plan.slow_max_reps if plan.repeat is None else min(plan.repeat, plan.slow_max_reps)
+        return max(1, min(auto, cap))
+    if plan.repeat is not None:
+        return plan.repeat
+    return max(plan.min_reps, min(plan.max_reps, math.ceil(plan.target_s / max(seconds, 1e-9))))
+
+
+def measure_block(method: Method, reps: int, timer: CpuTimer) -> list:
+    method.enter()
+    time.sleep(BLOCK_PAUSE_S)
+    if not method.slow:  # untimed: caches, thread pools and CPU clocks back to this method
+        start = time.perf_counter()
+        method.run()
+        while time.perf_counter() - start < BLOCK_WARMUP_S:
+            method.run()
+    gc.disable()
+    try:
+        return [timer.time_once(method.run) for _ in range(reps)]
+    finally:
+        gc.enable()
+
+
+def measure(methods: list, timer: CpuTimer, plan: TimingPlan) -> dict:
+    """Warm up each method, then time them in ``plan.rounds`` alternating rounds; {key: Measurement}."""
+    results, per_round = {}, {}
+    for m in methods:
+        m.enter()
+        estimate = warm_up(m, timer, plan)
+        results[m.key] = Measurement(status="ok" if estimate is not None else "skipped")
+        if estimate is not None:
+            per_round[m.key] = math.ceil(choose_reps(m, estimate, plan) / plan.rounds)
+    active = [m for m in methods if m.key in per_round]
+    gc.collect()  # once: a full collection with torch loaded takes tens of ms
+    for r in range(plan.rounds):
+        for m in (active if r % 2 == 0 else active[::-1]):
+            results[m.key].times += measure_block(m, per_round[m.key], timer)
+    timer.synchronize()
+    return results
+
+
+# ---- the methods -------------------------------------------------------------------------------------
+def fastlstm_method(lstm, x: np.ndarray, dy: np.ndarray, mode: str) -> Method:
+    training = mode != "forward"
+
+    def forward():
+        lstm(x)
+
+    def forward_backward():
+        lstm.zero_grad()
+        lstm(x)
+        lstm.backward(dy)
+
+    return Method("fastlstm", forward_backward if training else forward, enter=lambda: lstm.train(training))
+
+
+def torch_module(torch, state: dict, cfg: Config):
+    module = torch.nn.LSTM(cfg.I, cfg.H, num_layers=1, bias=True)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return module
+
+
+def torch_method(torch, module, x: np.ndarray, dy: np.ndarray, mode: str, threads: int) -> Method:
+    def enter():
+        torch.set_num_threads(threads)
+        module.train(mode != "forward")
+
+    if mode == "forward":
+        xt = torch.from_numpy(x)
+
+        def run():
+            with torch.inference_mode():
+                module(xt)
+    else:
+        xt = torch.from_numpy(x.copy()).requires_grad_(True)
+        dyt = torch.from_numpy(dy)
+        params = list(module.parameters())
+
+        def run():
+            xt.grad = None
+            for p in params:
+                p.grad = None
+            y, _ = module(xt)
+            y.backward(dyt)
+
+    return Method(f"torch_{threads}t", run, enter=enter)
+
+
+def reference_method(reference, params: dict, x: np.ndarray, dy: np.ndarray, mode: str) -> Method:
+    def forward():
+        reference.lstm_forward(x, params)
+
+    def forward_backward():
+        _, _, cache = reference.lstm_forward(x, params)
+        reference.lstm_backward(dy, None, None, cache)
+
+    return Method("reference", forward if mode == "forward" else forward_backward, slow=True)
+
+
+def torch_max_abs_diff(torch, lstm, module, x: np.ndarray) -> float:
+    """Correctness guard: max |fastlstm y - torch y| for one eval-mode forward."""
+    lstm.eval()
+    module.eval()
+    y, _ = lstm(x)
+    with torch.inference_mode():
+        yt, _ = module(torch.from_numpy(x))
+    return float(np.max(np.abs(y - yt.numpy())))
+
+
+# ---- machine -----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Machine:
+    fastlstm_version: str
+    isa_selected: str
+    fastlstm_threads: int
+    torch_version: str
+    torch_default_threads: Optional[int]
+    numpy_version: str
+    blas: str
+    cpu_model: str
+    logical_cpus: int
+    python_version: str
+    busy_at_start: Optional[float] = None
+    sgemm_numpy_gflops: float = float("nan")
+    sgemm_fastlstm_gflops: float = float("nan")
+
+    @property
+    def sgemm_peak_gflops(self) -> float:
+        return max(self.sgemm_numpy_gflops, self.sgemm_fastlstm_gflops)
+
+    def csv_fields(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["busy_at_start"] = "" if self.busy_at_start is None else f"{self.busy_at_start:.3f}"
+        out["sgemm_numpy_gflops"] = f"{self.sgemm_numpy_gflops:.1f}"
+        out["sgemm_fastlstm_gflops"] = f"{self.sgemm_fastlstm_gflops:.1f}"
+        out["sgemm_peak_gflops"] = f"{self.sgemm_peak_gflops:.1f}"
+        return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def logical_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_busy_share(seconds: float = 0.3) -> Optional[float]:
+    """Share of all CPUs busy over ``seconds`` while this process sleeps (so: other processes), or None."""
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + (values[4] if len(values) > 4 else 0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return None if total <= 0 else 1.0 - (idle1 - idle0) / total
+
+
+def busy_warning(share: Optional[float], when: str) -> Optional[str]:
+    if share is None or share < BUSY_WARN:
+        return None
+    return (f"WARNING: other processes kept {100 * share:.0f}% of the CPUs busy {when}; "
+            "timings (multi-threaded ones most) are unreliable")
+
+
+def numpy_blas() -> str:
+    try:
+        deps = np.show_config(mode="dicts")["Build Dependencies"]
+        return str(deps["blas"]["name"])
+    except Exception:  # older NumPy, or a layout this does not know
+        return "unknown"
+
+
+def describe_machine(fastlstm, torch) -> Machine:
+    info = fastlstm.build_info()
+    return Machine(fastlstm_version=info["version"], isa_selected=info["isa_selected"],
+                   fastlstm_threads=fastlstm.get_num_threads(),
+                   torch_version=torch.__version__ if torch else "-",
+                   torch_default_threads=torch.get_num_threads() if torch else None,
+                   numpy_version=np.__version__, blas=numpy_blas(), cpu_model=cpu_model(),
+                   logical_cpus=logical_cpus(), python_version=platform.python_version())
+
+
+def measure_sgemm(fastlstm, timer: CpuTimer, plan: TimingPlan) -> tuple:
+    """GFLOP/s of an n^3 float32 matmul: (NumPy, fastlstm._C.gemm)."""
+    n = plan.sgemm_n
+    rng = np.random.default_rng(SEED)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    methods = [Method("numpy", lambda: np.matmul(a, b, out=c)),
+               Method("fastlstm", lambda: fastlstm._C.gemm(a, b, c))]
+    fixed = dataclasses.replace(plan, repeat=plan.sgemm_reps)
+    results = measure(methods, timer, fixed)
+    flops = 2.0 * n ** 3
+    return tuple(flops / (results[k].median_ms / 1e3) / 1e9 for k in ("numpy", "fastlstm"))
+
+
+# ---- one row per (config, mode) ------------------------------------------------------------------------
+@dataclasses.dataclass
+class Row:
+    cfg: Config
+    mode: str
+    fastlstm: Measurement
+    torch: dict                       # threads -> Measurement
+    reference: Optional[Measurement]  # None: not run (--no-reference)
+    max_abs_diff: Optional[float]
+    peak_gflops: float
+
+    @property
+    def flops(self) -> int:
+        return self.cfg.flops(self.mode)
+
+    @property
+    def fastlstm_ms(self) -> float:
+        return self.fastlstm.median_ms
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / (self.fastlstm_ms / 1e3) / 1e9
+
+    @property
+    def pct_peak(self) -> float:
+        return 100.0 * self.gflops / self.peak_gflops
+
+    def torch_ms(self, threads: int) -> Optional[float]:
+        m = self.torch.get(threads)
+        return None if m is None else m.median_ms
+
+    @property
+    def torch_best(self) -> tuple:
+        """(threads, ms) of torch's faster thread count, or (None, None) without torch."""
+        timed = [(ms, t) for t, ms in ((t, self.torch_ms(t)) for t in self.torch) if ms is not None]
+        if not timed:
+            return None, None
+        ms, threads = min(timed)
+        return threads, ms
+
+    @property
+    def speedup_vs_torch(self) -> Optional[float]:
+        ms = self.torch_best[1]
+        return None if ms is None else ms / self.fastlstm_ms
+
+    @property
+    def reference_ms(self) -> Optional[float]:
+        return None if self.reference is None else self.reference.median_ms
+
+    @property
+    def reference_status(self) -> str:
+        return "off" if self.reference is None else self.reference.status
+
+    @property
+    def speedup_vs_reference(self) -> Optional[float]:
+        ms = self.reference_ms
+        return None if ms is None else ms / self.fastlstm_ms
+
+
+def bench_config(cfg: Config, ctx: dict, timer: CpuTimer, plan: TimingPlan, log) -> list:
+    """Both modes of one problem: the correctness guard, then the measurements; a list of Rows."""
+    fastlstm, torch, reference = ctx["fastlstm"], ctx["torch"], ctx["reference"]
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((cfg.T, cfg.B, cfg.I), dtype=np.float32)
+    dy = rng.standard_normal((cfg.T, cfg.B, cfg.H), dtype=np.float32)
+    lstm = fastlstm.LSTM(cfg.I, cfg.H, seed=SEED)
+    state = lstm.state_dict()
+    module = torch_module(torch, state, cfg) if torch else None
+    diff = None
+    if module is not None:
+        diff = torch_max_abs_diff(torch, lstm, module, x)
+        if diff > GUARD_ATOL:
+            print(f"WARNING: {cfg.label}: fastlstm forward differs from torch by max abs {diff:.3g} "
+                  f"(> {GUARD_ATOL:g})", flush=True)
+    rows, reference_skipped = [], False
+    for mode in MODES:
+        methods = [fastlstm_method(lstm, x, dy, mode)]
+        methods += [torch_method(torch, module, x, dy, mode, t) for t in ctx["torch_threads"]] if module else []
+        if reference is not None and not reference_skipped:
+            methods.append(reference_method(reference, state, x, dy, mode))
+        results = measure(methods, timer, plan)
+        ref = None
+        if reference is not None:
+            # fwd+bwd costs more than forward: once forward is over budget, skip it without running
+            ref = results.get("reference", Measurement(status="skipped"))
+            reference_skipped = ref.status == "skipped"
+        row = Row(cfg, mode, results["fastlstm"],
+                  {t: results[f"torch_{t}t"] for t in ctx["torch_threads"]} if module else {},
+                  ref, diff, ctx["machine"].sgemm_peak_gflops)
+        rows.append(row)
+        log(progress_line(row))
+    return rows
+
+
+# ---- output --------------------------------------------------------------------------------------------
+def fmt_ms(ms: Optional[float]) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"
+
+
+def fmt_x(ratio: Optional[float]) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def progress_line(row: Row) -> str:
+    parts = [f"{row.cfg.label:>16} {row.mode:<7}  fastlstm {fmt_ms(row.fastlstm_ms)} ms"]
+    parts += [f"torch {t}t {fmt_ms(row.torch_ms(t))} ms" for t in row.torch]
+    if row.reference is not None:
+        parts.append(f"reference {fmt_ms(row.reference_ms) if row.reference_status == 'ok' else 'skipped'}")
+    return ", ".join(parts)
+
+
+def table_columns(torch_threads: list, with_reference: bool) -> list:
+    """[(group, header, cell function)]; groups are separated by ' | ' in the plain table."""
+    cols = [("cfg", "T", lambda r: str(r.cfg.T)), ("cfg", "B", lambda r: str(r.cfg.B)),
+            ("cfg", "I", lambda r: str(r.cfg.I)), ("cfg", "H", lambda r: str(r.cfg.H)),
+            ("mode", "mode", lambda r: r.mode),
+            ("fast", "fastlstm ms", lambda r: fmt_ms(r.fastlstm_ms)),
+            ("fast", "GFLOP/s", lambda r: f"{r.gflops:.1f}"),
+            ("fast", "% of SGEMM peak", lambda r: f"{r.pct_peak:.1f}")]
+    for t in torch_threads:
+        def cell(r, t=t):
+            best = len(torch_threads) > 1 and r.torch_best[0] == t
+            return fmt_ms(r.torch_ms(t)) + ("*" if best else "")
+        cols.append(("torch", f"torch {t}t ms", cell))
+    if torch_threads:
+        cols.append(("torch", "speedup vs torch best", lambda r: fmt_x(r.speedup_vs_torch)))
+    if with_reference:
+        cols += [("ref", "reference ms",
+                  lambda r: "skipped" if r.reference_status == "skipped" else fmt_ms(r.reference_ms)),
+                 ("ref", "speedup vs reference", lambda r: fmt_x(r.speedup_vs_reference))]
+    return cols
+
+
+def plain_table(rows: list, torch_threads: list, with_reference: bool) -> str:
+    cols = table_columns(torch_threads, with_reference)
+    cells = [[fn(r) for _, _, fn in cols] for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h, _) in enumerate(cols)]
+
+    def line(values):
+        out = ""
+        for i, (group, _, _) in enumerate(cols):
+            if i:
+                out += " | " if group != cols[i - 1][0] else "  "
+            out += values[i].ljust(widths[i]) if group == "mode" else values[i].rjust(widths[i])
+        return out
+
+    rule = "-" * len(line([""] * len(cols)))
+    return "\n".join([line([h for _, h, _ in cols]), rule] + [line(c) for c in cells])
+
+
+def markdown_table(rows: list, torch_threads: list, with_reference: bool) -> str:
+    cols = table_columns(torch_threads, with_reference)
+    head = "| " + " | ".join(h for _, h, _ in cols) + " |"
+    align = "|" + "|".join(":---" if g == "mode" else "---:" for g, _, _ in cols) + "|"
+    body = ["| " + " | ".join(fn(r) for _, _, fn in cols) + " |" for r in rows]
+    return "\n".join([head, align] + body)
+
+
+def header_lines(machine: Machine, torch_threads: list, plan: TimingPlan) -> list:
+    n = plan.sgemm_n
+    counts = " and ".join(str(t) for t in torch_threads)
+    torch_line = (f"torch {machine.torch_version}: default {machine.torch_default_threads} threads, measured at "
+                  f"{counts} thread{'s' if torch_threads != [1] else ''}" if torch_threads else "torch: not measured")
+    return [
+        "fastlstm CPU benchmark: 1 layer, unidirectional, float32, time-major [T, B, I]",
+        f"fastlstm {machine.fastlstm_version}: isa_selected={machine.isa_selected}, "
+        f"num_threads={machine.fastlstm_threads}",
+        torch_line,
+        f"numpy {machine.numpy_version} (BLAS: {machine.blas}), Python {machine.python_version}",
+        f"CPU: {machine.cpu_model} ({machine.logical_cpus} logical CPUs available to this process)",
+        f"SGEMM {n}x{n}x{n} float32: numpy {machine.sgemm_numpy_gflops:.1f} GFLOP/s, "
+        f"fastlstm._C.gemm {machine.sgemm_fastlstm_gflops:.1f} GFLOP/s "
+        f"-> SGEMM peak {machine.sgemm_peak_gflops:.1f} GFLOP/s",
+        f"timing: median ms over {plan.rounds} alternating rounds after warm-up (time.perf_counter); "
+        "FLOPs: forward 2*T*B*4H*(I+H), fwd+bwd 3x",
+    ]
+
+
+def print_header(lines: list, markdown: bool) -> None:
+    for line in lines:
+        print(f"- {line}" if markdown else line)
+    print(flush=True)
+
+
+def table_notes(torch_threads: list, with_reference: bool) -> list:
+    notes = []
+    if len(torch_threads) > 1:
+        notes.append("* torch's faster thread count; speedup vs torch best = that time / fastlstm's "
+                     "(> 1: fastlstm is faster)")
+    if with_reference:
+        notes.append("speedup vs reference = NumPy reference time / fastlstm's; 'skipped': one run took over "
+                     "the time budget")
+    return notes
+
+
+CSV_FIELDS = ["T", "B", "I", "H", "mode", "flops", "fastlstm_ms", "fastlstm_gflops", "pct_of_sgemm_peak",
+              "torch_1t_ms", "torch_nt_ms", "torch_nt_threads", "torch_best_ms", "torch_best_threads",
+              "speedup_vs_torch_best", "reference_ms", "reference_status", "speedup_vs_reference",
+              "max_abs_diff_vs_torch", "fastlstm_reps", "torch_reps", "reference_reps"]
+MACHINE_FIELDS = [f.name for f in dataclasses.fields(Machine)] + ["sgemm_peak_gflops", "timestamp"]
+
+
+def csv_record(row: Row, torch_threads: list, machine_fields: dict) -> dict:
+    def num(v, digits=4):
+        return "" if v is None else f"{v:.{digits}f}"
+
+    n_threads = [t for t in torch_threads if t != 1]
+    best_t, best_ms = row.torch_best
+    rec = dict(T=row.cfg.T, B=row.cfg.B, I=row.cfg.I, H=row.cfg.H, mode=row.mode, flops=row.flops,
+               fastlstm_ms=num(row.fastlstm_ms), fastlstm_gflops=num(row.gflops, 2),
+               pct_of_sgemm_peak=num(row.pct_peak, 2),
+               torch_1t_ms=num(row.torch_ms(1)) if 1 in row.torch else "",
+               torch_nt_ms=num(row.torch_ms(n_threads[0])) if n_threads and row.torch else "",
+               torch_nt_threads=n_threads[0] if n_threads and row.torch else "",
+               torch_best_ms=num(best_ms), torch_best_threads="" if best_t is None else best_t,
+               speedup_vs_torch_best=num(row.speedup_vs_torch, 3),
+               reference_ms=num(row.reference_ms), reference_status=row.reference_status,
+               speedup_vs_reference=num(row.speedup_vs_reference, 3),
+               max_abs_diff_vs_torch="" if row.max_abs_diff is None else f"{row.max_abs_diff:.3g}",
+               fastlstm_reps=len(row.fastlstm.times),
+               torch_reps=";".join(f"{t}t:{len(m.times)}" for t, m in row.torch.items()),
+               reference_reps="" if row.reference is None else len(row.reference.times))
+    rec.update(machine_fields)
+    return rec
+
+
+def write_csv(path: Path, rows: list, torch_threads: list, machine: Machine) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    machine_fields = machine.csv_fields()
+    machine_fields["timestamp"] = datetime.datetime.now().isoformat(timespec="seconds")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS + MACHINE_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(csv_record(row, torch_threads, machine_fields))
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+def parse_config(text: str) -> Config:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected T,B,I,H as four positive integers, got {text!r}")
+    return Config(*values)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Time fastlstm.LSTM (forward, fwd+bwd) against torch.nn.LSTM and the NumPy reference.")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to run (default cpu; cuda exits with status 2 until fastlstm has a CUDA backend)")
+    p.add_argument("--configs", nargs="+", type=parse_config, metavar="T,B,I,H",
+                   help="problems to time (default: " + " ".join(Config(*c).label for c in DEFAULT_CONFIGS) + ")")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test in seconds: small problems, few reps (--configs still applies)")
+    p.add_argument("--repeat", type=positive_int, metavar="N",
+                   help="measured reps per method, over both rounds (default: about 1 s each, 5 to 50; "
+                        "the reference takes at most 3)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="fastlstm's thread budget, and torch's multi-thread column (default: fastlstm's)")
+    p.add_argument("--no-torch", action="store_true", help="do not time torch.nn.LSTM")
+    p.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
+    p.add_argument("--markdown", action="store_true", help="print the header and table as Markdown")
+    p.add_argument("--csv", default=str(default_csv), metavar="PATH",
+                   help=f"write every row here (default {default_csv}; '' writes none)")
+    return p
+
+
+def load_torch(enabled: bool):
+    if not enabled:
+        return None
+    try:
+        import torch
+    except Exception as err:  # not installed, or a broken install: skip its columns
+        print(f"note: torch is not importable ({type(err).__name__}: {err}); torch columns skipped", flush=True)
+        return None
+    return torch
+
+
+def log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args, fastlstm, torch) -> int:
+    plan = dataclasses.replace(QUICK_PLAN if args.quick else FULL_PLAN, repeat=args.repeat)
+    configs = args.configs or [Config(*c) for c in (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)]
+    timer = make_timer(args.device)
+    reference = None
+    if not args.no_reference:
+        from fastlstm import reference
+    if args.threads:
+        fastlstm.set_num_threads(args.threads)
+    n = fastlstm.get_num_threads()
+    torch_threads = sorted({1, n}) if torch else []
+
+    machine = describe_machine(fastlstm, torch)
+    machine.busy_at_start = cpu_busy_share()
+    log_stderr(f"measuring SGEMM {plan.sgemm_n}^3 ...")
+    machine.sgemm_numpy_gflops, machine.sgemm_fastlstm_gflops = measure_sgemm(fastlstm, timer, plan)
+    print_header(header_lines(machine, torch_threads, plan), args.markdown)
+    warning = busy_warning(machine.busy_at_start, "at the start")
+    if warning:
+        print(warning, flush=True)
+
+    ctx = dict(fastlstm=fastlstm, torch=torch, reference=reference, torch_threads=torch_threads, machine=machine)
+    rows = []
+    for cfg in configs:
+        rows += bench_config(cfg, ctx, timer, plan, log_stderr)
+
+    table = markdown_table if args.markdown else plain_table
+    print(table(rows, torch_threads, reference is not None))
+    print()
+    for note in table_notes(torch_threads, reference is not None):
+        print(note)
+    warning = busy_warning(cpu_busy_share(), "at the end")
+    if warning:
+        print(warning, flush=True)
+    if args.csv:
+        write_csv(Path(args.csv), rows, torch_threads, machine)
+        log_stderr(f"wrote {args.csv}")
+    return EXIT_OK
+
+
+def main(argv=None, prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) -> int:
+    try:
+        args = build_parser(prog, default_csv).parse_args(argv)
+    except SystemExit as exit_:  # --help, or a bad argument (argparse printed why)
+        return exit_.code
+    import fastlstm
+
+    reason = device_unavailable(args.device, fastlstm.build_info())
+    if reason:
+        print(reason, file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    torch = load_torch(not args.no_torch)
+    fastlstm_threads = fastlstm.get_num_threads()
+    torch_threads = torch.get_num_threads() if torch else None
+    try:
+        return run(args, fastlstm, torch)
+    finally:  # leave both libraries as they were (a test may call main() in its own process)
+        if fastlstm.get_num_threads() != fastlstm_threads:
+            fastlstm.set_num_threads(fastlstm_threads)
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Datasets the library makes itself (nothing is downloaded): the adding problem, a seasonal series,
+and a character corpus from any text.
+
+    adding_problem(n, seq_len, rng)   inputs [n, T, 2] (value, marker), target [n, 1]: the sum of the
+                                      two marked values (Hochreiter & Schmidhuber 1997). One marker lies
+                                      in the first half, one in the second, so the answer needs memory
+                                      across ~T/2 steps. Always answering 1.0 gives MSE 1/6 ~ 0.167.
+    seasonal_series(n_steps, rng)     a noisy series with a daily and a weekly cycle and a slow trend
+    forecast_windows(series, T, h)    inputs [n, T, 1] (the last T values), targets [n, h] (the next h)
+    CharCorpus(text)                  a vocabulary, integer ids, random training windows, evaluation windows
+
+Tests: tests/test_data.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate as V
+
+__all__ = ["adding_problem", "ADDING_BASELINE_MSE", "seasonal_series", "forecast_windows", "CharCorpus"]
+
+# E[(s - 1)^2] for s the sum of two independent U(0, 1): the variance 2/12
+ADDING_BASELINE_MSE = 1.0 / 6.0
+
+
+def adding_problem(n, seq_len, rng, dtype=np.float32):
+    """(inputs [n, seq_len, 2], targets [n, 1]); values ~ U(0, 1), exactly two markers per sequence."""
+    n = V.positive_int(n, "n")
+    T = V.positive_int(seq_len, "seq_len")
+    if T < 2:
+        raise ValueError(f"seq_len: expected at least 2 (one marker in each half), got {T}")
+    x = np.zeros((n, T, 2), dtype)
+    x[:, :, 0] = rng.random((n, T))
+    half = T // 2
+    first = rng.integers(0, half, size=n)
+    second = rng.integers(half, T, size=n)
+    rows = np.arange(n)
+    x[rows, first, 1] = 1
+    x[rows, second, 1] = 1
+    y = (x[rows, first, 0] + x[rows, second, 0])[:, None].astype(dtype)
+    return x, y
+
+
+def seasonal_series(n_steps, rng, period=24, long_period=168, noise=0.1, dtype=np.float32):
+    """A series like hourly demand: a daily cycle, a weekly cycle, a slow trend and Gaussian noise."""
+    n_steps = V.positive_int(n_steps, "n_steps")
+    t = np.arange(n_steps, dtype=np.float64)
+    s = (np.sin(2 * np.pi * t / period) + 0.5 * np.sin(2 * np.pi * t / long_period + 1.0)
+         + 0.3 * np.sin(2 * np.pi * t / (7.3 * long_period)) + noise * rng.standard_normal(n_steps))
+    return s.astype(dtype)
+
+
+def forecast_windows(series, seq_len, horizon):
+    """(inputs [n, seq_len, 1], targets [n, horizon]) for every window that fits."""
+    T, h = V.positive_int(seq_len, "seq_len"), V.positive_int(horizon, "horizon")
+    n = len(series) - T - h + 1
+    if n < 1:
+        raise ValueError(f"series: expected at least seq_len + horizon = {T + h} values, got {len(series)}")
+    idx = np.arange(n)[:, None]
+    inputs = series[idx + np.arange(T)][:, :, None]
+    targets = series[idx + T + np.arange(h)]
+    return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+
+
+class CharCorpus:
+    """A text as character ids, split into training and validation parts.
+
+    batches(batch_size, rng): endless random windows (inputs [B, T] ids, targets [B, T] the next ids);
+    eval_batches(batch_size): the validation part cut into consecutive windows, once.
+    """
+
+    def __init__(self, text: str, seq_len: int = 100, val_fraction: float = 0.1, vocab=None):
+        if not isinstance(text, str):
+            raise TypeError(f"text: expected a str, got {V.describe(text)}")
+        self.seq_len = V.positive_int(seq_len, "seq_len")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
+        self.vocab = list(vocab) if vocab is not None else sorted(set(text))
+        self.index = {ch: i for i, ch in enumerate(self.vocab)}
+        unknown = set(text) - set(self.index)
+        if unknown:
+            raise ValueError(f"text: {len(unknown)} characters are not in the vocabulary, e.g. {sorted(unknown)[:5]}")
+        ids = self.encode(text)
+        n_val = int(len(ids) * val_fraction)
+        self.train_ids, self.val_ids = ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+        if len(self.train_ids) < self.seq_len + 1:
+            raise ValueError(f"text: expected at least seq_len + 1 = {self.seq_len + 1} training characters, "
+                             f"got {len(self.train_ids)} (a longer text or a smaller --seq-len)")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            return np.fromiter((self.index[ch] for ch in text), dtype=np.int64, count=len(text))
+        except KeyError as err:
+            raise ValueError(f"text: character {err.args[0]!r} is not in the vocabulary") from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.vocab[int(i)] for i in ids)
+
+    def unigram_entropy(self) -> float:
+        """Cross-entropy (nats/char) of predicting the training part's character frequencies: a baseline."""
+        counts = np.bincount(self.train_ids, minlength=self.vocab_size).astype(np.float64)
+        p = counts / counts.sum()
+        target = self.val_ids if len(self.val_ids) else self.train_ids
+        return float(-np.log(np.maximum(p[target], 1e-12)).mean())
+
+    def _windows(self, ids, starts):
+        idx = starts[:, None] + np.arange(self.seq_len + 1)
+        w = ids[idx]
+        return w[:, :-1], w[:, 1:]
+
+    def batches(self, batch_size, rng):
+        high = len(self.train_ids) - self.seq_len
+        while True:
+            yield self._windows(self.train_ids, rng.integers(0, high, size=batch_size))
+
+    def eval_batches(self, batch_size):
+        ids = self.val_ids if len(self.val_ids) > self.seq_len else self.train_ids
+        starts = np.arange(0, len(ids) - self.seq_len, self.seq_len)
+        for i in range(0, len(starts), batch_size):
+            yield self._windows(ids, starts[i:i + batch_size])
+
+    def __len__(self):
+        return max(1, len(self.train_ids) // self.seq_len)

@@ -1,0 +1,471 @@
+"""Layers for building models from explicit forward/backward calls (no autograd).
+
+What this is: ``Module`` and the layers a sequence model needs: ``Embedding``, ``LSTM`` (the fused
+layer, batch-first, returning the whole sequence or the last step), ``RNN`` (a plain tanh RNN in NumPy,
+the baseline LSTMs were invented to beat), ``Linear``, ``Dropout`` and ``Sequential``. Every layer
+caches what its backward needs during a training-mode forward; ``backward(dy)`` adds parameter
+gradients into ``p.grad`` and returns the gradient with respect to the layer's input. Layers write
+their configuration as JSON (``config()``), so a checkpoint rebuilds a model with ``from_config``.
+What it is not: a general framework; a model is a ``Sequential`` chain (or your own Module subclass).
+
+Data layout: batch first, ``[B, T, features]`` for sequences, like Keras; ``Linear`` acts on the last axis.
+
+    model = Sequential(Embedding(65, 32), LSTM(32, 128), Linear(128, 65))
+    logits = model(x)                 # x: [B, T] integer ids
+    model.backward(dlogits)           # grads now in p.grad for p in model.parameters()
+
+Tests: tests/test_nn.py (every backward against central finite differences in float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _backend
+from . import _validate as V
+from .layer import LSTM as _CoreLSTM
+from .layer import Parameter
+
+__all__ = ["Module", "Embedding", "LSTM", "RNN", "Linear", "Dropout", "Sequential", "from_config"]
+
+_REGISTRY: dict = {}
+
+
+def _register(cls):
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def from_config(config: dict) -> "Module":
+    """Rebuild a model (untrained weights) from ``module.config()``."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"config: expected a dict with a 'type' key, got {V.describe(config)}")
+    cls = _REGISTRY.get(config["type"])
+    if cls is None:
+        raise ValueError(f"config: unknown layer type {config['type']!r}; known: {sorted(_REGISTRY)}")
+    return cls._from_config({k: v for k, v in config.items() if k != "type"})
+
+
+def _param(name, shape, bound, rng, dtype) -> Parameter:
+    data = rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return Parameter(name, data, np.zeros_like(data))
+
+
+class Module:
+    """Base class: training flag, parameters, (de)serialisation, and the forward/backward protocol."""
+
+    training = True
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # ---- parameters -----------------------------------------------------------------------------
+    def named_parameters(self, prefix: str = ""):
+        """(name, Parameter) pairs; names are PyTorch's where the layer has a PyTorch twin."""
+        for name, p in self._own_parameters():
+            yield prefix + name, p
+
+    def _own_parameters(self):
+        return iter(())
+
+    def parameters(self) -> list:
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(int(np.prod(p.shape)) for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad[...] = 0
+
+    def state_dict(self) -> dict:
+        """Copies of the parameter values as NumPy arrays, by name."""
+        return {name: _backend.to_numpy(p.data).copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy values in by name; every parameter must be present with its exact shape (all-or-nothing)."""
+        if not hasattr(state, "keys"):
+            raise TypeError(f"state: expected a dict of arrays, got {V.describe(state)}")
+        params = dict(self.named_parameters())
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
+        for name, p in params.items():
+            if tuple(state[name].shape) != tuple(p.shape):
+                raise ValueError(f"state[{name!r}]: expected shape {tuple(p.shape)}, got {tuple(state[name].shape)}")
+        for name, p in params.items():
+            p.data[...] = _backend.to_device(state[name], _backend.device_of(p.data)).astype(p.dtype, copy=False)
+
+    # ---- modes ------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        self.training = V.boolean(mode, "mode")
+        for child in self._children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def _children(self):
+        return ()
+
+    # ---- description --------------------------------------------------------------------------------
+    def config(self) -> dict:
+        """JSON-able description: {'type': class name, **constructor arguments}."""
+        return {"type": type(self).__name__, **self._config}
+
+    @classmethod
+    def _from_config(cls, kwargs: dict) -> "Module":
+        return cls(**kwargs)
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        """The output shape for an input shape (None for an unknown batch or time size)."""
+        return tuple(input_shape)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return f"{type(self).__name__}({args})"
+
+    @staticmethod
+    def _need_cache(cache, layer):
+        if cache is None:
+            raise ValueError(f"backward: {layer} has no saved forward; call it in training mode (model.train()) "
+                             "right before backward, once per forward")
+        return cache
+
+
+@_register
+class Linear(Module):
+    """y = x W^T + b on the last axis. weight: [out, in] (PyTorch's layout and init, U(+-1/sqrt(in)))."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype="float32", seed=None):
+        self.in_features = V.positive_int(in_features, "in_features")
+        self.out_features = V.positive_int(out_features, "out_features")
+        self.dtype = V.float_dtype(dtype)
+        rng = np.random.default_rng(V.seed(seed))
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = _param("weight", (self.out_features, self.in_features), bound, rng, self.dtype)
+        self.bias = _param("bias", (self.out_features,), bound, rng, self.dtype) if V.boolean(bias, "bias") else None
+        self._config = dict(in_features=self.in_features, out_features=self.out_features,
+                            bias=self.bias is not None, dtype=self.dtype.name)
+        self._cache = None
+
+    def _own_parameters(self):
+        yield "weight", self.weight
+        if self.bias is not None:
+            yield "bias", self.bias
+
+    def forward(self, x):
+        xp = _backend.array_module(x)
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected shape (..., {self.in_features}), got {tuple(x.shape)}")
+        x2 = xp.ascontiguousarray(x.reshape(-1, self.in_features), dtype=self.dtype)
+        y = _backend.matmul(x2, self.weight.data, trans_b=True)
+        if self.bias is not None:
+            y += self.bias.data
+        self._cache = x2 if self.training else None
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def backward(self, dy):
+        x2 = self._need_cache(self._cache, "Linear")
+        self._cache = None
+        xp = _backend.array_module(dy)
+        dy2 = xp.ascontiguousarray(dy.reshape(-1, self.out_features), dtype=self.dtype)
+        _backend.matmul(dy2, x2, out=self.weight.grad, trans_a=True, accumulate=True)
+        if self.bias is not None:
+            self.bias.grad += dy2.sum(axis=0)
+        return _backend.matmul(dy2, self.weight.data).reshape(*dy.shape[:-1], self.in_features)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.out_features,)
+
+
+@_register
+class Embedding(Module):
+    """Integer ids [...] -> vectors [..., dim]. weight: [num_embeddings, dim], init N(0, 1) as PyTorch."""
+
+    def __init__(self, num_embeddings, embedding_dim, dtype="float32", seed=None):
+        self.num_embeddings = V.positive_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = V.positive_int(embedding_dim, "embedding_dim")
+        self.dtype = V.float_dtype(dtype)
+        rng = np.random.default_rng(V.seed(seed))
+        data = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
+        self.weight = Parameter("weight", data, np.zeros_like(data))
+        self._config = dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
+                            dtype=self.dtype.name)
+        self._cache = None
+
+    def _own_parameters(self):
+        yield "weight", self.weight
+
+    def forward(self, ids):
+        xp = _backend.array_module(ids)
+        if not xp.issubdtype(ids.dtype, xp.integer):
+            raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise ValueError(f"ids: expected values in [0, {self.num_embeddings}), got min {int(ids.min())} "
+                             f"max {int(ids.max())}")
+        self._cache = ids if self.training else None
+        return self.weight.data[ids]
+
+    def backward(self, dy):
+        ids = self._need_cache(self._cache, "Embedding")
+        self._cache = None
+        _backend.scatter_add(self.weight.grad, ids.reshape(-1), dy.reshape(-1, self.embedding_dim))
+        return None  # ids have no gradient
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape) + (self.embedding_dim,)
+
+
+@_register
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p)."""
+
+    def __init__(self, p=0.5, seed=None):
+        self.p = V.probability(p, "p")
+        self._rng = np.random.default_rng(V.seed(seed))
+        self._config = dict(p=self.p)
+        self._mask = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self._mask = None
+            return x
+        xp = _backend.array_module(x)
+        keep = self._rng.random(x.shape) >= self.p
+        self._mask = xp.asarray(keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p)))
+        return x * self._mask
+
+    def backward(self, dy):
+        return dy if self._mask is None else dy * self._mask
+
+
+@_register
+class LSTM(Module):
+    """The fused LSTM (fastlstm.LSTM) on batch-first input [B, T, input_size].
+
+    return_sequences=True gives [B, T, D*hidden_size]; False gives the last step [B, D*hidden_size]
+    (for two directions, the forward direction's last step next to the reverse direction's, PyTorch's
+    h_n). stateful=True carries (h_n, c_n) from one call to the next (generation); ``reset_state()``
+    clears it. Parameter names are PyTorch's (weight_ih_l0, ...).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
+                 return_sequences=True, stateful=False, dtype="float32", device="cpu", seed=None):
+        self.core = _CoreLSTM(input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+                              dropout=dropout, batch_first=True, dtype=dtype, device=device, seed=seed)
+        self.return_sequences = V.boolean(return_sequences, "return_sequences")
+        self.stateful = V.boolean(stateful, "stateful")
+        self.state = None
+        self._config = dict(input_size=self.core.input_size, hidden_size=self.core.hidden_size,
+                            num_layers=self.core.num_layers, bidirectional=self.core.bidirectional,
+                            dropout=self.core.dropout, return_sequences=self.return_sequences,
+                            stateful=self.stateful, dtype=self.core.dtype.name)
+        self._batch = None
+
+    def _own_parameters(self):
+        return self.core.named_parameters()
+
+    def zero_grad(self) -> None:
+        self.core.zero_grad()
+
+    def train(self, mode: bool = True) -> "LSTM":
+        self.training = V.boolean(mode, "mode")
+        self.core.train(mode)
+        return self
+
+    def reset_state(self) -> None:
+        self.state = None
+
+    def forward(self, x):
+        hx = self.state if self.stateful else None
+        if hx is not None and hx[0].shape[1] != x.shape[0]:
+            raise ValueError(f"x: a stateful LSTM carries state for batch {hx[0].shape[1]}, got batch {x.shape[0]}; "
+                             "call reset_state() first")
+        y, (h_n, c_n) = self.core(x, hx)
+        if self.stateful:
+            self.state = (h_n, c_n)
+        self._batch = x.shape[0]
+        if self.return_sequences:
+            return y
+        D = self.core.num_directions
+        return _backend.array_module(h_n).concatenate(list(h_n[-D:]), axis=-1) if D == 2 else h_n[-1]
+
+    def backward(self, dy):
+        if self.return_sequences:
+            dx, _ = self.core.backward(dy)
+            return dx
+        L, D, H = self.core.num_layers, self.core.num_directions, self.core.hidden_size
+        dh_n = _backend.array_module(dy).zeros((L * D, dy.shape[0], H), self.core.dtype)
+        for d in range(D):
+            dh_n[(L - 1) * D + d] = dy[:, d * H:(d + 1) * H]
+        dx, _ = self.core.backward(None, (dh_n, None))
+        return dx
+
+    def output_shape(self, input_shape):
+        width = self.core.num_directions * self.core.hidden_size
+        if self.return_sequences:
+            return tuple(input_shape[:-1]) + (width,)
+        return (input_shape[0], width)
+
+
+@_register
+class RNN(Module):
+    """A plain tanh RNN (Elman), h[t] = tanh(x[t] W_ih^T + b_ih + h[t-1] W_hh^T + b_hh), in NumPy.
+
+    The baseline for the adding problem: its gradient through tanh and W_hh shrinks (or explodes)
+    geometrically with distance, which is why it cannot learn long-range dependencies an LSTM learns.
+    Batch-first [B, T, input_size]; PyTorch nn.RNN's parameter names, shapes and init.
+    """
+
+    def __init__(self, input_size, hidden_size, return_sequences=True, dtype="float32", seed=None):
+        self.input_size = V.positive_int(input_size, "input_size")
+        self.hidden_size = V.positive_int(hidden_size, "hidden_size")
+        self.return_sequences = V.boolean(return_sequences, "return_sequences")
+        self.dtype = V.float_dtype(dtype)
+        rng = np.random.default_rng(V.seed(seed))
+        H, bound = self.hidden_size, 1.0 / math.sqrt(self.hidden_size)
+        self.weight_ih = _param("weight_ih_l0", (H, self.input_size), bound, rng, self.dtype)
+        self.weight_hh = _param("weight_hh_l0", (H, H), bound, rng, self.dtype)
+        self.bias_ih = _param("bias_ih_l0", (H,), bound, rng, self.dtype)
+        self.bias_hh = _param("bias_hh_l0", (H,), bound, rng, self.dtype)
+        self._config = dict(input_size=self.input_size, hidden_size=H, return_sequences=self.return_sequences,
+                            dtype=self.dtype.name)
+        self._cache = None
+
+    def _own_parameters(self):
+        for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+            yield p.name, p
+
+    def forward(self, x):
+        if x.ndim != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(f"x: expected shape (B, T, {self.input_size}), got {tuple(x.shape)}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        B, T, _ = x.shape
+        H = self.hidden_size
+        pre = (x.reshape(B * T, -1) @ self.weight_ih.data.T).reshape(B, T, H) + (self.bias_ih.data + self.bias_hh.data)
+        hs = np.empty((B, T + 1, H), self.dtype)  # hs[:, 0] = h0 = 0
+        hs[:, 0] = 0
+        w_hh_t = self.weight_hh.data.T
+        for t in range(T):
+            hs[:, t + 1] = np.tanh(pre[:, t] + hs[:, t] @ w_hh_t)
+        self._cache = (x, hs) if self.training else None
+        return hs[:, 1:].copy() if self.return_sequences else hs[:, -1].copy()
+
+    def backward(self, dy):
+        x, hs = self._need_cache(self._cache, "RNN")
+        self._cache = None
+        B, T, _ = x.shape
+        H = self.hidden_size
+        dys = np.zeros((B, T, H), self.dtype)
+        if self.return_sequences:
+            dys[...] = dy
+        else:
+            dys[:, -1] = dy
+        dpre = np.empty((B, T, H), self.dtype)
+        dh = np.zeros((B, H), self.dtype)
+        w_hh = self.weight_hh.data
+        for t in reversed(range(T)):
+            h = hs[:, t + 1]
+            dpre[:, t] = (dys[:, t] + dh) * (1 - h * h)
+            dh = dpre[:, t] @ w_hh
+        d2 = dpre.reshape(B * T, H)
+        self.weight_ih.grad += d2.T @ x.reshape(B * T, -1)
+        self.weight_hh.grad += d2.T @ hs[:, :-1].reshape(B * T, H)
+        db = d2.sum(axis=0)
+        self.bias_ih.grad += db
+        self.bias_hh.grad += db
+        return (d2 @ self.weight_ih.data).reshape(B, T, -1)
+
+    def output_shape(self, input_shape):
+        if self.return_sequences:
+            return tuple(input_shape[:-1]) + (self.hidden_size,)
+        return (input_shape[0], self.hidden_size)
+
+
+@_register
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse. Parameter names: '<index>.<name>'."""
+
+    def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layers[{i}]: expected a fastlstm.nn.Module, got {V.describe(layer)}")
+        self.layers = list(layers)
+        self._input_shape = None
+
+    def _children(self):
+        return self.layers
+
+    def named_parameters(self, prefix: str = ""):
+        for i, layer in enumerate(self.layers):
+            yield from layer.named_parameters(f"{prefix}{i}.")
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+
+    def forward(self, x):
+        self._input_shape = (None,) + tuple(x.shape[1:])
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def config(self) -> dict:
+        return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
+
+    @classmethod
+    def _from_config(cls, kwargs):
+        return cls(*(from_config(c) for c in kwargs.get("layers", [])))
+
+    def output_shape(self, input_shape):
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return input_shape
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+    def summary(self, input_shape=None, print_fn=print) -> str:
+        """A Keras-style table: layer, output shape, parameter count; totals at the bottom.
+
+        input_shape: the input's shape without the batch (e.g. (100, 2)); default: the last input seen.
+        """
+        shape = (None,) + tuple(input_shape) if input_shape is not None else self._input_shape
+        rows = [("Layer (type)", "Output shape", "Params")]
+        for i, layer in enumerate(self.layers):
+            if shape is not None:
+                shape = layer.output_shape(shape)
+            shown = "?" if shape is None else "(" + ", ".join("None" if s is None else str(s) for s in shape) + ")"
+            rows.append((f"{i} ({type(layer).__name__})", shown, f"{layer.num_parameters():,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        line = "-" * (sum(widths) + 6)
+        out = [line, f"{rows[0][0]:<{widths[0]}}   {rows[0][1]:<{widths[1]}}   {rows[0][2]:>{widths[2]}}", line]
+        out += [f"{a:<{widths[0]}}   {b:<{widths[1]}}   {c:>{widths[2]}}" for a, b, c in rows[1:]]
+        out += [line, f"Total params: {self.num_parameters():,}", line]
+        text = "\n".join(out)
+        if print_fn is not None:
+            print_fn(text)
+        return text

@@ -1,0 +1,195 @@
+"""Optimizers, gradient clipping and learning-rate schedules, with PyTorch's update rules.
+
+What this is: ``SGD`` (momentum, Nesterov, L2 weight decay), ``Adam`` (L2 weight decay, as
+torch.optim.Adam) and ``AdamW`` (decoupled weight decay, as torch.optim.AdamW); ``clip_grad_norm``
+(global L2 norm, as torch.nn.utils.clip_grad_norm_); schedules ``ConstantLR``, ``StepLR`` and
+``CosineLR`` (linear warm-up, cosine decay) as callables step -> learning rate. Every update is in
+place on the parameter's own array, so it stays on its device and the layer sees it on the next call.
+
+    opt = Adam(model.parameters(), lr=3e-3)
+    clip_grad_norm(model.parameters(), 1.0)
+    opt.step(); opt.zero_grad()
+
+Tests: tests/test_optim.py (each rule against values computed by hand, and against torch when present).
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import _backend
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "ConstantLR", "StepLR", "CosineLR"]
+
+
+def _positive(value, name, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name}: expected a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value}")
+    return float(value)
+
+
+class Optimizer:
+    """Holds the parameters (objects with .data and .grad arrays), the learning rate and per-parameter state."""
+
+    def __init__(self, params, lr):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("params: expected at least one parameter, got none")
+        for i, p in enumerate(self.params):
+            if not (hasattr(p, "data") and hasattr(p, "grad")):
+                raise TypeError(f"params[{i}]: expected a Parameter (with .data and .grad), got {type(p).__name__}")
+        self.lr = _positive(lr, "lr")
+        self.steps = 0
+        self.state = [dict() for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad[...] = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        for p, st in zip(self.params, self.state):
+            self._update(p.data, p.grad, st)
+
+    def _update(self, w, g, st) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """g = grad + wd*w;  buf = momentum*buf + (1-dampening)*g (buf = g at the first step);
+    w -= lr * (g + momentum*buf if nesterov else buf)   (plain SGD when momentum = 0)."""
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.momentum = _positive(momentum, "momentum", allow_zero=True)
+        self.dampening = _positive(dampening, "dampening", allow_zero=True)
+        self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError("nesterov: needs momentum > 0 and dampening = 0")
+
+    def _update(self, w, g, st):
+        dt = w.dtype.type
+        if self.weight_decay:
+            g = g + dt(self.weight_decay) * w
+        if self.momentum:
+            buf = st.get("momentum")
+            if buf is None:
+                buf = st["momentum"] = g.copy()
+            else:
+                buf *= dt(self.momentum)
+                buf += dt(1 - self.dampening) * g
+            g = g + dt(self.momentum) * buf if self.nesterov else buf
+        w -= dt(self.lr) * g
+
+
+class Adam(Optimizer):
+    """m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  w -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps),
+    with g = grad + wd*w (L2 penalty, torch.optim.Adam's weight_decay)."""
+
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = _positive(eps, "eps")
+        self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
+
+    def _update(self, w, g, st):
+        xp = _backend.array_module(w)
+        dt = w.dtype.type
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self.decoupled:
+                w *= dt(1 - self.lr * self.weight_decay)
+            else:
+                g = g + dt(self.weight_decay) * w
+        if "m" not in st:
+            st["m"] = xp.zeros_like(w)
+            st["v"] = xp.zeros_like(w)
+        m, v = st["m"], st["v"]
+        m *= dt(b1)
+        m += dt(1 - b1) * g
+        v *= dt(b2)
+        v += dt(1 - b2) * (g * g)
+        t = self.steps
+        step_size = self.lr / (1 - b1 ** t)
+        denom = xp.sqrt(v) / dt(math.sqrt(1 - b2 ** t))
+        denom += dt(self.eps)
+        w -= dt(step_size) * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: w *= 1 - lr*wd before the Adam step (torch.optim.AdamW)."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Scale all gradients by max_norm / (norm + 1e-6) when their global L2 norm exceeds max_norm.
+
+    Returns the norm before clipping (inf or nan when a gradient is; then nothing is scaled).
+    """
+    max_norm = _positive(max_norm, "max_norm")
+    params = list(params)
+    total = 0.0
+    for p in params:
+        g = p.grad
+        total += float((g.astype("float64") * g).sum()) if g.dtype.itemsize < 8 else float((g * g).sum())
+    norm = math.sqrt(total)
+    if math.isfinite(norm) and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for p in params:
+            p.grad *= p.grad.dtype.type(scale)
+    return norm
+
+
+class ConstantLR:
+    """lr at every step."""
+
+    def __init__(self, lr):
+        self.lr = _positive(lr, "lr")
+
+    def __call__(self, step: int) -> float:
+        return self.lr
+
+
+class StepLR:
+    """lr * gamma ** (step // step_size)."""
+
+    def __init__(self, lr, step_size, gamma=0.1):
+        self.lr = _positive(lr, "lr")
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
+        self.step_size = step_size
+        self.gamma = _positive(gamma, "gamma")
+
+    def __call__(self, step: int) -> float:
+        return self.lr * self.gamma ** (step // self.step_size)
+
+
+class CosineLR:
+    """Linear warm-up from 0 over warmup_steps, then cosine decay from lr to min_lr at total_steps."""
+
+    def __init__(self, lr, total_steps, warmup_steps=0, min_lr=0.0):
+        self.lr = _positive(lr, "lr")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps: expected a positive int, got {total_steps!r}")
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= total_steps:
+            raise ValueError(f"warmup_steps: expected an int in [0, total_steps={total_steps}], got {warmup_steps!r}")
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+        self.min_lr = _positive(min_lr, "min_lr", allow_zero=True)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))

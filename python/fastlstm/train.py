@@ -1,0 +1,286 @@
+"""Training loop: ``fit``, ``evaluate``, ``predict``, callbacks and the metric history.
+
+What this is: the loop every example and the CLI use. ``fit`` draws shuffled mini-batches with a seed,
+runs forward, loss, backward, optional global-norm clipping, a learning-rate schedule and the
+optimizer step; it validates every ``eval_every`` steps, shows a tqdm bar (loss, tokens/s, last
+validation) and calls callbacks (``EarlyStopping``, ``ModelCheckpoint``), and returns a ``History``.
+On the CPU a run is deterministic for a given seed. What it is not: distributed or mixed-precision.
+
+    hist = fit(model, (x, y), MSELoss(), Adam(model.parameters(), 3e-3), steps=2000, batch_size=64,
+               val=(xv, yv), seed=0)
+    hist.history["val_loss"][-1]
+
+Data: a pair (inputs, targets) of arrays with the batch on axis 0, or any object with
+``batches(batch_size, rng)`` (an endless iterator of (inputs, targets)) and ``eval_batches(batch_size)``
+(a finite one), such as ``fastlstm.data.CharCorpus``.
+
+Tests: tests/test_train.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from . import _validate as V
+from .optim import clip_grad_norm
+
+__all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint", "ArrayData"]
+
+
+class ArrayData:
+    """(inputs, targets) arrays with the batch on axis 0, served as shuffled mini-batches."""
+
+    def __init__(self, inputs, targets):
+        if len(inputs) != len(targets):
+            raise ValueError(f"data: inputs and targets differ in length ({len(inputs)} vs {len(targets)})")
+        if len(inputs) == 0:
+            raise ValueError("data: expected at least one example, got none")
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def batches(self, batch_size, rng):
+        """Endless: one shuffled pass after another, every batch full (the last partial one wraps)."""
+        n = len(self.inputs)
+        batch_size = min(batch_size, n)
+        order = rng.permutation(n)
+        pos = 0
+        while True:
+            if pos + batch_size > n:
+                order = np.concatenate([order[pos:], rng.permutation(n)])
+                pos = 0
+            idx = order[pos:pos + batch_size]
+            pos += batch_size
+            yield self.inputs[idx], self.targets[idx]
+
+    def eval_batches(self, batch_size):
+        for i in range(0, len(self.inputs), batch_size):
+            yield self.inputs[i:i + batch_size], self.targets[i:i + batch_size]
+
+
+def _as_data(data, name):
+    if data is None:
+        return None
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return ArrayData(*data)
+    if hasattr(data, "batches") and hasattr(data, "eval_batches"):
+        return data
+    raise TypeError(f"{name}: expected a pair (inputs, targets) or an object with batches()/eval_batches(), "
+                    f"got {V.describe(data)}")
+
+
+def _tokens(inputs) -> int:
+    """Positions processed in a batch: B*T for sequences, B otherwise."""
+    shape = getattr(inputs, "shape", ())
+    return int(shape[0] * shape[1]) if len(shape) >= 2 else int(shape[0]) if shape else 1
+
+
+class History:
+    """Metrics as lists: ``history['loss']`` per logged step, ``history['val_loss']`` per validation."""
+
+    def __init__(self):
+        self.history: dict = {}
+
+    def log(self, **values):
+        for k, v in values.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def last(self, key, default=None):
+        values = self.history.get(key)
+        return values[-1] if values else default
+
+
+class Callback:
+    """Hooks fit calls; set ``state.stop = True`` to end training after the current step."""
+
+    def on_train_begin(self, state):
+        pass
+
+    def on_validation_end(self, state, logs: dict):
+        pass
+
+    def on_train_end(self, state):
+        pass
+
+
+class TrainState:
+    """What callbacks see: the model, optimizer, step count, history and the stop flag."""
+
+    def __init__(self, model, optimizer, history):
+        self.model, self.optimizer, self.history = model, optimizer, history
+        self.step = 0
+        self.stop = False
+
+
+class EarlyStopping(Callback):
+    """Stop when `monitor` has not improved by min_delta for `patience` validations; optionally put the
+    best weights back at the end."""
+
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="min", restore_best=True):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, int(patience), float(min_delta), mode
+        self.restore_best = restore_best
+        self.best, self.best_step, self.best_state, self.wait = None, None, None, 0
+
+    def _better(self, value):
+        if self.best is None:
+            return True
+        return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+
+    def on_validation_end(self, state, logs):
+        value = logs.get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping: monitor {self.monitor!r} is not among the logged metrics {sorted(logs)}")
+        if self._better(value):
+            self.best, self.best_step, self.wait = value, state.step, 0
+            if self.restore_best:
+                self.best_state = state.model.state_dict()
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                state.stop = True
+
+    def on_train_end(self, state):
+        if self.restore_best and self.best_state is not None:
+            state.model.load_state_dict(self.best_state)
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (fastlstm.checkpoint.save) after each validation, or only when `monitor` improves."""
+
+    def __init__(self, path, monitor="val_loss", save_best_only=True, mode="min", meta=None):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
+        self.path, self.monitor, self.save_best_only, self.mode, self.meta = path, monitor, save_best_only, mode, meta
+        self.best = None
+        self.saved_path = None
+
+    def on_validation_end(self, state, logs):
+        from .checkpoint import save
+
+        value = logs.get(self.monitor)
+        improved = value is not None and (self.best is None or (value < self.best if self.mode == "min" else value > self.best))
+        if improved:
+            self.best = value
+        if improved or not self.save_best_only:
+            meta = dict(self.meta or {}, step=state.step, **{k: v for k, v in logs.items() if isinstance(v, float)})
+            self.saved_path = save(state.model, self.path, meta=meta)
+
+
+def evaluate(model, data, loss, batch_size=256) -> float:
+    """Mean loss over all of data (every position weighs the same), in eval mode; the mode is restored."""
+    data = _as_data(data, "data")
+    was_training = model.training
+    model.eval()
+    try:
+        total, count = 0.0, 0.0
+        for inputs, targets in data.eval_batches(batch_size):
+            s, c = loss.sum_and_count(model(inputs), targets)
+            total += s
+            count += c
+    finally:
+        model.train(was_training)
+    return total / count if count else float("nan")
+
+
+def predict(model, inputs, batch_size=256):
+    """model(inputs) in eval mode, batch by batch, concatenated on axis 0."""
+    was_training = model.training
+    model.eval()
+    try:
+        outs = [model(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    finally:
+        model.train(was_training)
+    from ._backend import array_module
+
+    return array_module(outs[0]).concatenate(outs, axis=0)
+
+
+def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32, val=None, eval_every=None,
+        seed=0, clip_norm=None, schedule=None, callbacks=(), progress=True, log_every=10) -> History:
+    """Train model on data; returns the History (loss, lr, tokens_per_s per logged step; val_loss per validation).
+
+    steps or epochs (an epoch = len(data) / batch_size steps) sets the length; eval_every (default: 10
+    validations over the run) sets how often val is evaluated; schedule: step -> learning rate.
+    """
+    data = _as_data(data, "data")
+    val = _as_data(val, "val")
+    if (steps is None) == (epochs is None):
+        raise ValueError("fit: give exactly one of steps= and epochs=")
+    batch_size = V.positive_int(batch_size, "batch_size")
+    if epochs is not None:
+        if not hasattr(data, "__len__"):
+            raise ValueError("epochs: this data has no length; give steps= instead")
+        steps = V.positive_int(epochs, "epochs") * max(1, math.ceil(len(data) / batch_size))
+    steps = V.positive_int(steps, "steps")
+    eval_every = V.positive_int(eval_every, "eval_every") if eval_every is not None else max(1, steps // 10)
+    rng = np.random.default_rng(V.seed(seed))
+    history = History()
+    state = TrainState(model, optimizer, history)
+    params = model.parameters()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, unit="step", dynamic_ncols=True, leave=True)
+    for cb in callbacks:
+        cb.on_train_begin(state)
+    model.train()
+    batches = data.batches(batch_size, rng)
+    smooth, tokens, t_window = None, 0, time.perf_counter()
+    t_start = t_window
+    try:
+        for step in range(steps):
+            if schedule is not None:
+                optimizer.lr = float(schedule(step))
+            inputs, targets = next(batches)
+            out = model(inputs)
+            value, grad = loss(out, targets)
+            if not math.isfinite(value):
+                raise FloatingPointError(f"fit: the loss became {value} at step {step + 1}; lower the learning "
+                                         "rate or set clip_norm")
+            model.zero_grad()
+            model.backward(grad)
+            if clip_norm is not None:
+                clip_grad_norm(params, clip_norm)
+            optimizer.step()
+            state.step = step + 1
+            tokens += _tokens(inputs)
+            smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
+            if state.step % log_every == 0 or state.step == steps:
+                now = time.perf_counter()
+                rate = tokens / max(now - t_window, 1e-9)
+                history.log(step=state.step, loss=value, loss_smooth=smooth, lr=optimizer.lr, tokens_per_s=rate)
+                tokens, t_window = 0, now
+                if bar is not None:
+                    post = {"loss": f"{smooth:.4f}", "tok/s": f"{rate:,.0f}"}
+                    if history.last("val_loss") is not None:
+                        post["val"] = f"{history.last('val_loss'):.4f}"
+                    bar.set_postfix(post, refresh=False)
+            if bar is not None:
+                bar.update(1)
+            if val is not None and (state.step % eval_every == 0 or state.step == steps):
+                vloss = evaluate(model, val, loss, batch_size=max(batch_size, 256))
+                logs = {"val_loss": vloss, "step": state.step}
+                history.log(val_step=state.step, val_loss=vloss)
+                for cb in callbacks:
+                    cb.on_validation_end(state, logs)
+            if state.stop:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    history.log(seconds=time.perf_counter() - t_start)
+    for cb in callbacks:
+        cb.on_train_end(state)
+    model.train()
+    return history

@@ -1,0 +1,96 @@
+"""Checkpoints (fastlstm.checkpoint): bit-identical round trip, atomic save under a simulated crash,
+and clear errors for truncated, corrupted, foreign and missing files."""
+
+import os
+
+import numpy as np
+import pytest
+
+import fastlstm.checkpoint as ckpt
+from fastlstm import nn
+
+
+def small_model():
+    return nn.Sequential(nn.Embedding(11, 4, seed=0), nn.LSTM(4, 6, num_layers=2, bidirectional=True, seed=1),
+                         nn.Linear(12, 11, seed=2))
+
+
+def test_round_trip_gives_bit_identical_predictions(tmp_path):
+    model = small_model().eval()
+    ids = np.random.default_rng(0).integers(0, 11, size=(3, 7))
+    path = ckpt.save(model, tmp_path / "m", meta={"task": "charlm", "vocab": list("abcdefghijk")})
+    assert path.endswith("m.npz")
+    loaded, meta = ckpt.load_checkpoint(path)
+    assert meta == {"task": "charlm", "vocab": list("abcdefghijk")}
+    assert not loaded.training
+    np.testing.assert_array_equal(loaded(ids), model(ids))
+    with np.load(path, allow_pickle=False) as z:  # PyTorch names inside the LSTM
+        assert "1.weight_ih_l0" in z.files and "1.bias_hh_l1_reverse" in z.files
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = small_model()
+    path = ckpt.save(model, tmp_path / "model.npz")
+    before = open(path, "rb").read()
+
+    def crash(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(np, "savez", crash)
+    for p in model.parameters():
+        p.data[...] = 0
+    with pytest.raises(OSError, match="simulated"):
+        ckpt.save(model, path)
+    assert open(path, "rb").read() == before
+    assert os.listdir(tmp_path) == ["model.npz"], "no temporary file is left behind"
+    monkeypatch.undo()
+    loaded = ckpt.load(path)
+    assert any(np.any(p.data != 0) for p in loaded.parameters())
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    path = ckpt.save(small_model(), tmp_path / "m.npz")
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="not a readable fastlstm checkpoint"):
+        ckpt.load(path)
+
+
+def test_corrupted_bytes_are_a_clear_error(tmp_path):
+    path = ckpt.save(small_model(), tmp_path / "m.npz")
+    data = bytearray(open(path, "rb").read())
+    for i in range(100, len(data) - 200, 97):
+        data[i] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load(path)
+
+
+def test_foreign_and_missing_files(tmp_path):
+    foreign = tmp_path / "other.npz"
+    np.savez(foreign, weights=np.zeros(3))
+    with pytest.raises(ckpt.CheckpointError, match="not a fastlstm checkpoint"):
+        ckpt.load(foreign)
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load(text)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        ckpt.load(tmp_path / "absent.npz")
+
+
+def test_weights_that_do_not_fit_the_config_are_reported(tmp_path):
+    path = ckpt.save(small_model(), tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["2.weight"] = np.zeros((3, 3), np.float32)
+    np.savez(path, **arrays)
+    with pytest.raises(ckpt.CheckpointError, match="do not fit"):
+        ckpt.load(path)
+
+
+def test_meta_must_be_json(tmp_path):
+    with pytest.raises(TypeError, match="meta: expected JSON-serialisable"):
+        ckpt.save(small_model(), tmp_path / "m.npz", meta={"x": object()})

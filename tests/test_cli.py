@@ -1,0 +1,83 @@
+"""The fastlstm command line end to end, on tiny settings, in a subprocess (as a user runs it)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fastlstm", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_train_adding_writes_checkpoint_report_and_reports_the_baseline(tmp_path):
+    report = tmp_path / "r.json"
+    out = cli("train", "--steps", "30", "--seq-len", "8", "--hidden", "8", "--no-progress",
+              "--out", str(tmp_path / "run"), "--report", str(report))
+    assert out.returncode == 0, out.stderr
+    assert "baseline 0.1667" in out.stdout and "validation mse:" in out.stdout
+    r = json.loads(report.read_text())
+    assert {"task", "val_metric_name", "val_metric", "baseline_metric", "steps", "seconds"} <= set(r)
+    assert r["task"] == "adding" and r["steps"] == 30 and r["val_metric_name"] == "mse"
+    assert r["baseline_metric"] == pytest.approx(1 / 6)
+    assert (tmp_path / "run" / "model.npz").is_file()
+
+
+def test_train_charlm_then_sample(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("hello world, hello fastlstm. " * 30, encoding="utf-8")
+    run = tmp_path / "lm"
+    out = cli("train", "--task", "charlm", "--text", str(text), "--steps", "20", "--seq-len", "16",
+              "--hidden", "16", "--no-progress", "--out", str(run))
+    assert out.returncode == 0, out.stderr
+    out = cli("sample", str(run / "model.npz"), "--prime", "hel", "--length", "25", "--temperature", "0.7",
+              "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    sample = out.stdout.rstrip("\n")
+    assert sample.startswith("hel") and len(sample) == 28
+    again = cli("sample", str(run / "model.npz"), "--prime", "hel", "--length", "25", "--temperature", "0.7",
+                "--seed", "1")
+    assert again.stdout == out.stdout
+
+
+def test_train_rnn_baseline_runs(tmp_path):
+    out = cli("train", "--model", "rnn", "--steps", "10", "--seq-len", "6", "--hidden", "8", "--no-progress",
+              "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "RNN" in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("train", "--steps", "0"), "expected a positive integer"),
+    (("train", "--task", "charlm"), "give --text FILE"),
+    (("train", "--task", "charlm", "--text", "/no/such/file.txt"), "no such file"),
+    (("train", "--task", "nope"), "invalid choice"),
+    (("sample", "/no/such/model.npz"), "no such checkpoint"),
+])
+def test_bad_arguments_give_one_line_and_a_nonzero_exit(args, message):
+    out = cli(*args)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_sample_rejects_a_foreign_or_non_charlm_file(tmp_path):
+    bad = tmp_path / "x.npz"
+    np.savez(bad, a=np.zeros(2))
+    out = cli("sample", str(bad))
+    assert out.returncode == 1 and "not a fastlstm checkpoint" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_info_prints_the_build():
+    out = cli("info")
+    assert out.returncode == 0 and "isa_selected" in out.stdout and "cuda_compiled" in out.stdout
+
+
+def test_bench_runs_through_the_cli(tmp_path):
+    out = cli("bench", "--quick", "--repeat", "3", "--no-reference", "--no-torch", "--configs", "5,1,4,4",
+              "--csv", str(tmp_path / "b.csv"))
+    assert out.returncode == 0, out.stderr
+    assert "GFLOP/s" in out.stdout and (tmp_path / "b.csv").is_file()

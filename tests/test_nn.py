@@ -1,0 +1,212 @@
+"""Layers and losses of fastlstm.nn / fastlstm.losses: every backward against central finite
+differences in float64, plus shapes, modes, configs and the summary table."""
+
+import numpy as np
+import pytest
+
+from fastlstm import losses, nn
+
+EPS = 1e-6
+RTOL = 1e-6
+
+
+def numeric_grad(f, arr, idx_list):
+    out = []
+    for idx in idx_list:
+        old = arr[idx]
+        arr[idx] = old + EPS
+        up = f()
+        arr[idx] = old - EPS
+        down = f()
+        arr[idx] = old
+        out.append((up - down) / (2 * EPS))
+    return np.array(out)
+
+
+def sample_indices(shape, rng, n=12):
+    return [tuple(int(rng.integers(s)) for s in shape) for _ in range(n)]
+
+
+def check_layer(layer, x, rng, check_input=True):
+    """Loss = sum(layer(x) * w): analytic dL/dx and dL/dparams against central differences."""
+    layer.train()
+    y = layer(x)
+    w = rng.standard_normal(y.shape)
+    layer.zero_grad()
+    dx = layer.backward(w)
+
+    def loss():
+        layer.train()
+        return float((layer(x) * w).sum())
+
+    if check_input:
+        idx = sample_indices(x.shape, rng)
+        np.testing.assert_allclose(np.array([dx[i] for i in idx]), numeric_grad(loss, x, idx), rtol=RTOL, atol=1e-8)
+    for name, p in layer.named_parameters():
+        grad = p.grad.copy()
+        idx = sample_indices(p.shape, rng)
+        np.testing.assert_allclose(np.array([grad[i] for i in idx]), numeric_grad(loss, p.data, idx),
+                                   rtol=RTOL, atol=1e-8, err_msg=name)
+
+
+def test_linear_backward_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    check_layer(nn.Linear(5, 3, dtype="float64", seed=1), rng.standard_normal((4, 2, 5)), rng)
+
+
+def test_linear_without_bias_and_on_2d_input():
+    rng = np.random.default_rng(1)
+    layer = nn.Linear(4, 6, bias=False, dtype="float64", seed=0)
+    assert [n for n, _ in layer.named_parameters()] == ["weight"]
+    check_layer(layer, rng.standard_normal((7, 4)), rng)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_module_backward_matches_finite_differences(return_sequences, bidirectional):
+    rng = np.random.default_rng(2)
+    layer = nn.LSTM(3, 4, num_layers=2, bidirectional=bidirectional, return_sequences=return_sequences,
+                    dtype="float64", seed=3)
+    x = rng.standard_normal((2, 5, 3))  # batch first
+    y = layer(x)
+    D = 2 if bidirectional else 1
+    assert y.shape == ((2, 5, 4 * D) if return_sequences else (2, 4 * D))
+    check_layer(layer, x, rng)
+
+
+def test_lstm_module_last_step_is_the_last_output_of_the_sequence():
+    rng = np.random.default_rng(3)
+    seq = nn.LSTM(3, 5, seed=0)
+    last = nn.LSTM(3, 5, return_sequences=False, seed=0)
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    np.testing.assert_array_equal(last(x), seq(x)[:, -1])
+
+
+def test_rnn_backward_matches_finite_differences():
+    rng = np.random.default_rng(4)
+    for rs in (True, False):
+        check_layer(nn.RNN(3, 5, return_sequences=rs, dtype="float64", seed=1), rng.standard_normal((2, 6, 3)), rng)
+
+
+def test_embedding_backward_adds_repeated_ids():
+    rng = np.random.default_rng(5)
+    layer = nn.Embedding(7, 3, dtype="float64", seed=0)
+    ids = np.array([[1, 2, 1], [6, 1, 0]])
+    y = layer(ids)
+    np.testing.assert_array_equal(y, layer.weight.data[ids])
+    w = rng.standard_normal(y.shape)
+    layer.zero_grad()
+    assert layer.backward(w) is None
+    expected = np.zeros((7, 3))
+    for (b, t), i in np.ndenumerate(ids):
+        expected[i] += w[b, t]
+    np.testing.assert_allclose(layer.weight.grad, expected, rtol=1e-12)
+
+
+def test_embedding_rejects_bad_ids():
+    layer = nn.Embedding(4, 2)
+    with pytest.raises(ValueError, match=r"ids: expected values in \[0, 4\)"):
+        layer(np.array([[0, 4]]))
+    with pytest.raises(TypeError, match="ids: expected an integer array"):
+        layer(np.zeros((1, 2), np.float32))
+
+
+def test_dropout_scales_kept_units_and_is_identity_in_eval():
+    x = np.ones((200, 50), np.float32)
+    drop = nn.Dropout(0.25, seed=0)
+    y = drop(x)
+    kept = y != 0
+    assert 0.7 < kept.mean() < 0.8
+    np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
+    np.testing.assert_array_equal(drop.backward(np.ones_like(x)), y)  # same mask
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_sequential_backward_matches_finite_differences():
+    rng = np.random.default_rng(6)
+    model = nn.Sequential(nn.LSTM(3, 4, dtype="float64", seed=0), nn.Linear(4, 2, dtype="float64", seed=1))
+    check_layer(model, rng.standard_normal((2, 4, 3)), rng)
+    names = [n for n, _ in model.named_parameters()]
+    assert names[:2] == ["0.weight_ih_l0", "0.weight_hh_l0"] and names[-2:] == ["1.weight", "1.bias"]
+
+
+def test_backward_without_training_forward_is_a_clear_error():
+    layer = nn.Linear(2, 2)
+    layer.eval()
+    layer(np.ones((1, 2), np.float32))
+    with pytest.raises(ValueError, match="no saved forward"):
+        layer.backward(np.ones((1, 2), np.float32))
+
+
+def test_config_round_trip_rebuilds_the_same_architecture():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.LSTM(4, 8, num_layers=2, bidirectional=True),
+                          nn.Dropout(0.1), nn.Linear(16, 10))
+    clone = nn.from_config(model.config())
+    assert clone.config() == model.config()
+    assert [(n, p.shape) for n, p in clone.named_parameters()] == [(n, p.shape) for n, p in model.named_parameters()]
+    with pytest.raises(ValueError, match="unknown layer type"):
+        nn.from_config({"type": "Conv2d"})
+
+
+def test_summary_lists_layers_shapes_and_parameter_counts():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.LSTM(4, 8), nn.Linear(8, 10))
+    text = model.summary((12,), print_fn=None)
+    assert "(None, 12, 4)" in text and "(None, 12, 8)" in text and "(None, 12, 10)" in text
+    lstm_params = 4 * 8 * (4 + 8 + 2)
+    assert f"{lstm_params:,}" in text
+    assert f"Total params: {40 + lstm_params + 90:,}" in text
+
+
+def test_state_dict_round_trip_and_strictness():
+    a = nn.Sequential(nn.Linear(3, 2, seed=0))
+    b = nn.Sequential(nn.Linear(3, 2, seed=1))
+    b.load_state_dict(a.state_dict())
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(a(x), b(x))
+    with pytest.raises(ValueError, match="missing keys"):
+        b.load_state_dict({"0.weight": np.zeros((2, 3))})
+    with pytest.raises(ValueError, match="expected shape"):
+        b.load_state_dict({"0.weight": np.zeros((3, 2)), "0.bias": np.zeros(2)})
+
+
+# ---- losses ---------------------------------------------------------------------------------------
+def test_cross_entropy_value_by_hand():
+    logits = np.array([[2.0, 0.0, -1.0]])
+    loss, grad = losses.CrossEntropyLoss()(logits, np.array([0]))
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    assert loss == pytest.approx(-np.log(p[0]), rel=1e-12)
+    np.testing.assert_allclose(grad[0], p - np.array([1, 0, 0]), rtol=1e-12)
+
+
+def test_cross_entropy_gradient_with_ignore_index_and_mask():
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal((3, 4, 5)) * 3
+    targets = rng.integers(0, 5, size=(3, 4))
+    targets[0, 1] = -100
+    mask = (rng.random((3, 4)) > 0.3).astype(np.float64)
+    fn = losses.CrossEntropyLoss(ignore_index=-100)
+    loss, grad = fn(logits, targets, mask)
+    counted = (targets != -100) & (mask != 0)
+    assert np.all(grad[~counted] == 0)
+    idx = sample_indices(logits.shape, rng)
+    num = numeric_grad(lambda: fn(logits, targets, mask)[0], logits, idx)
+    np.testing.assert_allclose(np.array([grad[i] for i in idx]), num, rtol=1e-6, atol=1e-9)
+    s, c = fn.sum_and_count(logits, targets, mask)
+    assert c == counted.sum() and s / c == pytest.approx(loss, rel=1e-12)
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    loss, grad = losses.CrossEntropyLoss()(np.array([[1e4, -1e4]], np.float32), np.array([1]))
+    assert np.isfinite(loss) and loss == pytest.approx(2e4, rel=1e-6)
+    assert np.all(np.isfinite(grad))
+
+
+def test_mse_value_and_gradient():
+    pred = np.array([[1.0, 2.0], [3.0, 5.0]])
+    target = np.array([[1.0, 1.0], [1.0, 1.0]])
+    loss, grad = losses.MSELoss()(pred, target)
+    assert loss == pytest.approx((0 + 1 + 4 + 16) / 4)
+    np.testing.assert_allclose(grad, 2 * (pred - target) / 4)
+    with pytest.raises(ValueError, match="target: expected the prediction's shape"):
+        losses.MSELoss()(pred, target[:1])

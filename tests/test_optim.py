@@ -1,0 +1,125 @@
+"""Optimizers, clipping and schedules (fastlstm.optim) against values computed by hand, and against
+torch.optim when torch is installed."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fastlstm import optim
+from fastlstm.layer import Parameter
+
+
+def param(values, grad):
+    data = np.array(values, np.float64)
+    return Parameter("p", data, np.array(grad, np.float64))
+
+
+def test_sgd_plain_and_weight_decay():
+    p = param([1.0, -2.0], [0.5, 0.25])
+    optim.SGD([p], lr=0.1).step()
+    np.testing.assert_allclose(p.data, [1.0 - 0.05, -2.0 - 0.025])
+    p = param([1.0], [0.5])
+    optim.SGD([p], lr=0.1, weight_decay=0.2).step()  # g = 0.5 + 0.2 * 1
+    np.testing.assert_allclose(p.data, [1.0 - 0.1 * 0.7])
+
+
+def test_sgd_momentum_and_nesterov_by_hand():
+    p = param([1.0], [1.0])
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    opt.step()                  # buf = 1           w = 1 - 0.1
+    opt.step()                  # buf = 0.9 + 1     w = 0.9 - 0.19
+    np.testing.assert_allclose(p.data, [0.71])
+    q = param([1.0], [1.0])
+    opt = optim.SGD([q], lr=0.1, momentum=0.9, nesterov=True)
+    opt.step()                  # buf = 1, step g + 0.9 buf = 1.9
+    opt.step()                  # buf = 1.9, step 1 + 0.9 * 1.9 = 2.71
+    np.testing.assert_allclose(q.data, [1.0 - 0.19 - 0.271])
+
+
+def test_adam_first_steps_by_hand():
+    p = param([1.0], [0.5])
+    opt = optim.Adam([p], lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    opt.step()  # bias-corrected m = g, v = g^2 -> step lr * g / (|g| + eps)
+    np.testing.assert_allclose(p.data, [1.0 - 0.01 * 0.5 / (0.5 + 1e-8)], rtol=1e-14)
+    p.grad[...] = -1.0
+    opt.step()
+    m = 0.9 * 0.05 + 0.1 * -1.0
+    v = 0.999 * 0.00025 + 0.001 * 1.0
+    expected = 1.0 - 0.01 * 0.5 / (0.5 + 1e-8) - 0.01 / (1 - 0.81) * m / (math.sqrt(v) / math.sqrt(1 - 0.999 ** 2) + 1e-8)
+    np.testing.assert_allclose(p.data, [expected], rtol=1e-12)
+
+
+def test_adamw_decays_weights_apart_from_the_gradient():
+    p = param([2.0], [0.0])
+    optim.AdamW([p], lr=0.1, weight_decay=0.5).step()  # zero gradient: only w *= 1 - lr*wd
+    np.testing.assert_allclose(p.data, [2.0 * (1 - 0.05)])
+    q = param([2.0], [0.0])
+    optim.Adam([q], lr=0.1, weight_decay=0.5).step()   # L2: g = 0.5 * 2 = 1 -> full Adam step
+    np.testing.assert_allclose(q.data, [2.0 - 0.1 * 1.0 / (1.0 + 1e-8)], rtol=1e-12)
+
+
+def test_matches_torch_optimizers_over_several_steps():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    cases = [(optim.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+             (optim.Adam, torch.optim.Adam, dict(lr=0.01, weight_decay=0.1)),
+             (optim.AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1))]
+    for ours_cls, torch_cls, kw in cases:
+        w0 = rng.standard_normal(6)
+        p = param(w0.copy(), np.zeros(6))
+        t = torch.tensor(w0.copy(), requires_grad=True)
+        ours, theirs = ours_cls([p], **kw), torch_cls([t], **kw)
+        for _ in range(5):
+            g = rng.standard_normal(6)
+            p.grad[...] = g
+            t.grad = torch.tensor(g)
+            ours.step()
+            theirs.step()
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-12, atol=1e-14, err_msg=ours_cls.__name__)
+
+
+def test_clip_grad_norm_scales_to_the_limit_and_reports_the_norm():
+    a, b = param([0.0, 0.0], [3.0, 0.0]), param([0.0], [4.0])
+    norm = optim.clip_grad_norm([a, b], 1.0)
+    assert norm == pytest.approx(5.0)
+    total = math.sqrt(float((a.grad ** 2).sum() + (b.grad ** 2).sum()))
+    assert total == pytest.approx(1.0, rel=1e-5)
+    c = param([0.0], [0.5])
+    assert optim.clip_grad_norm([c], 1.0) == pytest.approx(0.5)
+    np.testing.assert_array_equal(c.grad, [0.5])
+
+
+def test_schedules():
+    cos = optim.CosineLR(1.0, total_steps=110, warmup_steps=10, min_lr=0.1)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
+    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.55) and cos(110) == pytest.approx(0.1)
+    step = optim.StepLR(1.0, step_size=10, gamma=0.5)
+    assert [step(s) for s in (0, 9, 10, 25)] == [1.0, 1.0, 0.5, 0.25]
+    assert optim.ConstantLR(0.3)(1000) == 0.3
+
+
+def test_bad_hyperparameters_are_clear_errors():
+    p = param([1.0], [1.0])
+    with pytest.raises(ValueError, match="lr: expected a positive number"):
+        optim.SGD([p], lr=0)
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam([p], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="params: expected at least one parameter"):
+        optim.Adam([])
+    with pytest.raises(TypeError, match=r"params\[0\]"):
+        optim.SGD([np.zeros(3)], lr=0.1)
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD([p], lr=0.1, nesterov=True)
+
+
+def test_updates_are_in_place_so_the_layer_sees_them():
+    import fastlstm
+
+    lstm = fastlstm.LSTM(2, 3, seed=0)
+    x = np.ones((4, 1, 2), np.float32)
+    y, _ = lstm(x)
+    lstm.backward(np.ones_like(y))
+    before = lstm.eval()(x)[0].copy()
+    optim.SGD(lstm.parameters(), lr=0.5).step()
+    assert not np.array_equal(lstm(x)[0], before)
