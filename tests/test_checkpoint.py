@@ -28,6 +28,15 @@ def test_round_trip_gives_bit_identical_predictions(tmp_path):
         assert "1.weight_ih_l0" in z.files and "1.bias_hh_l1_reverse" in z.files
 
 
+def test_module_save_and_package_load(tmp_path):
+    import fastlstm
+
+    model = small_model().eval()
+    ids = np.arange(6).reshape(2, 3)
+    path = model.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(fastlstm.load(path)(ids), model(ids))
+
+
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     model = small_model()
     path = ckpt.save(model, tmp_path / "model.npz")

@@ -94,7 +94,7 @@ def _train(args) -> int:
     out_dir = args.out or os.path.join("runs", args.task if args.model == "lstm" else f"{args.task}-{args.model}")
     os.makedirs(out_dir, exist_ok=True)
 
-    print(f"task {task.name}: {task.metric_name} baseline {task.baseline:.4f} "
+    print(f"task {task.name}: {task.metric_name} baseline {task.baseline:.4g} "
           f"({'always 1.0' if task.name == 'adding' else 'seasonal naive' if task.name == 'sine' else 'unigram'})")
     print(f"model {args.model}, seq_len {task.meta['seq_len']}, batch {batch}, steps {steps}, lr {lr}, "
           f"clip {clip or 'off'}, seed {args.seed}")
@@ -113,7 +113,7 @@ def _train(args) -> int:
     # the checkpoint holds the best validation point; report that model
     model, _ = checkpoint.load_checkpoint(ckpt)
     metric = train.evaluate(model, task.val, task.loss)
-    print(f"validation {task.metric_name}: {metric:.4f} (baseline {task.baseline:.4f}, "
+    print(f"validation {task.metric_name}: {metric:.4g} (baseline {task.baseline:.4g}, "
           f"{task.baseline / metric if metric > 0 else float('inf'):.1f}x lower) after {steps} steps in {seconds:.1f} s")
     print(f"checkpoint: {ckpt}")
     if _plot(hist, os.path.join(out_dir, "loss.png")):

@@ -105,6 +105,12 @@ class Module:
         for name, p in params.items():
             p.data[...] = _backend.to_device(state[name], _backend.device_of(p.data)).astype(p.dtype, copy=False)
 
+    def save(self, path, meta=None) -> str:
+        """Write weights + configuration to one .npz (fastlstm.checkpoint.save); fastlstm.load(path) rebuilds."""
+        from .checkpoint import save
+
+        return save(self, path, meta=meta)
+
     # ---- modes ------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
         self.training = V.boolean(mode, "mode")
