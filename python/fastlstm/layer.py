@@ -125,7 +125,8 @@ class LSTM:
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, dtype="float32", device="cpu", seed=None):
+                 bidirectional=False, proj_size=0, dtype="float32", device="cpu", seed=None,
+                 stateful=False, unit_forget_bias=False):
         self.input_size = V.positive_int(input_size, "input_size")
         self.hidden_size = V.positive_int(hidden_size, "hidden_size")
         self.num_layers = V.positive_int(num_layers, "num_layers")
@@ -142,6 +143,14 @@ class LSTM:
         self.device = self._check_device(device)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout > 0 only acts between layers; with num_layers=1 it does nothing", stacklevel=2)
+        self.stateful = V.boolean(stateful, "stateful")
+        if self.stateful and self.bidirectional:
+            raise ValueError("stateful: a bidirectional layer cannot stream (its reverse direction needs the "
+                             "whole sequence); use bidirectional=False or stateful=False")
+        self.unit_forget_bias = V.boolean(unit_forget_bias, "unit_forget_bias")
+        if self.unit_forget_bias and not self.bias:
+            raise ValueError("unit_forget_bias: needs bias=True")
+        self.state = None  # (h_n, c_n) carried between calls when stateful
         self._rng = np.random.default_rng(V.seed(seed))
         self.training = True
         self._ctx = None
@@ -183,10 +192,74 @@ class LSTM:
         raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
 
     def reset_parameters(self) -> None:
-        """PyTorch's default init: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), from the layer's seed."""
+        """PyTorch's default init: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), from the layer's seed.
+
+        With unit_forget_bias (Keras's option), the biases then start at 0 except the forget gate's,
+        which starts at 1 (in bias_ih; bias_hh is 0), so early training does not forget.
+        """
         k = 1.0 / math.sqrt(self.hidden_size)
         for p in self._params.values():
             p.data[...] = self._rng.uniform(-k, k, size=p.shape)
+        if self.unit_forget_bias:
+            H = self.hidden_size
+            for name, p in self._params.items():
+                if name.startswith("bias_"):
+                    p.data[...] = 0
+                    if name.startswith("bias_ih"):
+                        p.data[H:2 * H] = 1
+
+    def reset_state(self) -> None:
+        """Forget the state a stateful layer carries (the next call starts from zeros)."""
+        self.state = None
+
+    # ---- Keras weights -------------------------------------------------------------------------------
+    def keras_weights(self, layer: int = 0) -> list:
+        """Layer `layer` as Keras's LSTM.get_weights(): [kernel [I, 4H], recurrent_kernel [H, 4H], bias [4H]]
+        (no bias entry with bias=False); for a bidirectional layer, Bidirectional.get_weights(): the
+        forward direction's list followed by the backward's. Gate order i, f, c, o: PyTorch's i, f, g, o."""
+        self._check_layer_index(layer)
+        w, H, out = self._layers[layer], self.hidden_size, []
+        for d in range(self.num_directions):
+            out.append(np.ascontiguousarray(w.w_ih[d * 4 * H:(d + 1) * 4 * H].T))
+            out.append(np.ascontiguousarray(w.w_hh[d].T))
+            if self.bias:
+                out.append(w.b_ih[d] + w.b_hh[d])
+        return out
+
+    def load_keras_weights(self, weights, layer: int = 0) -> None:
+        """Load Keras LSTM (or Bidirectional(LSTM)) weights, as keras_weights returns them, into layer `layer`.
+
+        Keras has one bias per gate; it goes to bias_ih, and bias_hh becomes 0. Outputs then equal
+        Keras's (recurrent_activation='sigmoid', activation='tanh', its defaults). All-or-nothing.
+        """
+        self._check_layer_index(layer)
+        D, H, I = self.num_directions, self.hidden_size, self._layer_input(layer)
+        per = 3 if self.bias else 2
+        if not isinstance(weights, (list, tuple)) or len(weights) != per * D:
+            raise ValueError(f"weights: expected a list of {per * D} arrays (kernel, recurrent_kernel"
+                             f"{', bias' if self.bias else ''}{' per direction' if D == 2 else ''}), "
+                             f"got {V.describe(weights)}")
+        shapes = [(I, 4 * H), (H, 4 * H), (4 * H,)][:per] * D
+        arrays = []
+        for i, (a, shape) in enumerate(zip(weights, shapes)):
+            a = np.asarray(a)
+            if a.shape != shape:
+                raise ValueError(f"weights[{i}]: expected shape {shape}, got {a.shape}")
+            if not np.issubdtype(a.dtype, np.floating):
+                raise TypeError(f"weights[{i}]: expected a floating-point array, got dtype {a.dtype}")
+            arrays.append(a)
+        w = self._layers[layer]
+        for d in range(D):
+            k = arrays[d * per:(d + 1) * per]
+            w.w_ih[d * 4 * H:(d + 1) * 4 * H] = k[0].T
+            w.w_hh[d] = k[1].T
+            if self.bias:
+                w.b_ih[d] = k[2]
+                w.b_hh[d] = 0
+
+    def _check_layer_index(self, layer):
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer: expected an int in [0, {self.num_layers}), got {layer!r}")
 
     def train(self, mode: bool = True) -> "LSTM":
         self.training = V.boolean(mode, "mode")
@@ -253,6 +326,13 @@ class LSTM:
             extra.append(f"dtype='{self.dtype.name}'")
         return f"LSTM({', '.join([str(self.input_size), str(self.hidden_size)] + extra)})"
 
+    def _saved_buffer(self, key, shape):
+        """Where forward saves what backward reads: reused across calls (one saved forward at a time), or
+        fresh when several forwards wait for their backward (LSTMCell keeps a stack of them)."""
+        return np.empty(shape, self.dtype) if self._keep_every_forward else self._scratch(key, shape)
+
+    _keep_every_forward = False
+
     def _scratch(self, key, shape):
         """A training-mode buffer reused across calls (fresh pages cost a page fault each)."""
         buf = self._workspace.get(key)
@@ -285,6 +365,12 @@ class LSTM:
         T, B = (x.shape[1], x.shape[0]) if bf else (x.shape[0], x.shape[1])
         if T == 0 or B == 0:
             raise ValueError(f"x: expected at least one time step and one sequence, got shape {x.shape}")
+        if hx is None and self.stateful and self.state is not None:
+            expected = (L * D, H) if unbatched else (L * D, B, H)
+            if self.state[0].shape != expected:
+                raise ValueError(f"x: this stateful layer carries a state of shape {self.state[0].shape} from its "
+                                 f"previous call, which does not fit x of shape {x.shape}; call reset_state() first")
+            hx = self.state
         h0, c0 = self._check_state(hx, "hx", B, unbatched)
 
         training = self.training
@@ -302,8 +388,9 @@ class LSTM:
             _C.gemm(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True)
             bias = (w.b_ih + w.b_hh) if self.bias else None
             y = np.empty(seq(D * H), dt)
-            gates = self._scratch(("gates", l), (D, T, B, 4 * H)) if training else None
-            cell = self._scratch(("cell", l), (D, T, B, H)) if training else None
+            keep = self._saved_buffer if training else (lambda key, shape: None)
+            gates = keep(("gates", l), (D, T, B, 4 * H))
+            cell = keep(("cell", l), (D, T, B, H))
             ks = slice(l * D, (l + 1) * D)
             h0l = None if h0 is None else h0[ks]
             c0l = None if c0 is None else c0[ks]
@@ -320,7 +407,9 @@ class LSTM:
         if training:
             self._ctx = dict(layers=saved, T=T, B=B, bf=bf, unbatched=unbatched, y_shape=y.shape)
         if unbatched:
-            return y[:, 0, :], (h_n[:, 0, :], c_n[:, 0, :])
+            y, h_n, c_n = y[:, 0, :], h_n[:, 0, :], c_n[:, 0, :]
+        if self.stateful:
+            self.state = (h_n.copy(), c_n.copy())
         return y, (h_n, c_n)
 
     def _check_state(self, pair, name, B, unbatched, allow_none_members=False):
