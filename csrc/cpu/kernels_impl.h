@@ -151,10 +151,15 @@ void tanh_array(const typename V::T* x, typename V::T* y, int64_t n) {
 // micro_acc adds to acc, micro starts from zero. micro_acc is out of line on purpose: inlined into a
 // loop with a gate epilogue, GCC keeps the epilogue's constants in registers and spills accumulators
 // inside the k loop (measured: recurrent forward at 1 thread, B=16, H=256, 81 -> 94 GFLOP/s).
-template <class V, int MR, int NV>
+template <class V, int MR, int NV, bool Backwards = false>
 __attribute__((noinline)) void micro_acc(const typename V::T* a, int64_t lda, const typename V::T* bp, int64_t K,
                                          typename V::R (&acc)[MR][NV], int64_t aks) {
   constexpr int W = V::W;
+  if constexpr (Backwards) {  // k from K-1 down to 0: the same loop over mirrored pointers
+    a += (K - 1) * aks;
+    bp += (K - 1) * NV * W;
+  }
+  constexpr int64_t dir = Backwards ? -1 : 1;
   typename V::R c[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -164,10 +169,10 @@ __attribute__((noinline)) void micro_acc(const typename V::T* a, int64_t lda, co
   for (int64_t k = 0; k < K; ++k) {
     typename V::R b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = V::load(bp + (k * NV + v) * W);
+    for (int v = 0; v < NV; ++v) b[v] = V::load(bp + (dir * k * NV + v) * W);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      typename V::R av = V::set1(a[r * lda + k * aks]);
+      typename V::R av = V::set1(a[r * lda + dir * k * aks]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) c[r][v] = V::fma(av, b[v], c[r][v]);
     }
@@ -177,12 +182,12 @@ __attribute__((noinline)) void micro_acc(const typename V::T* a, int64_t lda, co
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = c[r][v];
 }
-template <class V, int MR, int NV>
+template <class V, int MR, int NV, bool Backwards = false>
 FASTLSTM_INLINE void micro(const typename V::T* a, int64_t lda, const typename V::T* bp, int64_t K,
                            typename V::R (&acc)[MR][NV], int64_t aks = 1) {
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
-  micro_acc<V, MR, NV>(a, lda, bp, K, acc, aks);
+  micro_acc<V, MR, NV, Backwards>(a, lda, bp, K, acc, aks);
 }
 
 // load / store W lanes, or the first n of them
@@ -286,7 +291,11 @@ struct Forward {
       const T* hprev = s == 0 ? (a.h0 ? a.h0 : dir.zeros) : dir.hbuf + ((s - 1) & 1) * B * H;
       T* hout = dir.hbuf + (s & 1) * B * H;
       const bool last = s == T_ - 1;
-      for (int64_t u = u0; u < u1; ++u) {
+      // one row block streams the thread's whole W_hh slice from L2 each step; walking it backwards on
+      // odd steps starts each step on the part the previous step left in L1
+      const bool mirror = B <= kMR && (s & 1);
+      for (int64_t i = u0; i < u1; ++i) {
+        const int64_t u = mirror ? u1 - 1 - (i - u0) : i;
         const T* wu = dir.wp + u * H * 4 * W;
         const int64_t j0 = u * W;
         const int nv = static_cast<int>(imin(W, H - j0));
@@ -294,7 +303,8 @@ struct Forward {
           with_rows(static_cast<int>(imin(kMR, B - b0)), [&](auto MRc) {
             constexpr int mr = decltype(MRc)::value;
             R acc[mr][4];
-            micro<V, mr, 4>(hprev + b0 * H, H, wu, H, acc);
+            if (mirror) micro<V, mr, 4, true>(hprev + b0 * H, H, wu, H, acc);
+            else micro<V, mr, 4>(hprev + b0 * H, H, wu, H, acc);
             for (int r = 0; r < mr; ++r) step_epilogue(a, t, b0 + r, j0, nv, acc[r], hout, last);
           });
         }
@@ -413,7 +423,10 @@ struct Backward {
     int64_t tprev = -1;  // the step processed last (its dG feeds this step's dh)
     for (int64_t s = 0; s <= T_; ++s) {
       const int64_t t = s == T_ ? -1 : (a.reverse ? s : T_ - 1 - s);
-      for (int64_t u = u0; u < u1; u += kGroup) {
+      const int64_t groups = ceil_div(u1 - u0, kGroup);
+      const bool mirror = B <= kMR && (s & 1);  // as in Forward: start each step on what L1 still holds
+      for (int64_t i = 0; i < groups; ++i) {
+        const int64_t u = u0 + (mirror ? groups - 1 - i : i) * kGroup;
         const int nvt = static_cast<int>(imin(kGroup, u1 - u));
         for (int64_t b0 = 0; b0 < B; b0 += kMR) {
           const int m = static_cast<int>(imin(kMR, B - b0));
@@ -422,7 +435,9 @@ struct Backward {
               constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
               R acc[mr][nv];
               if (tprev >= 0) {
-                micro<V, mr, nv>(a.dg + tprev * a.dg_st + b0 * a.dg_sb, a.dg_sb, dir.wp + u * K * W, K, acc);
+                const T* dgp = a.dg + tprev * a.dg_st + b0 * a.dg_sb;
+                if (mirror) micro<V, mr, nv, true>(dgp, a.dg_sb, dir.wp + u * K * W, K, acc);
+                else micro<V, mr, nv>(dgp, a.dg_sb, dir.wp + u * K * W, K, acc);
               } else {
                 for (int r = 0; r < mr; ++r)
                   for (int v = 0; v < nv; ++v) {
