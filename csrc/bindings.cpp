@@ -85,7 +85,8 @@ bool is_f64(const py::object& obj) {
 template <typename T>
 void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
                   py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first,
-                  int num_threads) {
+                  int64_t step_offset, int num_threads) {
+  FASTLSTM_CHECK(step_offset >= 0, "step_offset: expected >= 0, got " << step_offset);
   FASTLSTM_CHECK(py::isinstance<py::array>(w_hh) && py::reinterpret_borrow<py::array>(w_hh).ndim() == 3,
                  "w_hh: expected a [D, 4H, H] array");
   auto w = py::reinterpret_borrow<py::array>(w_hh);
@@ -128,6 +129,7 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
     a.gates = pg ? pg + d * T_ * B * 4 * H : nullptr;
     a.cell = pc ? pc + d * T_ * B * H : nullptr;
     a.reverse = d == 1;
+    a.step_offset = step_offset;
   }
   py::gil_scoped_release nogil;
   lstm_forward<T>(args, static_cast<int>(D), num_threads);
@@ -255,13 +257,16 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("lstm_forward",
         [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
-           py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int num_threads) {
-          if (is_f64(w_hh)) forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, num_threads);
-          else forward_impl<float>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, num_threads);
+           py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int num_threads,
+           int64_t step_offset) {
+          if (is_f64(w_hh))
+            forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, step_offset, num_threads);
+          else
+            forward_impl<float>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, step_offset, num_threads);
         },
-        py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"),
-        py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"),
-        py::arg("num_threads") = 0);
+        py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"),
+        py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"), py::arg("num_threads") = 0,
+        py::arg("step_offset") = 0);
   m.def("lstm_backward",
         [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
            py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, py::object dbias,

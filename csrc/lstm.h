@@ -49,6 +49,9 @@ struct LstmForwardArgs {
   Real* gates = nullptr;            // gates: [T, B, 4H] contiguous, activated i, f, gg, o
   Real* cell = nullptr;             // cell:  [T, B, H] contiguous, c[t]
   bool reverse = false;          // process t = T-1 .. 0 (the reverse direction of a bidirectional layer)
+  int64_t step_offset = 0;       // this call's first step within a longer stream (a stateful layer fed in
+                                 // chunks): per-step choices of the kernels (the order they walk weights
+                                 // in) follow the absolute step, so chunks match one long call bit for bit
 };
 
 // ---- backward: one direction of one layer ---------------------------------------------------------

@@ -293,7 +293,7 @@ struct Forward {
       const bool last = s == T_ - 1;
       // one row block streams the thread's whole W_hh slice from L2 each step; walking it backwards on
       // odd steps starts each step on the part the previous step left in L1
-      const bool mirror = B <= kMR && (s & 1);
+      const bool mirror = B <= kMR && ((s + a.step_offset) & 1);
       for (int64_t i = u0; i < u1; ++i) {
         const int64_t u = mirror ? u1 - 1 - (i - u0) : i;
         const T* wu = dir.wp + u * H * 4 * W;

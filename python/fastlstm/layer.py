@@ -151,6 +151,7 @@ class LSTM:
         if self.unit_forget_bias and not self.bias:
             raise ValueError("unit_forget_bias: needs bias=True")
         self.state = None  # (h_n, c_n) carried between calls when stateful
+        self._streamed = 0  # steps consumed since the state was last reset
         self._rng = np.random.default_rng(V.seed(seed))
         self.training = True
         self._ctx = None
@@ -211,6 +212,7 @@ class LSTM:
     def reset_state(self) -> None:
         """Forget the state a stateful layer carries (the next call starts from zeros)."""
         self.state = None
+        self._streamed = 0
 
     # ---- Keras weights -------------------------------------------------------------------------------
     def keras_weights(self, layer: int = 0) -> list:
@@ -395,7 +397,7 @@ class LSTM:
             h0l = None if h0 is None else h0[ks]
             c0l = None if c0 is None else c0[ks]
             _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
-                            gates, cell, bf)
+                            gates, cell, bf, step_offset=self._streamed if self.stateful else 0)
             mask = None
             if training and self.dropout > 0 and l < L - 1:
                 keep = self._rng.random(y.shape, dtype=dt) >= self.dropout
@@ -410,6 +412,7 @@ class LSTM:
             y, h_n, c_n = y[:, 0, :], h_n[:, 0, :], c_n[:, 0, :]
         if self.stateful:
             self.state = (h_n.copy(), c_n.copy())
+            self._streamed += T
         return y, (h_n, c_n)
 
     def _check_state(self, pair, name, B, unbatched, allow_none_members=False):
