@@ -27,10 +27,12 @@ def numeric_grad(f, arr, eps=1e-6):
     return g
 
 
-@pytest.mark.parametrize("num_layers,bidirectional,use_masks", [(1, False, False), (2, True, False), (2, False, True)])
-def test_reference_backward_matches_finite_differences(num_layers, bidirectional, use_masks):
+@pytest.mark.parametrize("num_layers,bidirectional,use_masks,lengths", [
+    (1, False, False, None), (2, True, False, None), (2, False, True, None),
+    (1, True, False, [4, 2, 1]), (2, True, True, [1, 3, 4])])
+def test_reference_backward_matches_finite_differences(num_layers, bidirectional, use_masks, lengths):
     rng = np.random.default_rng(1)
-    T, B, I, H = 4, 2, 3, 5
+    T, B, I, H = 4, 2 if lengths is None else len(lengths), 3, 5
     D = 2 if bidirectional else 1
     params = random_state_dict(rng, I, H, num_layers, bidirectional)
     x = rng.standard_normal((T, B, I))
@@ -42,10 +44,10 @@ def test_reference_backward_matches_finite_differences(num_layers, bidirectional
     wc = rng.standard_normal((num_layers * D, B, H))
 
     def loss():
-        y, (hn, cn), _ = R.lstm_forward(x, params, num_layers, bidirectional, h0, c0, masks)
+        y, (hn, cn), _ = R.lstm_forward(x, params, num_layers, bidirectional, h0, c0, masks, lengths)
         return (y * wy).sum() + (hn * wh).sum() + (cn * wc).sum()
 
-    _, _, cache = R.lstm_forward(x, params, num_layers, bidirectional, h0, c0, masks)
+    _, _, cache = R.lstm_forward(x, params, num_layers, bidirectional, h0, c0, masks, lengths)
     dx, dh0, dc0, grads = R.lstm_backward(wy, wh, wc, cache)
     for name, analytic, arr in [("x", dx, x), ("h0", dh0, h0), ("c0", dc0, c0)] + [
             (k, grads[k], params[k]) for k in params]:
@@ -63,6 +65,21 @@ def test_reference_reverse_direction_is_time_reversal():
     y_fwd, h_fwd, _, _ = R.lstm_layer_forward(x[::-1], *args)
     np.testing.assert_allclose(y_rev, y_fwd[::-1], rtol=1e-14)
     np.testing.assert_allclose(h_rev, h_fwd, rtol=1e-14)
+
+
+def test_reference_lengths_are_separate_shorter_sequences():
+    """With lengths, each sequence gives what it gives alone, cut to its length (both directions)."""
+    rng = np.random.default_rng(3)
+    T, I, H, lengths = 6, 3, 4, [6, 2, 4]
+    p = random_state_dict(rng, I, H, bidirectional=True)
+    x = rng.standard_normal((T, 3, I))
+    y, (hn, cn), _ = R.lstm_forward(x, p, 1, True, lengths=lengths)
+    for b, L in enumerate(lengths):
+        yb, (hb, cb), _ = R.lstm_forward(x[:L, b:b + 1], p, 1, True)
+        np.testing.assert_allclose(y[:L, b], yb[:, 0], rtol=1e-13)
+        assert not y[L:, b].any()
+        np.testing.assert_allclose(hn[:, b], hb[:, 0], rtol=1e-13)
+        np.testing.assert_allclose(cn[:, b], cb[:, 0], rtol=1e-13)
 
 
 def test_reference_sigmoid_has_no_overflow():

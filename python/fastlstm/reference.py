@@ -30,12 +30,16 @@ def sigmoid(x):
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, reverse=False):
+def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, reverse=False, lengths=None):
     """One direction of one layer.
 
-    x: [T, B, I]; w_ih: [4H, I]; w_hh: [4H, H]; b_ih, b_hh: [4H] or None; h0, c0: [B, H] or None.
+    x: [T, B, I]; w_ih: [4H, I]; w_hh: [4H, H]; b_ih, b_hh: [4H] or None; h0, c0: [B, H] or None;
+    lengths: [B] valid steps per sequence (1..T) or None for all T.
     Returns (y [T, B, H], h_n [B, H], c_n [B, H], cache for lstm_layer_backward).
     With reverse=True the sequence is processed from t = T-1 down to 0 (y stays indexed by t).
+    With lengths, sequence b only exists at t < lengths[b] (PyTorch's packed sequences): at other steps
+    its state is left as it is and its output is 0, so h_n is its last valid step's and the reverse
+    direction starts at its own end.
     """
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -46,13 +50,15 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, re
     y = np.zeros((T, B, H), x.dtype)
     steps = []
     for t in order:
+        live = np.ones((B, 1), bool) if lengths is None else (t < np.asarray(lengths))[:, None]
         z = x[t] @ w_ih.T + h @ w_hh.T + bias
         i, f, g, o = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
         c_prev, h_prev = c, h
-        c = f * c + i * g
-        h = o * np.tanh(c)
-        y[t] = h
-        steps.append((t, h_prev, c_prev, i, f, g, o, c))
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        c, h = np.where(live, c_new, c), np.where(live, h_new, h)
+        y[t] = np.where(live, h_new, 0)
+        steps.append((t, live, h_prev, c_prev, i, f, g, o, c_new))
     cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, steps=steps)
     return y, h, c, cache
 
@@ -64,26 +70,27 @@ def lstm_layer_backward(dy, dh_n, dc_n, cache):
     Returns (dx, dh0, dc0, grads) with grads = dict(w_ih, w_hh, b_ih, b_hh).
     """
     x, w_ih, w_hh, steps = cache["x"], cache["w_ih"], cache["w_hh"], cache["steps"]
-    B, H = steps[0][1].shape
+    B, H = steps[0][2].shape
     dh = np.zeros((B, H), x.dtype) if dh_n is None else dh_n.copy()
     dc = np.zeros((B, H), x.dtype) if dc_n is None else dc_n.copy()
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db = np.zeros(4 * H, x.dtype)
-    for t, h_prev, c_prev, i, f, g, o, c in reversed(steps):
-        if dy is not None:
-            dh = dh + dy[t]
+    for t, live, h_prev, c_prev, i, f, g, o, c in reversed(steps):
+        # a sequence absent at step t passed its state through unchanged: so do its gradients
+        dh_t = dh if dy is None else dh + dy[t]
         tc = np.tanh(c)
-        do = dh * tc
-        dc = dc + dh * o * (1 - tc ** 2)
-        di, df, dg = dc * g, dc * c_prev, dc * i
+        do = dh_t * tc
+        dc_t = dc + dh_t * o * (1 - tc ** 2)
+        di, df, dg = dc_t * g, dc_t * c_prev, dc_t * i
         dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g ** 2), do * o * (1 - o)], axis=1)
+        dz = np.where(live, dz, 0)
         dx[t] = dz @ w_ih
         dw_ih += dz.T @ x[t]
         dw_hh += dz.T @ h_prev
         db += dz.sum(axis=0)
-        dh = dz @ w_hh
-        dc = dc * f
+        dh = np.where(live, dz @ w_hh, dh)
+        dc = np.where(live, dc_t * f, dc)
     return dx, dh, dc, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
 
 
@@ -91,12 +98,14 @@ def _suffix(d):
     return "_reverse" if d == 1 else ""
 
 
-def lstm_forward(x, params, num_layers=1, bidirectional=False, h0=None, c0=None, dropout_masks=None):
+def lstm_forward(x, params, num_layers=1, bidirectional=False, h0=None, c0=None, dropout_masks=None,
+                 lengths=None):
     """A stacked (optionally bidirectional) LSTM, time-major, as torch.nn.LSTM computes it.
 
     x: [T, B, I]; params: PyTorch state_dict names -> arrays (biases may be absent);
     h0, c0: [L*D, B, H] or None; dropout_masks: None or a list of L-1 arrays [T, B, D*H] that
-    multiply the output of layer l before it enters layer l+1 (already scaled by 1/(1-p)).
+    multiply the output of layer l before it enters layer l+1 (already scaled by 1/(1-p));
+    lengths: [B] valid steps per sequence or None (see lstm_layer_forward).
     Returns (y [T, B, D*H], (h_n, c_n) each [L*D, B, H], cache).
     """
     D = 2 if bidirectional else 1
@@ -110,7 +119,7 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, h0=None, c0=None,
             y, h, c, cache = lstm_layer_forward(
                 inp, params["weight_ih" + sfx], params["weight_hh" + sfx],
                 params.get("bias_ih" + sfx), params.get("bias_hh" + sfx),
-                None if h0 is None else h0[k], None if c0 is None else c0[k], reverse=d == 1)
+                None if h0 is None else h0[k], None if c0 is None else c0[k], reverse=d == 1, lengths=lengths)
             outs.append(y)
             hn.append(h)
             cn.append(c)
