@@ -76,6 +76,17 @@ T* mat(const py::object& obj, const char* name, int64_t& rows, int64_t& cols, in
   return const_cast<T*>(static_cast<const T*>(a.data()));
 }
 
+// lengths: None, or an int64 [B] array, non-increasing, each in 1..T (the layer sorts and checks first)
+const int64_t* lengths_arg(const py::object& obj, int64_t B, int64_t T) {
+  if (obj.is_none()) return nullptr;
+  const int64_t* p = arr<int64_t>(obj, "lengths", {B}, false);
+  for (int64_t b = 0; b < B; ++b) {
+    FASTLSTM_CHECK(p[b] >= 1 && p[b] <= T, "lengths: expected values in 1.." << T << ", got " << p[b] << " at " << b);
+    FASTLSTM_CHECK(b == 0 || p[b] <= p[b - 1], "lengths: expected a non-increasing order (sorted by the layer)");
+  }
+  return p;
+}
+
 bool is_f64(const py::object& obj) {
   return py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<double>());
 }
@@ -85,7 +96,7 @@ bool is_f64(const py::object& obj) {
 template <typename T>
 void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
                   py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first,
-                  int64_t step_offset, int num_threads) {
+                  py::object lengths, int64_t step_offset, int num_threads) {
   FASTLSTM_CHECK(step_offset >= 0, "step_offset: expected >= 0, got " << step_offset);
   FASTLSTM_CHECK(py::isinstance<py::array>(w_hh) && py::reinterpret_borrow<py::array>(w_hh).ndim() == 3,
                  "w_hh: expected a [D, 4H, H] array");
@@ -110,6 +121,7 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
   T* pg = opt<T>(gates, "gates", {D, T_, B, 4 * H}, true);
   T* pc = opt<T>(cell, "cell", {D, T_, B, H}, true);
   FASTLSTM_CHECK((pg == nullptr) == (pc == nullptr), "gates and cell: pass both (training) or neither");
+  const int64_t* plen = lengths_arg(lengths, B, T_);
   LstmForwardArgs<T> args[2];
   for (int64_t d = 0; d < D; ++d) {
     LstmForwardArgs<T>& a = args[d];
@@ -129,6 +141,7 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
     a.gates = pg ? pg + d * T_ * B * 4 * H : nullptr;
     a.cell = pc ? pc + d * T_ * B * H : nullptr;
     a.reverse = d == 1;
+    a.lengths = plen;
     a.step_offset = step_offset;
   }
   py::gil_scoped_release nogil;
@@ -140,7 +153,7 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
 template <typename T>
 void backward_impl(py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy,
                    py::object dh_n, py::object dc_n, py::object dg, py::object dh0, py::object dc0,
-                   py::object dbias, bool batch_first, int num_threads) {
+                   py::object dbias, bool batch_first, py::object lengths, int num_threads) {
   FASTLSTM_CHECK(py::isinstance<py::array>(gates) && py::reinterpret_borrow<py::array>(gates).ndim() == 4,
                  "gates: expected a [D, T, B, 4H] array");
   auto ga = py::reinterpret_borrow<py::array>(gates);
@@ -160,6 +173,7 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
   T* pdh0 = arr<T>(dh0, "dh0", {D, B, H}, true);
   T* pdc0 = arr<T>(dc0, "dc0", {D, B, H}, true);
   T* pdb = opt<T>(dbias, "dbias", {D, 4 * H}, true);
+  const int64_t* plen = lengths_arg(lengths, B, T_);
   LstmBackwardArgs<T> args[2];
   for (int64_t d = 0; d < D; ++d) {
     LstmBackwardArgs<T>& a = args[d];
@@ -180,6 +194,7 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
     a.dc0 = pdc0 + d * B * H;
     a.dbias = pdb ? pdb + d * 4 * H : nullptr;
     a.reverse = d == 1;
+    a.lengths = plen;
   }
   py::gil_scoped_release nogil;
   lstm_backward<T>(args, static_cast<int>(D), num_threads);
@@ -258,27 +273,31 @@ PYBIND11_MODULE(_C, m) {
   m.def("lstm_forward",
         [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
            py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int num_threads,
-           int64_t step_offset) {
+           py::object lengths, int64_t step_offset) {
           if (is_f64(w_hh))
-            forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, step_offset, num_threads);
+            forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
+                                 num_threads);
           else
-            forward_impl<float>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, step_offset, num_threads);
+            forward_impl<float>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
+                                num_threads);
         },
         py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"),
         py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"), py::arg("num_threads") = 0,
-        py::arg("step_offset") = 0);
+        py::arg("lengths") = py::none(), py::arg("step_offset") = 0);
   m.def("lstm_backward",
         [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
            py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, py::object dbias,
-           int num_threads) {
+           py::object lengths, int num_threads) {
           if (is_f64(w_hh))
-            backward_impl<double>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, num_threads);
+            backward_impl<double>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, lengths,
+                                  num_threads);
           else
-            backward_impl<float>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, num_threads);
+            backward_impl<float>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, lengths,
+                                 num_threads);
         },
         py::arg("w_hh"), py::arg("gates"), py::arg("cell"), py::arg("c0"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dg"), py::arg("dh0"), py::arg("dc0"), py::arg("batch_first"),
-        py::arg("dbias") = py::none(), py::arg("num_threads") = 0);
+        py::arg("dbias") = py::none(), py::arg("lengths") = py::none(), py::arg("num_threads") = 0);
   m.def("gemm",
         [](py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias, bool accumulate,
            int num_threads) {

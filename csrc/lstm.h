@@ -49,6 +49,9 @@ struct LstmForwardArgs {
   Real* gates = nullptr;            // gates: [T, B, 4H] contiguous, activated i, f, gg, o
   Real* cell = nullptr;             // cell:  [T, B, H] contiguous, c[t]
   bool reverse = false;          // process t = T-1 .. 0 (the reverse direction of a bidirectional layer)
+  const int64_t* lengths = nullptr;  // lengths: [B] steps of each sequence, each in 1..T, non-increasing
+                                 // (the caller sorts); sequence b exists at t < lengths[b] only: elsewhere
+                                 // its state is kept and y is 0. nullptr: all T (see reference.py)
   int64_t step_offset = 0;       // this call's first step within a longer stream (a stateful layer fed in
                                  // chunks): per-step choices of the kernels (the order they walk weights
                                  // in) follow the absolute step, so chunks match one long call bit for bit
@@ -76,6 +79,7 @@ struct LstmBackwardArgs {
   Real* dbias = nullptr;            // dbias: [4H] out: sum of dG over all steps and sequences (the bias
                                     //        gradient, summed in double), or nullptr to skip it
   bool reverse = false;
+  const int64_t* lengths = nullptr; // lengths: as the forward's (dG is 0 where a sequence does not exist)
 };
 
 // ---- GEMM for the big products over all time steps --------------------------------------------------

@@ -208,6 +208,15 @@ FASTLSTM_INLINE void split(int64_t units, int parts, int idx, int64_t& begin, in
   end = begin + base + (idx < extra ? 1 : 0);
 }
 
+// Rows that exist at step t: with lengths (non-increasing), the prefix of sequences longer than t.
+FASTLSTM_INLINE int64_t live_rows(const int64_t* lengths, int64_t B, int64_t t) {
+  if (t < 0) return 0;
+  if (!lengths) return B;
+  int64_t n = B;
+  while (n > 0 && lengths[n - 1] <= t) --n;
+  return n;
+}
+
 // Directions of one layer over a thread team: with two directions and two or more threads, each
 // direction gets half of the team (its own barrier); otherwise the whole team runs them in turn.
 struct TeamLayout {
@@ -286,11 +295,20 @@ struct Forward {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) a.c_n[b * H + j] = a.c0 ? a.c0[b * H + j] : T(0);
 
+    const int64_t c0j = u0 * W, c1j = imin(u1 * W, H);  // this thread's columns
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = a.reverse ? T_ - 1 - s : s;
       const T* hprev = s == 0 ? (a.h0 ? a.h0 : dir.zeros) : dir.hbuf + ((s - 1) & 1) * B * H;
       T* hout = dir.hbuf + (s & 1) * B * H;
       const bool last = s == T_ - 1;
+      const int64_t live = live_rows(a.lengths, B, t);
+      for (int64_t b = live; b < B; ++b) {  // absent sequences: state carried, output 0
+        for (int64_t j = c0j; j < c1j; ++j) {
+          hout[b * H + j] = hprev[b * H + j];
+          a.y[t * a.y_st + b * a.y_sb + j] = T(0);
+          if (last) a.h_n[b * H + j] = hprev[b * H + j];
+        }
+      }
       // one row block streams the thread's whole W_hh slice from L2 each step; walking it backwards on
       // odd steps starts each step on the part the previous step left in L1
       const bool mirror = B <= kMR && ((s + a.step_offset) & 1);
@@ -299,8 +317,8 @@ struct Forward {
         const T* wu = dir.wp + u * H * 4 * W;
         const int64_t j0 = u * W;
         const int nv = static_cast<int>(imin(W, H - j0));
-        for (int64_t b0 = 0; b0 < B; b0 += kMR) {
-          with_rows(static_cast<int>(imin(kMR, B - b0)), [&](auto MRc) {
+        for (int64_t b0 = 0; b0 < live; b0 += kMR) {
+          with_rows(static_cast<int>(imin(kMR, live - b0)), [&](auto MRc) {
             constexpr int mr = decltype(MRc)::value;
             R acc[mr][4];
             if (mirror) micro<V, mr, 4, true>(hprev + b0 * H, H, wu, H, acc);
@@ -420,45 +438,58 @@ struct Backward {
       for (int g = 0; g < 4; ++g)
         for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) dbs[g * H + j] = 0.0;
 
-    int64_t tprev = -1;  // the step processed last (its dG feeds this step's dh)
+    int64_t tprev = -1, live_prev = 0;  // the step processed last (its dG feeds this step's dh), its rows
+    const int64_t c0j = u0 * W, c1j = imin(u1 * W, H);
     for (int64_t s = 0; s <= T_; ++s) {
       const int64_t t = s == T_ ? -1 : (a.reverse ? s : T_ - 1 - s);
+      const int64_t live = live_rows(a.lengths, B, t), rows = imax(live, live_prev);
+      // absent sequences: dG = 0 (read by the next step and by the weight-gradient GEMMs)
+      if (t >= 0)
+        for (int64_t b = live; b < B; ++b)
+          for (int g = 0; g < 4; ++g)
+            for (int64_t j = c0j; j < c1j; ++j) a.dg[t * a.dg_st + b * a.dg_sb + g * H + j] = T(0);
       const int64_t groups = ceil_div(u1 - u0, kGroup);
       const bool mirror = B <= kMR && (s & 1);  // as in Forward: start each step on what L1 still holds
       for (int64_t i = 0; i < groups; ++i) {
         const int64_t u = u0 + (mirror ? groups - 1 - i : i) * kGroup;
         const int nvt = static_cast<int>(imin(kGroup, u1 - u));
-        for (int64_t b0 = 0; b0 < B; b0 += kMR) {
-          const int m = static_cast<int>(imin(kMR, B - b0));
+        for (int64_t b0 = 0; b0 < rows; b0 += kMR) {
+          const int m = static_cast<int>(imin(kMR, rows - b0));
           with_vecs(nvt, [&](auto NVc) {
             with_rows(m, [&](auto MRc) {
               constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
               R acc[mr][nv];
-              if (tprev >= 0) {
+              if (tprev >= 0 && b0 < live_prev) {  // rows past live_prev read zeroed dG
                 const T* dgp = a.dg + tprev * a.dg_st + b0 * a.dg_sb;
                 if (mirror) micro<V, mr, nv, true>(dgp, a.dg_sb, dir.wp + u * K * W, K, acc);
                 else micro<V, mr, nv>(dgp, a.dg_sb, dir.wp + u * K * W, K, acc);
               } else {
                 for (int r = 0; r < mr; ++r)
-                  for (int v = 0; v < nv; ++v) {
-                    const int64_t j0 = (u + v) * W;
-                    const int nl = static_cast<int>(imin(W, H - j0));
-                    acc[r][v] = a.dh_n ? ld<V>(a.dh_n + (b0 + r) * H + j0, nl) : V::zero();
-                  }
+                  for (int v = 0; v < nv; ++v) acc[r][v] = V::zero();
               }
-              for (int r = 0; r < mr; ++r)
+              for (int r = 0; r < mr; ++r) {
+                const int64_t b = b0 + r;
                 for (int v = 0; v < nv; ++v) {
                   const int64_t j0 = (u + v) * W;
                   const int nl = static_cast<int>(imin(W, H - j0));
-                  if (t < 0) st<V>(a.dh0 + (b0 + r) * H + j0, acc[r][v], nl);
-                  else step_epilogue(a, t, b0 + r, j0, nl, acc[r][v], dbs);
+                  if (b < live) {
+                    // dh_n enters at the sequence's last step in forward processing order
+                    const int64_t last_fwd = a.reverse ? 0 : (a.lengths ? a.lengths[b] : T_) - 1;
+                    R dh = acc[r][v];
+                    if (a.dh_n && t == last_fwd) dh = V::add(dh, ld<V>(a.dh_n + b * H + j0, nl));
+                    step_epilogue(a, t, b, j0, nl, dh, dbs);
+                  } else {  // b's first forward step was tprev: what flows back from it is dh0
+                    st<V>(a.dh0 + b * H + j0, acc[r][v], nl);
+                  }
                 }
+              }
             });
           });
         }
       }
       if (t < 0) break;
       tprev = t;
+      live_prev = live;
       dir.barrier->wait();
     }
     if (dbs)
@@ -486,8 +517,9 @@ struct Backward {
     R ig = ld<V>(gs, nl), fg = ld<V>(gs + H, nl), gg = ld<V>(gs + 2 * H, nl), og = ld<V>(gs + 3 * H, nl);
     R c = ld<V>(a.cell + (t * B + b) * H + j0, nl);
     const int64_t tp = a.reverse ? t + 1 : t - 1;  // previous step in forward processing order
-    R cprev = (tp >= 0 && tp < a.T) ? ld<V>(a.cell + (tp * B + b) * H + j0, nl)
-                                    : (a.c0 ? ld<V>(a.c0 + b * H + j0, nl) : V::zero());
+    const bool had_prev = tp >= 0 && tp < (a.lengths ? a.lengths[b] : a.T);
+    R cprev = had_prev ? ld<V>(a.cell + (tp * B + b) * H + j0, nl)
+                       : (a.c0 ? ld<V>(a.c0 + b * H + j0, nl) : V::zero());
     R tc = Math<V>::tanh(c);
     T* dcp = a.dc0 + b * H + j0;
     R dc = V::fma(V::mul(dh, og), V::fnma(tc, tc, one), ld<V>(dcp, nl));

@@ -38,6 +38,11 @@ _gx_cache = threading.local()
 _GX_CACHE_MAX = 1 << 30
 
 
+def _rows(state: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """A [L*D, B, H] state with its sequences (axis 1) in `order`, C-contiguous."""
+    return np.ascontiguousarray(np.take(state, order, axis=1))
+
+
 def _gx_buffer(shape, dtype) -> np.ndarray:
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > _GX_CACHE_MAX:
@@ -344,14 +349,17 @@ class LSTM:
         return buf
 
     # ---- forward ---------------------------------------------------------------------------------------
-    def __call__(self, x, hx=None):
-        return self.forward(x, hx)
+    def __call__(self, x, hx=None, lengths=None):
+        return self.forward(x, hx, lengths)
 
-    def forward(self, x, hx=None):
+    def forward(self, x, hx=None, lengths=None):
         """y, (h_n, c_n) = lstm(x, (h0, c0)); shapes exactly as torch.nn.LSTM.
 
         x: [T, B, I] ([B, T, I] with batch_first) or unbatched [T, I]; h0, c0: [L*D, B, H] ([L*D, H]
         unbatched) or hx=None for zeros. Returns y [T, B, D*H] (batch_first: [B, T, D*H]), h_n, c_n.
+        lengths: None, or one integer per sequence in 1..T: PyTorch's pack_padded_sequence semantics
+        without packing. y is 0 past each sequence's length, h_n/c_n come from its last valid step, the
+        reverse direction starts at its own end; the kernels skip the missing steps.
         """
         L, D, H, dt = self.num_layers, self.num_directions, self.hidden_size, self.dtype
         doc = f"(T, B, {self.input_size})" if not self.batch_first else f"(B, T, {self.input_size})"
@@ -374,6 +382,11 @@ class LSTM:
                                  f"previous call, which does not fit x of shape {x.shape}; call reset_state() first")
             hx = self.state
         h0, c0 = self._check_state(hx, "hx", B, unbatched)
+        lengths, order = self._check_lengths(lengths, B, T)
+        if order is not None:  # the kernels take sequences longest first: sort, and unsort the results
+            x = np.take(x, order, axis=0 if bf else 1)
+            h0 = None if h0 is None else _rows(h0, order)
+            c0 = None if c0 is None else _rows(c0, order)
 
         training = self.training
         rows = T * B
@@ -397,7 +410,7 @@ class LSTM:
             h0l = None if h0 is None else h0[ks]
             c0l = None if c0 is None else c0[ks]
             _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
-                            gates, cell, bf, step_offset=self._streamed if self.stateful else 0)
+                            gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0)
             mask = None
             if training and self.dropout > 0 and l < L - 1:
                 keep = self._rng.random(y.shape, dtype=dt) >= self.dropout
@@ -407,13 +420,42 @@ class LSTM:
             inp = y if mask is None else y * mask
         y = inp
         if training:
-            self._ctx = dict(layers=saved, T=T, B=B, bf=bf, unbatched=unbatched, y_shape=y.shape)
+            self._ctx = dict(layers=saved, T=T, B=B, bf=bf, unbatched=unbatched, y_shape=y.shape, lengths=lengths,
+                             order=order)
+        if order is not None:
+            inverse = np.argsort(order)
+            y = np.take(y, inverse, axis=0 if bf else 1)
+            h_n, c_n = _rows(h_n, inverse), _rows(c_n, inverse)
         if unbatched:
             y, h_n, c_n = y[:, 0, :], h_n[:, 0, :], c_n[:, 0, :]
         if self.stateful:
             self.state = (h_n.copy(), c_n.copy())
             self._streamed += T
         return y, (h_n, c_n)
+
+    @staticmethod
+    def _check_lengths(lengths, B, T):
+        """lengths -> (int64 [B] sorted longest first, or None when all are T; the sorting order, or None)."""
+        if lengths is None:
+            return None, None
+        arr = np.asarray(lengths)
+        if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == object):
+            raise TypeError(f"lengths: expected integers, one per sequence, got dtype {arr.dtype}")
+        try:
+            arr = arr.astype(np.int64)
+        except (TypeError, ValueError):
+            raise TypeError("lengths: expected integers, one per sequence") from None
+        if arr.shape != (B,):
+            raise ValueError(f"lengths: expected shape ({B},) (one per sequence), got {arr.shape}")
+        if B and (arr.min() < 1 or arr.max() > T):
+            raise ValueError(f"lengths: expected values in 1..{T} (the time steps of x), got min {arr.min()} "
+                             f"max {arr.max()}")
+        if np.all(arr == T):
+            return None, None
+        if np.all(arr[:-1] >= arr[1:]):
+            return np.ascontiguousarray(arr), None
+        order = np.argsort(-arr, kind="stable")
+        return np.ascontiguousarray(arr[order]), order
 
     def _check_state(self, pair, name, B, unbatched, allow_none_members=False):
         """(h, c) pair -> two contiguous [L*D, B, H] arrays (or None); None -> (None, None)."""
@@ -457,6 +499,11 @@ class LSTM:
             dy = np.ascontiguousarray(dy[:, None, :] if unbatched else dy)
         dh_n, dc_n = self._check_state(dhx, "dhx", B, unbatched, allow_none_members=True)
         self._ctx = None
+        lengths, order = ctx["lengths"], ctx["order"]
+        if order is not None:  # into the forward's longest-first order
+            dy = None if dy is None else np.take(dy, order, axis=0 if bf else 1)
+            dh_n = None if dh_n is None else _rows(dh_n, order)
+            dc_n = None if dc_n is None else _rows(dc_n, order)
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
         rows = T * B
@@ -470,11 +517,11 @@ class LSTM:
             db = self._scratch(("db", l), (D, 4 * H)) if self.bias else None
             _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout,
                              None if dh_n is None else dh_n[ks], None if dc_n is None else dc_n[ks],
-                             dg, dh0[ks], dc0[ks], bf, db)
+                             dg, dh0[ks], dc0[ks], bf, db, lengths)
             dg2 = dg.reshape(rows, D * 4 * H)
             _C.gemm(dg2, s["inp"].reshape(rows, -1), w.g_w_ih, trans_a=True, accumulate=True)
             for d in range(D):
-                self._grad_w_hh(w.g_w_hh[d], dg, s["y"], s["h0"], d, T, B, bf)
+                self._grad_w_hh(w.g_w_hh[d], dg, s["y"], s["h0"], d, T, B, bf, lengths)
             if self.bias:
                 w.g_b_ih += db
                 w.g_b_hh += db
@@ -484,15 +531,26 @@ class LSTM:
             if l > 0 and ctx["layers"][l - 1]["mask"] is not None:
                 dx *= ctx["layers"][l - 1]["mask"]
             dout = dx
+        if order is not None:
+            inverse = np.argsort(order)
+            dout = np.take(dout, inverse, axis=0 if bf else 1)
+            dh0, dc0 = _rows(dh0, inverse), _rows(dc0, inverse)
         if unbatched:
             return dout[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
         return dout, (dh0, dc0)
 
-    def _grad_w_hh(self, g_w_hh, dg, y, h0, d, T, B, bf):
+    def _grad_w_hh(self, g_w_hh, dg, y, h0, d, T, B, bf, lengths=None):
         """g_w_hh += sum over steps of dG[t]^T h[t-1] for direction d (h[t-1]: the state before step t
         in processing order; h0, or zeros, before the first)."""
         dt, D, H = self.dtype, self.num_directions, self.hidden_size
         gcols, hcols = slice(d * 4 * H, (d + 1) * 4 * H), slice(d * H, (d + 1) * H)
+        if d == 1 and lengths is not None and h0 is not None:
+            # a shorter sequence's reverse direction starts at its own end, from h0 (y there is 0)
+            short = np.nonzero(lengths < T)[0]
+            if short.size:
+                dg3 = dg if not bf else dg.swapaxes(0, 1)  # [T, B, ...]
+                g_first = np.ascontiguousarray(dg3[lengths[short] - 1, short][:, gcols])
+                _C.gemm(g_first, np.ascontiguousarray(h0[d][short]), g_w_hh, trans_a=True, accumulate=True)
         if not bf:
             # time-major: the rows of step t and of step t-1 (d=0) or t+1 (d=1) are B rows apart, so
             # both products read y and dG in place
