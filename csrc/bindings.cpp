@@ -201,9 +201,18 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
 }
 
 // c (+)= op(a) op(b) (+ bias); 2-D operands, rows may be strided.
+// an optional int64 [n] array of row indices, each in [0, limit)
+const int64_t* index_arg(const py::object& obj, const char* name, int64_t n, int64_t limit) {
+  if (obj.is_none()) return nullptr;
+  const int64_t* p = arr<int64_t>(obj, name, {n}, false);
+  for (int64_t i = 0; i < n; ++i)
+    FASTLSTM_CHECK(p[i] >= 0 && p[i] < limit, name << ": index " << p[i] << " at " << i << " is outside [0, " << limit << ")");
+  return p;
+}
+
 template <typename T>
 void gemm_impl(py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias,
-               bool accumulate, int num_threads) {
+               bool accumulate, py::object m_rows, py::object k_rows, int num_threads) {
   GemmArgs<T> g;
   int64_t ar, ac, br, bc, cr, cc;
   g.a = mat<T>(a, "a", ar, ac, g.lda, false);
@@ -217,6 +226,18 @@ void gemm_impl(py::object a, py::object b, py::object c, bool trans_a, bool tran
   const int64_t kb = trans_b ? bc : br;
   FASTLSTM_CHECK(kb == g.K, "gemm: inner sizes differ (" << g.K << " vs " << kb << ")");
   FASTLSTM_CHECK(cr == g.M && cc == g.N, "c: expected shape (" << g.M << ", " << g.N << ")");
+  if (!m_rows.is_none()) {  // compute only these rows of A and C
+    FASTLSTM_CHECK(!trans_a, "m_rows: needs trans_a=False");
+    const int64_t n = py::len(m_rows);
+    g.m_rows = index_arg(m_rows, "m_rows", n, g.M);
+    g.M = n;
+  }
+  if (!k_rows.is_none()) {  // sum over these rows of A and B only
+    FASTLSTM_CHECK(trans_a && !trans_b, "k_rows: needs trans_a=True and trans_b=False");
+    const int64_t n = py::len(k_rows);
+    g.k_rows = index_arg(k_rows, "k_rows", n, g.K);
+    g.K = n;
+  }
   g.bias = opt<T>(bias, "bias", {g.N}, false);
   g.accumulate = accumulate;
   py::gil_scoped_release nogil;
@@ -300,12 +321,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dbias") = py::none(), py::arg("lengths") = py::none(), py::arg("num_threads") = 0);
   m.def("gemm",
         [](py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias, bool accumulate,
-           int num_threads) {
-          if (is_f64(c)) gemm_impl<double>(a, b, c, trans_a, trans_b, bias, accumulate, num_threads);
-          else gemm_impl<float>(a, b, c, trans_a, trans_b, bias, accumulate, num_threads);
+           int num_threads, py::object m_rows, py::object k_rows) {
+          if (is_f64(c)) gemm_impl<double>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, num_threads);
+          else gemm_impl<float>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, num_threads);
         },
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false, py::arg("trans_b") = false,
-        py::arg("bias") = py::none(), py::arg("accumulate") = false, py::arg("num_threads") = 0);
+        py::arg("bias") = py::none(), py::arg("accumulate") = false, py::arg("num_threads") = 0,
+        py::arg("m_rows") = py::none(), py::arg("k_rows") = py::none());
   m.def("sigmoid", [](py::array x) {
     if (x.dtype().is(py::dtype::of<double>())) return activation<double>(x, true);
     return activation<float>(x, true);

@@ -97,6 +97,10 @@ struct GemmArgs {
   int64_t ldc = 0;
   const Real* bias = nullptr;       // bias: [N] added to every row (only when !accumulate), or nullptr
   bool accumulate = false;
+  // row selections (variable-length batches skip padding): nullptr selects 0..M-1 / 0..K-1
+  const int64_t* m_rows = nullptr;  // m_rows: [M] storage rows of A and of C to compute (needs !trans_a)
+  const int64_t* k_rows = nullptr;  // k_rows: [K] storage rows of A and of B to sum over (needs trans_a
+                                    //         and !trans_b: the weight gradients dG^T x)
 };
 
 // ---- instruction sets ------------------------------------------------------------------------------

@@ -569,7 +569,7 @@ struct Gemm {
     if (g.K == 0) {
       if (!g.accumulate)
         for (int64_t m = 0; m < g.M; ++m)
-          for (int64_t j = 0; j < g.N; ++j) g.c[m * g.ldc + j] = g.bias ? g.bias[j] : T(0);
+          for (int64_t j = 0; j < g.N; ++j) g.c[crow(g, m) * g.ldc + j] = g.bias ? g.bias[j] : T(0);
       return;
     }
     const int64_t panels = ceil_div(g.N, NR), mblocks = ceil_div(g.M, kMR);
@@ -622,7 +622,7 @@ struct Gemm {
               const int nl = static_cast<int>(imin(W, g.N - col));
               R add = (first && g.bias) ? ld<V>(g.bias + col, nl) : V::zero();
               for (int r = 0; r < mr; ++r) {
-                T* cp = g.c + (m + r) * g.ldc + col;
+                T* cp = g.c + crow(g, m + r) * g.ldc + col;
                 st<V>(cp, V::add(acc[r][v], first ? add : ld<V>(cp, nl)), nl);
               }
             }
@@ -632,6 +632,9 @@ struct Gemm {
     }
   }
 
+  static FASTLSTM_INLINE int64_t crow(const GemmArgs<T>& g, int64_t m) { return g.m_rows ? g.m_rows[m] : m; }
+  static FASTLSTM_INLINE int64_t krow(const GemmArgs<T>& g, int64_t k) { return g.k_rows ? g.k_rows[k] : k; }
+
   // rows [m0, m1) of op(A), columns [k0, k0 + kb) -> dst, per block of kMR rows [kb][kMR] (k-major,
   // rows past m1 zero), so the micro-kernel reads A as one sequential stream
   static void pack_a(const GemmArgs<T>& g, int64_t m0, int64_t m1, int64_t k0, int64_t kb, T* dst) {
@@ -640,7 +643,7 @@ struct Gemm {
       const int64_t rows = imin(kMR, m1 - mb);
       if (g.trans_a) {
         for (int64_t k = 0; k < kb; ++k) {
-          const T* src = g.a + (k0 + k) * g.lda + mb;  // rows mb.. of column k0 + k (in bounds: rows >= 1)
+          const T* src = g.a + krow(g, k0 + k) * g.lda + mb;  // rows mb.. of column k0 + k (rows >= 1)
           for (int64_t r = 0; r < kMR; ++r) d[k * kMR + r] = r < rows ? src[r] : T(0);
         }
       } else {
@@ -649,7 +652,7 @@ struct Gemm {
             for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = T(0);
             continue;
           }
-          const T* src = g.a + (mb + r) * g.lda + k0;
+          const T* src = g.a + crow(g, mb + r) * g.lda + k0;
           for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = src[k];
         }
       }
@@ -668,7 +671,7 @@ struct Gemm {
       }
     } else {
       for (int64_t k = 0; k < kb; ++k) {
-        const T* src = g.b + (k0 + k) * g.ldb + c0;
+        const T* src = g.b + krow(g, k0 + k) * g.ldb + c0;
         T* d = dst + k * NR;
         for (int64_t j = 0; j < nc; ++j) d[j] = src[j];
         for (int64_t j = nc; j < NR; ++j) d[j] = T(0);

@@ -38,6 +38,14 @@ _gx_cache = threading.local()
 _GX_CACHE_MAX = 1 << 30
 
 
+def _live_rows(lengths, T, B, batch_first):
+    """Indices of the [T*B] (or [B*T]) rows where a sequence exists, for the GEMMs to skip padding."""
+    if lengths is None:
+        return None
+    live = np.arange(T)[:, None] < lengths[None, :]  # [T, B]
+    return np.flatnonzero(live.T if batch_first else live).astype(np.int64)
+
+
 def _rows(state: np.ndarray, order: np.ndarray) -> np.ndarray:
     """A [L*D, B, H] state with its sequences (axis 1) in `order`, C-contiguous."""
     return np.ascontiguousarray(np.take(state, order, axis=1))
@@ -394,13 +402,14 @@ class LSTM:
         V.memory(per_layer * dt.itemsize * (L if training else 1), "this forward call")
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
+        live = _live_rows(lengths, T, B, bf)
         h_n = np.empty((L * D, B, H), dt)
         c_n = np.empty((L * D, B, H), dt)
         inp = np.ascontiguousarray(x)
         saved = []
         for l, w in enumerate(self._layers):
             gx = _gx_buffer((rows, D * 4 * H), dt)
-            _C.gemm(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True)
+            _C.gemm(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True, m_rows=live)
             bias = (w.b_ih + w.b_hh) if self.bias else None
             y = np.empty(seq(D * H), dt)
             keep = self._saved_buffer if training else (lambda key, shape: None)
@@ -507,6 +516,7 @@ class LSTM:
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
         rows = T * B
+        live = _live_rows(lengths, T, B, bf)
         dh0 = np.empty((L * D, B, H), dt)
         dc0 = np.empty((L * D, B, H), dt)
         dout = dy
@@ -519,14 +529,14 @@ class LSTM:
                              None if dh_n is None else dh_n[ks], None if dc_n is None else dc_n[ks],
                              dg, dh0[ks], dc0[ks], bf, db, lengths)
             dg2 = dg.reshape(rows, D * 4 * H)
-            _C.gemm(dg2, s["inp"].reshape(rows, -1), w.g_w_ih, trans_a=True, accumulate=True)
+            _C.gemm(dg2, s["inp"].reshape(rows, -1), w.g_w_ih, trans_a=True, accumulate=True, k_rows=live)
             for d in range(D):
-                self._grad_w_hh(w.g_w_hh[d], dg, s["y"], s["h0"], d, T, B, bf, lengths)
+                self._grad_w_hh(w.g_w_hh[d], dg, s["y"], s["h0"], d, T, B, bf, lengths, live)
             if self.bias:
                 w.g_b_ih += db
                 w.g_b_hh += db
-            dx = np.empty((rows, self._layer_input(l)), dt)
-            _C.gemm(dg2, w.w_ih, dx)
+            dx = (np.empty if live is None else np.zeros)((rows, self._layer_input(l)), dt)
+            _C.gemm(dg2, w.w_ih, dx, m_rows=live)
             dx = dx.reshape(seq(self._layer_input(l)))
             if l > 0 and ctx["layers"][l - 1]["mask"] is not None:
                 dx *= ctx["layers"][l - 1]["mask"]
@@ -539,7 +549,7 @@ class LSTM:
             return dout[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
         return dout, (dh0, dc0)
 
-    def _grad_w_hh(self, g_w_hh, dg, y, h0, d, T, B, bf, lengths=None):
+    def _grad_w_hh(self, g_w_hh, dg, y, h0, d, T, B, bf, lengths=None, live=None):
         """g_w_hh += sum over steps of dG[t]^T h[t-1] for direction d (h[t-1]: the state before step t
         in processing order; h0, or zeros, before the first)."""
         dt, D, H = self.dtype, self.num_directions, self.hidden_size
@@ -558,7 +568,10 @@ class LSTM:
             head, tail = slice(B, None), slice(None, (T - 1) * B)
             if T > 1:
                 g_rows, h_rows = (head, tail) if d == 0 else (tail, head)
-                _C.gemm(dg2[g_rows, gcols], y2[h_rows, hcols], g_w_hh, trans_a=True, accumulate=True)
+                k_rows = None
+                if live is not None:  # the rows of the sliced dG where a sequence exists
+                    k_rows = live[live >= B] - B if d == 0 else live[live < (T - 1) * B]
+                _C.gemm(dg2[g_rows, gcols], y2[h_rows, hcols], g_w_hh, trans_a=True, accumulate=True, k_rows=k_rows)
             if h0 is not None:
                 first = slice(None, B) if d == 0 else slice((T - 1) * B, None)
                 _C.gemm(dg2[first, gcols], h0[d], g_w_hh, trans_a=True, accumulate=True)
@@ -567,4 +580,5 @@ class LSTM:
         first, rest, src = (0, slice(1, None), slice(None, -1)) if d == 0 else (T - 1, slice(None, -1), slice(1, None))
         hp[:, first] = 0 if h0 is None else h0[d]
         hp[:, rest] = y[:, src, hcols]
-        _C.gemm(dg.reshape(T * B, -1)[:, gcols], hp.reshape(T * B, H), g_w_hh, trans_a=True, accumulate=True)
+        _C.gemm(dg.reshape(T * B, -1)[:, gcols], hp.reshape(T * B, H), g_w_hh, trans_a=True, accumulate=True,
+                k_rows=live)
