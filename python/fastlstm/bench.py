@@ -293,6 +293,109 @@ def torch_max_abs_diff(torch, lstm, module, x: np.ndarray) -> float:
     return float(np.max(np.abs(y - yt.numpy())))
 
 
+# ---- variable-length batches ---------------------------------------------------------------------------
+VARLEN_CONFIG = Config(100, 64, 256, 256)
+VARLEN_QUICK_CONFIG = Config(20, 8, 16, 16)
+
+
+def varlen_patterns(T: int, B: int, rng) -> list:
+    """(name, lengths): every sequence full; lengths uniform in 1..T; 90% short (< T/5) and 10% full."""
+    short = np.where(rng.random(B) < 0.9, rng.integers(1, max(2, T // 5), size=B), T)
+    return [("full", np.full(B, T)), ("uniform 1..T", rng.integers(1, T + 1, size=B)), ("90% short", short)]
+
+
+def varlen_methods(fastlstm, torch, cfg: Config, lengths, x, dy, mode: str, threads: int) -> list:
+    """fastlstm padded and with lengths; torch padded and packed (pack_padded_sequence), at `threads`."""
+    training = mode != "forward"
+    lstm = fastlstm.LSTM(cfg.I, cfg.H, seed=SEED)
+    live = (np.arange(cfg.T)[:, None] < lengths[None, :])[:, :, None]
+    dy_live = np.ascontiguousarray(dy * live)
+
+    def ours(with_lengths):
+        def run():
+            if training:
+                lstm.zero_grad()
+                lstm(x, lengths=lengths if with_lengths else None)
+                lstm.backward(dy_live)
+            else:
+                lstm(x, lengths=lengths if with_lengths else None)
+        return run
+
+    methods = [Method("fastlstm padded", ours(False), enter=lambda: lstm.train(training)),
+               Method("fastlstm lengths", ours(True), enter=lambda: lstm.train(training))]
+    if torch is None:
+        return methods
+    module = torch_module(torch, lstm.state_dict(), cfg)
+    pack = torch.nn.utils.rnn.pack_padded_sequence
+    lt = torch.from_numpy(lengths.astype(np.int64))
+
+    def enter():
+        torch.set_num_threads(threads)
+        module.train(training)
+
+    def theirs(packed):
+        xt = torch.from_numpy(x.copy()).requires_grad_(training)
+        dyt = torch.from_numpy(dy_live)
+        params = list(module.parameters())
+
+        def run():
+            if not training:
+                with torch.inference_mode():
+                    module(pack(xt, lt, enforce_sorted=False) if packed else xt)
+                return
+            xt.grad = None
+            for p in params:
+                p.grad = None
+            if packed:
+                out, _ = module(pack(xt, lt, enforce_sorted=False))
+                y, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=cfg.T)
+            else:
+                y, _ = module(xt)
+            y.backward(dyt)
+        return run
+
+    return methods + [Method("torch padded", theirs(False), enter=enter), Method("torch packed", theirs(True), enter=enter)]
+
+
+def bench_varlen(fastlstm, torch, cfg: Config, timer, plan: TimingPlan, log) -> list:
+    """Rows of (pattern, fill, mode, {method: ms}) for the variable-length comparison."""
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((cfg.T, cfg.B, cfg.I)).astype(np.float32)
+    dy = rng.standard_normal((cfg.T, cfg.B, cfg.H)).astype(np.float32)
+    threads = fastlstm.get_num_threads()
+    rows = []
+    for name, lengths in varlen_patterns(cfg.T, cfg.B, rng):
+        for mode in MODES:
+            results = measure(varlen_methods(fastlstm, torch, cfg, lengths, x, dy, mode, threads), timer, plan)
+            ms = {k: m.median_ms for k, m in results.items()}
+            rows.append((name, float(lengths.sum()) / (cfg.T * cfg.B), mode, ms))
+            log(f"  varlen {name:>12} {mode:<7} " + ", ".join(f"{k} {fmt_ms(v)} ms" for k, v in ms.items()))
+    return rows
+
+
+def varlen_table(rows: list, cfg: Config, markdown: bool) -> str:
+    keys = list(rows[0][3])
+    head = ["lengths", "fill", "mode"] + [f"{k} ms" for k in keys] + ["lengths vs padded"] + (
+        ["lengths vs torch packed", "lengths vs torch padded"] if "torch packed" in keys else [])
+    body = []
+    for name, fill, mode, ms in rows:
+        ours = ms["fastlstm lengths"]
+        cells = [name, f"{fill:.2f}", mode] + [fmt_ms(ms[k]) for k in keys] + [fmt_x(ms["fastlstm padded"] / ours if ours else None)]
+        if "torch packed" in keys:
+            cells += [fmt_x(ms["torch packed"] / ours if ours and ms["torch packed"] else None),
+                      fmt_x(ms["torch padded"] / ours if ours and ms["torch padded"] else None)]
+        body.append(cells)
+    title = (f"variable-length batches, T,B,I,H = {cfg.label}: fill = sum of lengths / (T*B); "
+             "ratios > 1: fastlstm with lengths is faster")
+    if markdown:
+        lines = [title, "", "| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in body]
+    else:
+        widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
+        lines = [title] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + body]
+    return "\n".join(lines)
+
+
 # ---- machine -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Machine:
@@ -675,6 +778,9 @@ def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) 
                    help="fastlstm's thread budget, and torch's multi-thread column (default: fastlstm's)")
     p.add_argument("--no-torch", action="store_true", help="do not time torch.nn.LSTM")
     p.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
+    p.add_argument("--varlen", action="store_true",
+                   help=f"also time variable-length batches at {VARLEN_CONFIG.label}: fastlstm with lengths= "
+                        "against its padded call and torch's padded and packed (pack_padded_sequence) calls")
     p.add_argument("--markdown", action="store_true", help="print the header and table as Markdown")
     p.add_argument("--csv", default=str(default_csv), metavar="PATH",
                    help=f"write every row here (default {default_csv}; '' writes none)")
@@ -727,6 +833,11 @@ def run(args, fastlstm, torch) -> int:
     print()
     for note in table_notes(torch_threads, reference is not None):
         print(note)
+    if args.varlen:
+        vcfg = VARLEN_QUICK_CONFIG if args.quick else VARLEN_CONFIG
+        log_stderr(f"variable-length batches at {vcfg.label} ...")
+        print()
+        print(varlen_table(bench_varlen(fastlstm, torch, vcfg, timer, plan, log_stderr), vcfg, args.markdown))
     warning = busy_warning(cpu_busy_share(), "at the end")
     if warning:
         print(warning, flush=True)
