@@ -79,3 +79,19 @@ def random_state_dict(rng, input_size, hidden_size, num_layers=1, bidirectional=
                 sd["bias_ih" + sfx] = rng.uniform(-0.5, 0.5, 4 * H).astype(dtype)
                 sd["bias_hh" + sfx] = rng.uniform(-0.5, 0.5, 4 * H).astype(dtype)
     return sd
+
+
+def numeric_grad(f, arr, indices=None, eps=1e-6):
+    """Central differences of the scalar f() with respect to arr (changed in place and restored): at
+    `indices` (a list of index tuples; returns a 1-D array), or at every element (returns arr's shape)."""
+    points = list(np.ndindex(arr.shape)) if indices is None else indices
+    out = np.empty(len(points))
+    for n, idx in enumerate(points):
+        old = arr[idx]
+        arr[idx] = old + eps
+        up = f()
+        arr[idx] = old - eps
+        down = f()
+        arr[idx] = old
+        out[n] = (up - down) / (2 * eps)
+    return out.reshape(arr.shape) if indices is None else out

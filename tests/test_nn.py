@@ -6,21 +6,9 @@ import pytest
 
 from fastlstm import losses, nn
 
-EPS = 1e-6
+from conftest import numeric_grad
+
 RTOL = 1e-6
-
-
-def numeric_grad(f, arr, idx_list):
-    out = []
-    for idx in idx_list:
-        old = arr[idx]
-        arr[idx] = old + EPS
-        up = f()
-        arr[idx] = old - EPS
-        down = f()
-        arr[idx] = old
-        out.append((up - down) / (2 * EPS))
-    return np.array(out)
 
 
 def sample_indices(shape, rng, n=12):

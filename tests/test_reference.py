@@ -8,23 +8,8 @@ configurations.
 import numpy as np
 import pytest
 
-from conftest import random_state_dict
+from conftest import numeric_grad, random_state_dict
 from fastlstm import reference as R
-
-
-def numeric_grad(f, arr, eps=1e-6):
-    g = np.zeros_like(arr)
-    it = np.nditer(arr, flags=["multi_index"])
-    for _ in it:
-        idx = it.multi_index
-        old = arr[idx]
-        arr[idx] = old + eps
-        fp = f()
-        arr[idx] = old - eps
-        fm = f()
-        arr[idx] = old
-        g[idx] = (fp - fm) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("num_layers,bidirectional,use_masks,lengths", [

@@ -140,16 +140,6 @@ def _sample(args) -> int:
     return 0
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _positive_float(text):
     try:
         value = float(text)
@@ -161,6 +151,7 @@ def _positive_float(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import positive_int as _positive_int
     from .tasks import TASKS
 
     parser = argparse.ArgumentParser(prog="fastlstm", description="fast fused LSTM kernels for NumPy, and a "
