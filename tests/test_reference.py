@@ -52,6 +52,37 @@ def test_reference_reverse_direction_is_time_reversal():
     np.testing.assert_allclose(h_rev, h_fwd, rtol=1e-14)
 
 
+@pytest.mark.parametrize("expectation", [False, True])
+def test_reference_zoneout_and_recurrent_dropout_gradients(expectation):
+    rng = np.random.default_rng(5)
+    T, B, I, H, L, D = 4, 2, 3, 4, 2, 2
+    params = random_state_dict(rng, I, H, L, True)
+    x = rng.standard_normal((T, B, I))
+    if expectation:  # eval: the probabilities themselves
+        zo = [(0.3, 0.1)] * (L * D)
+        rm = None
+    else:
+        zo = [(rng.random((T, B, H)) < 0.3, rng.random((T, B, H)) < 0.2) for _ in range(L * D)]
+        zo = [(a.astype(float), b.astype(float)) for a, b in zo]
+        rm = [(rng.random((B, H)) >= 0.25) / 0.75 for _ in range(L * D)]
+    lengths = [4, 2]
+    wy = rng.standard_normal((T, B, D * H))
+    wh, wc = rng.standard_normal((L * D, B, H)), rng.standard_normal((L * D, B, H))
+    h0, c0 = rng.standard_normal((L * D, B, H)), rng.standard_normal((L * D, B, H))
+
+    def loss():
+        y, (hn, cn), _ = R.lstm_forward(x, params, L, True, h0, c0, None, lengths, zo, rm)
+        return (y * wy).sum() + (hn * wh).sum() + (cn * wc).sum()
+
+    _, _, cache = R.lstm_forward(x, params, L, True, h0, c0, None, lengths, zo, rm)
+    dx, dh0, dc0, grads = R.lstm_backward(wy, wh, wc, cache)
+    for name, analytic, arr in [("x", dx, x), ("h0", dh0, h0), ("c0", dc0, c0)] + [
+            (k, grads[k], params[k]) for k in params]:
+        numeric = numeric_grad(loss, arr)
+        err = np.abs(analytic - numeric).max() / max(1.0, np.abs(numeric).max())
+        assert err < 1e-7, f"d loss / d {name}: finite-difference mismatch {err:.2e}"
+
+
 def test_reference_lengths_are_separate_shorter_sequences():
     """With lengths, each sequence gives what it gives alone, cut to its length (both directions)."""
     rng = np.random.default_rng(3)

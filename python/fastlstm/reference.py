@@ -30,7 +30,8 @@ def sigmoid(x):
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, reverse=False, lengths=None):
+def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, reverse=False, lengths=None,
+                       zoneout=None, rec_mask=None):
     """One direction of one layer.
 
     x: [T, B, I]; w_ih: [4H, I]; w_hh: [4H, H]; b_ih, b_hh: [4H] or None; h0, c0: [B, H] or None;
@@ -40,6 +41,11 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, re
     With lengths, sequence b only exists at t < lengths[b] (PyTorch's packed sequences): at other steps
     its state is left as it is and its output is 0, so h_n is its last valid step's and the reverse
     direction starts at its own end.
+    zoneout: None or (zh, zc), arrays broadcastable to [T, B, H] with values in [0, 1] (Krueger et al.
+    2016): h[t] = zh h[t-1] + (1 - zh) o tanh(c~), c[t] = zc c[t-1] + (1 - zc) c~ with
+    c~ = f c[t-1] + i g; 0/1 masks in training, the probabilities themselves (the expectation) in eval.
+    rec_mask: None or [B, H], multiplies h[t-1] where it enters the recurrence (variational recurrent
+    dropout, Gal & Ghahramani 2016: one mask per sequence for all steps, 0 or 1/(1-p)).
     """
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -49,17 +55,24 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, re
     order = range(T - 1, -1, -1) if reverse else range(T)
     y = np.zeros((T, B, H), x.dtype)
     steps = []
+    zh, zc = (None, None) if zoneout is None else (np.broadcast_to(zoneout[0], (T, B, H)),
+                                                   np.broadcast_to(zoneout[1], (T, B, H)))
     for t in order:
         live = np.ones((B, 1), bool) if lengths is None else (t < np.asarray(lengths))[:, None]
-        z = x[t] @ w_ih.T + h @ w_hh.T + bias
+        h_in = h if rec_mask is None else h * rec_mask
+        z = x[t] @ w_ih.T + h_in @ w_hh.T + bias
         i, f, g, o = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
         c_prev, h_prev = c, h
-        c_new = f * c + i * g
-        h_new = o * np.tanh(c_new)
+        c_tilde = f * c + i * g
+        h_new = o * np.tanh(c_tilde)
+        c_new = c_tilde
+        if zh is not None:
+            h_new = zh[t] * h_prev + (1 - zh[t]) * h_new
+            c_new = zc[t] * c_prev + (1 - zc[t]) * c_tilde
         c, h = np.where(live, c_new, c), np.where(live, h_new, h)
         y[t] = np.where(live, h_new, 0)
-        steps.append((t, live, h_prev, c_prev, i, f, g, o, c_new))
-    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, steps=steps)
+        steps.append((t, live, h_prev, h_in, c_prev, i, f, g, o, c_tilde))
+    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, steps=steps, zh=zh, zc=zc, rec_mask=rec_mask)
     return y, h, c, cache
 
 
@@ -70,27 +83,36 @@ def lstm_layer_backward(dy, dh_n, dc_n, cache):
     Returns (dx, dh0, dc0, grads) with grads = dict(w_ih, w_hh, b_ih, b_hh).
     """
     x, w_ih, w_hh, steps = cache["x"], cache["w_ih"], cache["w_hh"], cache["steps"]
+    zh, zc, rec_mask = cache["zh"], cache["zc"], cache["rec_mask"]
     B, H = steps[0][2].shape
     dh = np.zeros((B, H), x.dtype) if dh_n is None else dh_n.copy()
     dc = np.zeros((B, H), x.dtype) if dc_n is None else dc_n.copy()
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db = np.zeros(4 * H, x.dtype)
-    for t, live, h_prev, c_prev, i, f, g, o, c in reversed(steps):
+    for t, live, h_prev, h_in, c_prev, i, f, g, o, c in reversed(steps):
         # a sequence absent at step t passed its state through unchanged: so do its gradients
         dh_t = dh if dy is None else dh + dy[t]
+        dh_new, dc_state = dh_t, dc                   # gradients of o tanh(c~) and of c~ through c[t]
+        if zh is not None:
+            dh_new, dc_state = (1 - zh[t]) * dh_t, (1 - zc[t]) * dc
         tc = np.tanh(c)
-        do = dh_t * tc
-        dc_t = dc + dh_t * o * (1 - tc ** 2)
+        do = dh_new * tc
+        dc_t = dc_state + dh_new * o * (1 - tc ** 2)  # d c~
         di, df, dg = dc_t * g, dc_t * c_prev, dc_t * i
         dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g ** 2), do * o * (1 - o)], axis=1)
         dz = np.where(live, dz, 0)
         dx[t] = dz @ w_ih
         dw_ih += dz.T @ x[t]
-        dw_hh += dz.T @ h_prev
+        dw_hh += dz.T @ h_in
         db += dz.sum(axis=0)
-        dh = np.where(live, dz @ w_hh, dh)
-        dc = np.where(live, dc_t * f, dc)
+        dh_prev = dz @ w_hh if rec_mask is None else (dz @ w_hh) * rec_mask
+        dc_prev = dc_t * f
+        if zh is not None:
+            dh_prev = dh_prev + zh[t] * dh_t
+            dc_prev = dc_prev + zc[t] * dc
+        dh = np.where(live, dh_prev, dh)
+        dc = np.where(live, dc_prev, dc)
     return dx, dh, dc, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
 
 
@@ -99,13 +121,14 @@ def _suffix(d):
 
 
 def lstm_forward(x, params, num_layers=1, bidirectional=False, h0=None, c0=None, dropout_masks=None,
-                 lengths=None):
+                 lengths=None, zoneout=None, rec_masks=None):
     """A stacked (optionally bidirectional) LSTM, time-major, as torch.nn.LSTM computes it.
 
     x: [T, B, I]; params: PyTorch state_dict names -> arrays (biases may be absent);
     h0, c0: [L*D, B, H] or None; dropout_masks: None or a list of L-1 arrays [T, B, D*H] that
     multiply the output of layer l before it enters layer l+1 (already scaled by 1/(1-p));
-    lengths: [B] valid steps per sequence or None (see lstm_layer_forward).
+    lengths: [B] valid steps per sequence or None; zoneout, rec_masks: None or one entry per layer and
+    direction (index layer * D + d), as lstm_layer_forward's zoneout and rec_mask.
     Returns (y [T, B, D*H], (h_n, c_n) each [L*D, B, H], cache).
     """
     D = 2 if bidirectional else 1
@@ -119,7 +142,8 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, h0=None, c0=None,
             y, h, c, cache = lstm_layer_forward(
                 inp, params["weight_ih" + sfx], params["weight_hh" + sfx],
                 params.get("bias_ih" + sfx), params.get("bias_hh" + sfx),
-                None if h0 is None else h0[k], None if c0 is None else c0[k], reverse=d == 1, lengths=lengths)
+                None if h0 is None else h0[k], None if c0 is None else c0[k], reverse=d == 1, lengths=lengths,
+                zoneout=None if zoneout is None else zoneout[k], rec_mask=None if rec_masks is None else rec_masks[k])
             outs.append(y)
             hn.append(h)
             cn.append(c)
