@@ -91,12 +91,18 @@ bool is_f64(const py::object& obj) {
   return py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<double>());
 }
 
+// zoneout masks [D, T, B, H] (training) or weights (eval), recurrent-dropout masks [D, B, H]; see lstm.h
+struct Regularisation {
+  py::object zoneout_h = py::none(), zoneout_c = py::none(), rec_mask = py::none();
+  double zoneout_h_p = 0, zoneout_c_p = 0;
+};
+
 // forward: gx [T, B, D*4H] (time-major) or [B, T, D*4H] (batch_first); w_hh [D, 4H, H]; bias [D, 4H];
 // h0, c0, h_n, c_n [D, B, H]; y like gx with D*H columns; gates [D, T, B, 4H]; cell [D, T, B, H].
 template <typename T>
 void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
                   py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first,
-                  py::object lengths, int64_t step_offset, int num_threads) {
+                  py::object lengths, int64_t step_offset, const Regularisation& reg, int num_threads) {
   FASTLSTM_CHECK(step_offset >= 0, "step_offset: expected >= 0, got " << step_offset);
   FASTLSTM_CHECK(py::isinstance<py::array>(w_hh) && py::reinterpret_borrow<py::array>(w_hh).ndim() == 3,
                  "w_hh: expected a [D, 4H, H] array");
@@ -122,6 +128,11 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
   T* pc = opt<T>(cell, "cell", {D, T_, B, H}, true);
   FASTLSTM_CHECK((pg == nullptr) == (pc == nullptr), "gates and cell: pass both (training) or neither");
   const int64_t* plen = lengths_arg(lengths, B, T_);
+  const T* pzh = opt<T>(reg.zoneout_h, "zoneout_h", {D, T_, B, H}, false);
+  const T* pzc = opt<T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
+  const T* prm = opt<T>(reg.rec_mask, "rec_mask", {D, B, H}, false);
+  FASTLSTM_CHECK(reg.zoneout_h_p >= 0 && reg.zoneout_h_p < 1 && reg.zoneout_c_p >= 0 && reg.zoneout_c_p < 1,
+                 "zoneout_h_p, zoneout_c_p: expected values in [0, 1)");
   LstmForwardArgs<T> args[2];
   for (int64_t d = 0; d < D; ++d) {
     LstmForwardArgs<T>& a = args[d];
@@ -143,6 +154,11 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
     a.reverse = d == 1;
     a.lengths = plen;
     a.step_offset = step_offset;
+    a.zoneout_h = pzh ? pzh + d * T_ * B * H : nullptr;
+    a.zoneout_c = pzc ? pzc + d * T_ * B * H : nullptr;
+    a.zoneout_h_p = static_cast<T>(reg.zoneout_h_p);
+    a.zoneout_c_p = static_cast<T>(reg.zoneout_c_p);
+    a.rec_mask = prm ? prm + d * B * H : nullptr;
   }
   py::gil_scoped_release nogil;
   lstm_forward<T>(args, static_cast<int>(D), num_threads);
@@ -153,7 +169,8 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
 template <typename T>
 void backward_impl(py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy,
                    py::object dh_n, py::object dc_n, py::object dg, py::object dh0, py::object dc0,
-                   py::object dbias, bool batch_first, py::object lengths, int num_threads) {
+                   py::object dbias, bool batch_first, py::object lengths, const Regularisation& reg,
+                   int num_threads) {
   FASTLSTM_CHECK(py::isinstance<py::array>(gates) && py::reinterpret_borrow<py::array>(gates).ndim() == 4,
                  "gates: expected a [D, T, B, 4H] array");
   auto ga = py::reinterpret_borrow<py::array>(gates);
@@ -174,6 +191,10 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
   T* pdc0 = arr<T>(dc0, "dc0", {D, B, H}, true);
   T* pdb = opt<T>(dbias, "dbias", {D, 4 * H}, true);
   const int64_t* plen = lengths_arg(lengths, B, T_);
+  const T* pzh = opt<T>(reg.zoneout_h, "zoneout_h", {D, T_, B, H}, false);
+  const T* pzc = opt<T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
+  const T* prm = opt<T>(reg.rec_mask, "rec_mask", {D, B, H}, false);
+  FASTLSTM_CHECK((pzh == nullptr) == (pzc == nullptr), "zoneout_h and zoneout_c: pass both or neither");
   LstmBackwardArgs<T> args[2];
   for (int64_t d = 0; d < D; ++d) {
     LstmBackwardArgs<T>& a = args[d];
@@ -195,6 +216,9 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
     a.dbias = pdb ? pdb + d * 4 * H : nullptr;
     a.reverse = d == 1;
     a.lengths = plen;
+    a.zoneout_h = pzh ? pzh + d * T_ * B * H : nullptr;
+    a.zoneout_c = pzc ? pzc + d * T_ * B * H : nullptr;
+    a.rec_mask = prm ? prm + d * B * H : nullptr;
   }
   py::gil_scoped_release nogil;
   lstm_backward<T>(args, static_cast<int>(D), num_threads);
@@ -294,31 +318,37 @@ PYBIND11_MODULE(_C, m) {
   m.def("lstm_forward",
         [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
            py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int num_threads,
-           py::object lengths, int64_t step_offset) {
+           py::object lengths, int64_t step_offset, py::object zoneout_h, py::object zoneout_c, double zoneout_h_p,
+           double zoneout_c_p, py::object rec_mask) {
+          const Regularisation reg{zoneout_h, zoneout_c, rec_mask, zoneout_h_p, zoneout_c_p};
           if (is_f64(w_hh))
             forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
-                                 num_threads);
+                                 reg, num_threads);
           else
             forward_impl<float>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
-                                num_threads);
+                                reg, num_threads);
         },
         py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"),
         py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"), py::arg("num_threads") = 0,
-        py::arg("lengths") = py::none(), py::arg("step_offset") = 0);
+        py::arg("lengths") = py::none(), py::arg("step_offset") = 0, py::arg("zoneout_h") = py::none(),
+        py::arg("zoneout_c") = py::none(), py::arg("zoneout_h_p") = 0.0, py::arg("zoneout_c_p") = 0.0,
+        py::arg("rec_mask") = py::none());
   m.def("lstm_backward",
         [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
            py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, py::object dbias,
-           py::object lengths, int num_threads) {
+           py::object lengths, int num_threads, py::object zoneout_h, py::object zoneout_c, py::object rec_mask) {
+          const Regularisation reg{zoneout_h, zoneout_c, rec_mask};
           if (is_f64(w_hh))
             backward_impl<double>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, lengths,
-                                  num_threads);
+                                  reg, num_threads);
           else
             backward_impl<float>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, lengths,
-                                 num_threads);
+                                 reg, num_threads);
         },
         py::arg("w_hh"), py::arg("gates"), py::arg("cell"), py::arg("c0"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dg"), py::arg("dh0"), py::arg("dc0"), py::arg("batch_first"),
-        py::arg("dbias") = py::none(), py::arg("lengths") = py::none(), py::arg("num_threads") = 0);
+        py::arg("dbias") = py::none(), py::arg("lengths") = py::none(), py::arg("num_threads") = 0,
+        py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(), py::arg("rec_mask") = py::none());
   m.def("gemm",
         [](py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias, bool accumulate,
            int num_threads, py::object m_rows, py::object k_rows) {

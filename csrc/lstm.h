@@ -47,8 +47,15 @@ struct LstmForwardArgs {
   Real* c_n = nullptr;              // c_n:  [B, H] final cell state
   // training only (both nullptr in inference: then no gate value is ever written to memory)
   Real* gates = nullptr;            // gates: [T, B, 4H] contiguous, activated i, f, gg, o
-  Real* cell = nullptr;             // cell:  [T, B, H] contiguous, c[t]
+  Real* cell = nullptr;             // cell:  [T, B, H] contiguous, c[t] (the state, after zoneout)
   bool reverse = false;          // process t = T-1 .. 0 (the reverse direction of a bidirectional layer)
+  // regularisation, all off by default (see reference.py for the equations)
+  const Real* zoneout_h = nullptr;  // zoneout_h: [T, B, H] 1 where h[t] keeps h[t-1] (training), or nullptr
+  const Real* zoneout_c = nullptr;  // zoneout_c: [T, B, H] 1 where c[t] keeps c[t-1], or nullptr
+  Real zoneout_h_p = 0, zoneout_c_p = 0;  // without the arrays, these weights (eval: the expectation)
+  const Real* rec_mask = nullptr;   // rec_mask: [B, H] multiplies h[t-1] where it enters the recurrence
+                                    //           (variational recurrent dropout), or nullptr
+  bool zoneout() const { return zoneout_h || zoneout_c || zoneout_h_p > 0 || zoneout_c_p > 0; }
   const int64_t* lengths = nullptr;  // lengths: [B] steps of each sequence, each in 1..T, non-increasing
                                  // (the caller sorts); sequence b exists at t < lengths[b] only: elsewhere
                                  // its state is kept and y is 0. nullptr: all T (see reference.py)
@@ -80,6 +87,10 @@ struct LstmBackwardArgs {
                                     //        gradient, summed in double), or nullptr to skip it
   bool reverse = false;
   const int64_t* lengths = nullptr; // lengths: as the forward's (dG is 0 where a sequence does not exist)
+  const Real* zoneout_h = nullptr;  // zoneout_h, zoneout_c, rec_mask: the forward's masks (training)
+  const Real* zoneout_c = nullptr;
+  const Real* rec_mask = nullptr;
+  bool zoneout() const { return zoneout_h || zoneout_c; }
 };
 
 // ---- GEMM for the big products over all time steps --------------------------------------------------

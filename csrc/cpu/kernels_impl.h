@@ -291,14 +291,25 @@ struct Forward {
             dst[(k * 4 + g) * W + l] = j < H ? a.w_hh[(g * H + j) * H + k] : T(0);
           }
     }
-    // c lives in c_n; each thread owns its units' columns
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) a.c_n[b * H + j] = a.c0 ? a.c0[b * H + j] : T(0);
-
+    // c lives in c_n; each thread owns its units' columns. With regularisation h_n holds the running h
+    // (zoneout mixes it in), and the recurrence reads h * rec_mask from hbuf, h0's included
+    const bool regularised = a.zoneout() || a.rec_mask;
     const int64_t c0j = u0 * W, c1j = imin(u1 * W, H);  // this thread's columns
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = c0j; j < c1j; ++j) {
+        a.c_n[b * H + j] = a.c0 ? a.c0[b * H + j] : T(0);
+        if (regularised) {
+          const T h = a.h0 ? a.h0[b * H + j] : T(0);
+          a.h_n[b * H + j] = h;
+          dir.hbuf[B * H + b * H + j] = a.rec_mask ? h * a.rec_mask[b * H + j] : h;
+        }
+      }
+    if (regularised) dir.barrier->wait();  // every column of the first step's input is in hbuf[1]
+    const T* h_first = regularised ? dir.hbuf + B * H : (a.h0 ? a.h0 : dir.zeros);
+
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = a.reverse ? T_ - 1 - s : s;
-      const T* hprev = s == 0 ? (a.h0 ? a.h0 : dir.zeros) : dir.hbuf + ((s - 1) & 1) * B * H;
+      const T* hprev = s == 0 ? h_first : dir.hbuf + ((s - 1) & 1) * B * H;
       T* hout = dir.hbuf + (s & 1) * B * H;
       const bool last = s == T_ - 1;
       const int64_t live = live_rows(a.lengths, B, t);
@@ -306,7 +317,7 @@ struct Forward {
         for (int64_t j = c0j; j < c1j; ++j) {
           hout[b * H + j] = hprev[b * H + j];
           a.y[t * a.y_st + b * a.y_sb + j] = T(0);
-          if (last) a.h_n[b * H + j] = hprev[b * H + j];
+          if (last && !regularised) a.h_n[b * H + j] = hprev[b * H + j];
         }
       }
       // one row block streams the thread's whole W_hh slice from L2 each step; walking it backwards on
@@ -346,12 +357,21 @@ struct Forward {
     R gg = Math<V>::tanh(pre[2]);
     R og = Math<V>::sigmoid(pre[3]);
     T* cp = a.c_n + b * H + j0;
-    R c = V::fma(fg, ld<V>(cp, nv), V::mul(ig, gg));
+    R cprev = ld<V>(cp, nv);
+    R c = V::fma(fg, cprev, V::mul(ig, gg));
     R h = V::mul(og, Math<V>::tanh(c));
+    if (a.zoneout()) {  // keep h[t-1] and c[t-1] with weights zh, zc
+      const R one = V::set1(T(1));
+      const int64_t at = (t * a.B + b) * H + j0;
+      R zh = a.zoneout_h ? ld<V>(a.zoneout_h + at, nv) : V::set1(a.zoneout_h_p);
+      R zc = a.zoneout_c ? ld<V>(a.zoneout_c + at, nv) : V::set1(a.zoneout_c_p);
+      h = V::fma(zh, ld<V>(a.h_n + b * H + j0, nv), V::mul(V::sub(one, zh), h));
+      c = V::fma(zc, cprev, V::mul(V::sub(one, zc), c));
+    }
     st<V>(cp, c, nv);
-    st<V>(hout + b * H + j0, h, nv);
+    st<V>(hout + b * H + j0, a.rec_mask ? V::mul(h, ld<V>(a.rec_mask + b * H + j0, nv)) : h, nv);
     st<V>(a.y + t * a.y_st + b * a.y_sb + j0, h, nv);
-    if (last) st<V>(a.h_n + b * H + j0, h, nv);
+    if (last || a.zoneout() || a.rec_mask) st<V>(a.h_n + b * H + j0, h, nv);
     if (a.gates) {
       T* gs = a.gates + (t * a.B + b) * 4 * H + j0;
       st<V>(gs, ig, nv);
@@ -382,6 +402,7 @@ struct Backward {
     const LstmBackwardArgs<T>* a;
     T* wp;        // packed W_hh columns: per group of up to 4 tiles, [4H][nv][W]
     double* dbs;  // [4H] running bias-gradient sums (each thread owns its units' columns)
+    T* carry;     // [B, H] zoneout's direct path zh * dh[t] into the step before (own columns)
     SpinBarrier* barrier;
   };
   struct Ctx {
@@ -400,10 +421,11 @@ struct Backward {
     ctx.team.groups = (ndirs == 2 && n >= 2) ? 2 : 1;
     Scratch<T> wp(ndirs * tiles * W * 4 * H);
     Scratch<double> dbs(ndirs * 4 * H);
+    Scratch<T> carry(dirs[0].zoneout() ? ndirs * B * H : 0);
     SpinBarrier b0(ctx.team.groups == 2 ? n / 2 : n), b1(n - n / 2);
     for (int d = 0; d < ndirs; ++d)
       ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * H, dbs.p + d * 4 * H,
-                       d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
+                       dirs[0].zoneout() ? carry.p + d * B * H : nullptr, d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
     par.run(&worker, &ctx);
   }
 
@@ -432,7 +454,10 @@ struct Backward {
           }
     }
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) a.dc0[b * H + j] = a.dc_n ? a.dc_n[b * H + j] : T(0);
+      for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) {
+        a.dc0[b * H + j] = a.dc_n ? a.dc_n[b * H + j] : T(0);
+        if (dir.carry) dir.carry[b * H + j] = T(0);
+      }
     double* dbs = a.dbias ? dir.dbs : nullptr;
     if (dbs)
       for (int g = 0; g < 4; ++g)
@@ -472,14 +497,16 @@ struct Backward {
                 for (int v = 0; v < nv; ++v) {
                   const int64_t j0 = (u + v) * W;
                   const int nl = static_cast<int>(imin(W, H - j0));
+                  R dh = acc[r][v];  // through W_hh; then the recurrence's mask and zoneout's direct path
+                  if (a.rec_mask) dh = V::mul(dh, ld<V>(a.rec_mask + b * H + j0, nl));
+                  if (dir.carry) dh = V::add(dh, ld<V>(dir.carry + b * H + j0, nl));
                   if (b < live) {
                     // dh_n enters at the sequence's last step in forward processing order
                     const int64_t last_fwd = a.reverse ? 0 : (a.lengths ? a.lengths[b] : T_) - 1;
-                    R dh = acc[r][v];
                     if (a.dh_n && t == last_fwd) dh = V::add(dh, ld<V>(a.dh_n + b * H + j0, nl));
-                    step_epilogue(a, t, b, j0, nl, dh, dbs);
+                    step_epilogue(a, t, b, j0, nl, dh, dbs, dir.carry);
                   } else {  // b's first forward step was tprev: what flows back from it is dh0
-                    st<V>(a.dh0 + b * H + j0, acc[r][v], nl);
+                    st<V>(a.dh0 + b * H + j0, dh, nl);
                   }
                 }
               }
@@ -509,25 +536,38 @@ struct Backward {
   }
 
   static FASTLSTM_INLINE void step_epilogue(const LstmBackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
-                                            int nl, R dh, double* dbs) {
+                                            int nl, R dh, double* dbs, T* carry) {
     const int64_t H = a.H, B = a.B;
     const R one = V::set1(T(1));
     if (a.dy) dh = V::add(dh, ld<V>(a.dy + t * a.dy_st + b * a.dy_sb + j0, nl));
     const T* gs = a.gates + (t * B + b) * 4 * H + j0;
     R ig = ld<V>(gs, nl), fg = ld<V>(gs + H, nl), gg = ld<V>(gs + 2 * H, nl), og = ld<V>(gs + 3 * H, nl);
-    R c = ld<V>(a.cell + (t * B + b) * H + j0, nl);
     const int64_t tp = a.reverse ? t + 1 : t - 1;  // previous step in forward processing order
     const bool had_prev = tp >= 0 && tp < (a.lengths ? a.lengths[b] : a.T);
     R cprev = had_prev ? ld<V>(a.cell + (tp * B + b) * H + j0, nl)
                        : (a.c0 ? ld<V>(a.c0 + b * H + j0, nl) : V::zero());
-    R tc = Math<V>::tanh(c);
     T* dcp = a.dc0 + b * H + j0;
-    R dc = V::fma(V::mul(dh, og), V::fnma(tc, tc, one), ld<V>(dcp, nl));
-    R dgo = V::mul(V::mul(dh, tc), V::mul(og, V::sub(one, og)));
+    R dc_in = ld<V>(dcp, nl);                  // dL/dc[t] from the steps after
+    R c, dh_new = dh, dc_state = dc_in, zc = V::zero();
+    if (a.zoneout()) {
+      // c~ = f c[t-1] + i g (the cell saves the state after zoneout); h[t] = zh h[t-1] + (1-zh) o tanh(c~)
+      const int64_t at = (t * B + b) * H + j0;
+      R zh = a.zoneout_h ? ld<V>(a.zoneout_h + at, nl) : V::zero();
+      zc = a.zoneout_c ? ld<V>(a.zoneout_c + at, nl) : V::zero();
+      c = V::fma(fg, cprev, V::mul(ig, gg));
+      dh_new = V::mul(V::sub(one, zh), dh);
+      dc_state = V::mul(V::sub(one, zc), dc_in);
+      st<V>(carry + b * H + j0, V::mul(zh, dh), nl);
+    } else {
+      c = ld<V>(a.cell + (t * B + b) * H + j0, nl);
+    }
+    R tc = Math<V>::tanh(c);
+    R dc = V::fma(V::mul(dh_new, og), V::fnma(tc, tc, one), dc_state);  // dL/dc~
+    R dgo = V::mul(V::mul(dh_new, tc), V::mul(og, V::sub(one, og)));
     R dgi = V::mul(V::mul(dc, gg), V::mul(ig, V::sub(one, ig)));
     R dgg = V::mul(V::mul(dc, ig), V::fnma(gg, gg, one));
     R dgf = V::mul(V::mul(dc, cprev), V::mul(fg, V::sub(one, fg)));
-    st<V>(dcp, V::mul(dc, fg), nl);
+    st<V>(dcp, a.zoneout() ? V::fma(zc, dc_in, V::mul(dc, fg)) : V::mul(dc, fg), nl);
     T* out = a.dg + t * a.dg_st + b * a.dg_sb + j0;
     st<V>(out, dgi, nl);
     st<V>(out + H, dgf, nl);

@@ -139,7 +139,7 @@ class LSTM:
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, dtype="float32", device="cpu", seed=None,
-                 stateful=False, unit_forget_bias=False):
+                 stateful=False, unit_forget_bias=False, zoneout=0.0, recurrent_dropout=0.0):
         self.input_size = V.positive_int(input_size, "input_size")
         self.hidden_size = V.positive_int(hidden_size, "hidden_size")
         self.num_layers = V.positive_int(num_layers, "num_layers")
@@ -163,6 +163,14 @@ class LSTM:
         self.unit_forget_bias = V.boolean(unit_forget_bias, "unit_forget_bias")
         if self.unit_forget_bias and not self.bias:
             raise ValueError("unit_forget_bias: needs bias=True")
+        if isinstance(zoneout, (tuple, list)):
+            if len(zoneout) != 2:
+                raise ValueError(f"zoneout: expected a probability or a pair (for h, for c), got {zoneout!r}")
+            self.zoneout = (V.probability(zoneout[0], "zoneout[0]"), V.probability(zoneout[1], "zoneout[1]"))
+        else:
+            z = V.probability(zoneout, "zoneout")
+            self.zoneout = (z, z)
+        self.recurrent_dropout = V.probability(recurrent_dropout, "recurrent_dropout")
         self.state = None  # (h_n, c_n) carried between calls when stateful
         self._streamed = 0  # steps consumed since the state was last reset
         self._rng = np.random.default_rng(V.seed(seed))
@@ -418,14 +426,16 @@ class LSTM:
             ks = slice(l * D, (l + 1) * D)
             h0l = None if h0 is None else h0[ks]
             c0l = None if c0 is None else c0[ks]
+            reg = self._regularisation(training, D, T, B)
             _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
-                            gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0)
+                            gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0,
+                            **reg)
             mask = None
             if training and self.dropout > 0 and l < L - 1:
                 keep = self._rng.random(y.shape, dtype=dt) >= self.dropout
                 mask = keep.astype(dt) * dt.type(1.0 / (1.0 - self.dropout))
             if training:
-                saved.append(dict(inp=inp, y=y, gates=gates, cell=cell, h0=h0l, c0=c0l, mask=mask))
+                saved.append(dict(inp=inp, y=y, gates=gates, cell=cell, h0=h0l, c0=c0l, mask=mask, reg=reg))
             inp = y if mask is None else y * mask
         y = inp
         if training:
@@ -441,6 +451,22 @@ class LSTM:
             self.state = (h_n.copy(), c_n.copy())
             self._streamed += T
         return y, (h_n, c_n)
+
+    def _regularisation(self, training, D, T, B) -> dict:
+        """Zoneout and recurrent-dropout arguments of one layer's kernel call: fresh seeded masks in
+        training; in eval zoneout mixes with its probabilities (the expectation) and dropout is off."""
+        (zh, zc), p, dt, H = self.zoneout, self.recurrent_dropout, self.dtype, self.hidden_size
+        reg = {}
+        if not training:
+            if zh or zc:
+                reg.update(zoneout_h_p=zh, zoneout_c_p=zc)
+            return reg
+        if zh or zc:
+            reg["zoneout_h"] = (self._rng.random((D, T, B, H)) < zh).astype(dt)
+            reg["zoneout_c"] = (self._rng.random((D, T, B, H)) < zc).astype(dt)
+        if p:
+            reg["rec_mask"] = (self._rng.random((D, B, H)) >= p).astype(dt) * dt.type(1.0 / (1.0 - p))
+        return reg
 
     @staticmethod
     def _check_lengths(lengths, B, T):
@@ -527,11 +553,14 @@ class LSTM:
             db = self._scratch(("db", l), (D, 4 * H)) if self.bias else None
             _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout,
                              None if dh_n is None else dh_n[ks], None if dc_n is None else dc_n[ks],
-                             dg, dh0[ks], dc0[ks], bf, db, lengths)
+                             dg, dh0[ks], dc0[ks], bf, db, lengths,
+                             **{k: v for k, v in s["reg"].items() if k in ("zoneout_h", "zoneout_c", "rec_mask")})
             dg2 = dg.reshape(rows, D * 4 * H)
             _C.gemm(dg2, s["inp"].reshape(rows, -1), w.g_w_ih, trans_a=True, accumulate=True, k_rows=live)
             for d in range(D):
-                self._grad_w_hh(w.g_w_hh[d], dg, s["y"], s["h0"], d, T, B, bf, lengths, live)
+                rec_mask = s["reg"].get("rec_mask")
+                self._grad_w_hh(w.g_w_hh[d], dg, s["y"], s["h0"], d, T, B, bf, lengths, live,
+                                None if rec_mask is None else rec_mask[d])
             if self.bias:
                 w.g_b_ih += db
                 w.g_b_hh += db
@@ -549,19 +578,20 @@ class LSTM:
             return dout[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
         return dout, (dh0, dc0)
 
-    def _grad_w_hh(self, g_w_hh, dg, y, h0, d, T, B, bf, lengths=None, live=None):
+    def _grad_w_hh(self, g_w_hh, dg, y, h0, d, T, B, bf, lengths=None, live=None, mask=None):
         """g_w_hh += sum over steps of dG[t]^T h[t-1] for direction d (h[t-1]: the state before step t
-        in processing order; h0, or zeros, before the first)."""
-        dt, D, H = self.dtype, self.num_directions, self.hidden_size
+        in processing order, h0 or zeros before the first; times the recurrent-dropout mask if any)."""
+        dt, H = self.dtype, self.hidden_size
         gcols, hcols = slice(d * 4 * H, (d + 1) * 4 * H), slice(d * H, (d + 1) * H)
-        if d == 1 and lengths is not None and h0 is not None:
+        h0d = None if h0 is None else (h0[d] if mask is None else h0[d] * mask)
+        if d == 1 and lengths is not None and h0d is not None:
             # a shorter sequence's reverse direction starts at its own end, from h0 (y there is 0)
             short = np.nonzero(lengths < T)[0]
             if short.size:
                 dg3 = dg if not bf else dg.swapaxes(0, 1)  # [T, B, ...]
                 g_first = np.ascontiguousarray(dg3[lengths[short] - 1, short][:, gcols])
-                _C.gemm(g_first, np.ascontiguousarray(h0[d][short]), g_w_hh, trans_a=True, accumulate=True)
-        if not bf:
+                _C.gemm(g_first, np.ascontiguousarray(h0d[short]), g_w_hh, trans_a=True, accumulate=True)
+        if not bf and mask is None:
             # time-major: the rows of step t and of step t-1 (d=0) or t+1 (d=1) are B rows apart, so
             # both products read y and dG in place
             dg2, y2 = dg.reshape(T * B, -1), y.reshape(T * B, -1)
@@ -572,13 +602,16 @@ class LSTM:
                 if live is not None:  # the rows of the sliced dG where a sequence exists
                     k_rows = live[live >= B] - B if d == 0 else live[live < (T - 1) * B]
                 _C.gemm(dg2[g_rows, gcols], y2[h_rows, hcols], g_w_hh, trans_a=True, accumulate=True, k_rows=k_rows)
-            if h0 is not None:
+            if h0d is not None:
                 first = slice(None, B) if d == 0 else slice((T - 1) * B, None)
-                _C.gemm(dg2[first, gcols], h0[d], g_w_hh, trans_a=True, accumulate=True)
+                _C.gemm(dg2[first, gcols], h0d, g_w_hh, trans_a=True, accumulate=True)
             return
-        hp = np.empty((B, T, H), dt)  # batch-major: h[t-1] gathered in processing order
+        # otherwise gather h[t-1] in processing order (and mask it)
+        yt = y.swapaxes(0, 1) if bf else y            # [T, B, ...] views
+        hp = np.empty((B, T, H) if bf else (T, B, H), dt)
+        hpt = hp.swapaxes(0, 1) if bf else hp
         first, rest, src = (0, slice(1, None), slice(None, -1)) if d == 0 else (T - 1, slice(None, -1), slice(1, None))
-        hp[:, first] = 0 if h0 is None else h0[d]
-        hp[:, rest] = y[:, src, hcols]
+        hpt[first] = 0 if h0d is None else h0d
+        hpt[rest] = yt[src, :, hcols] if mask is None else yt[src, :, hcols] * mask
         _C.gemm(dg.reshape(T * B, -1)[:, gcols], hp.reshape(T * B, H), g_w_hh, trans_a=True, accumulate=True,
                 k_rows=live)
