@@ -149,3 +149,36 @@ def test_unit_forget_bias_starts_the_forget_gate_at_one():
     assert all(np.concatenate(k[2:3] + k[5:6]).reshape(2, 4, 4)[:, 1].min() == 1 for k in [lstm.keras_weights(0)])
     with pytest.raises(ValueError, match="unit_forget_bias: needs bias=True"):
         fastlstm.LSTM(3, 4, bias=False, unit_forget_bias=True)
+
+
+def test_cell_records_survive_the_caller_reusing_its_buffers():
+    rng = np.random.default_rng(9)
+    xs = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    grads = []
+    for reuse in (False, True):
+        cell = fastlstm.LSTMCell(4, 5, seed=1)
+        buf = np.empty((2, 4), np.float32)
+        h = c = None
+        for t in range(3):
+            if reuse:
+                buf[...] = xs[t]
+            h, c = cell(buf if reuse else xs[t].copy(), None if h is None else (h, c))
+        dh, dc = np.ones_like(h), None
+        for _ in range(3):
+            _, (dh, dc) = cell.backward(dh, dc)
+        grads.append({k: p.grad.copy() for k, p in cell.named_parameters()})
+    for k in grads[0]:
+        np.testing.assert_array_equal(grads[0][k], grads[1][k], err_msg=k)
+
+
+def test_nn_lstm_streams_like_the_core():
+    from fastlstm import nn
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 30, 3)).astype(np.float32)
+    whole = nn.LSTM(3, 6, seed=0).eval()
+    stream = nn.LSTM(3, 6, stateful=True, seed=0).eval()
+    parts = [stream(x[:, a:b]) for a, b in ((0, 11), (11, 12), (12, 30))]
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole(x))
+    with pytest.raises(ValueError, match="cannot stream"):
+        nn.LSTM(3, 6, bidirectional=True, stateful=True)

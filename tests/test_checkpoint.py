@@ -103,3 +103,15 @@ def test_weights_that_do_not_fit_the_config_are_reported(tmp_path):
 def test_meta_must_be_json(tmp_path):
     with pytest.raises(TypeError, match="meta: expected JSON-serialisable"):
         ckpt.save(small_model(), tmp_path / "m.npz", meta={"x": object()})
+
+
+def test_npy_file_permissions_and_suffix(tmp_path):
+    arr = tmp_path / "a.npy"
+    np.save(arr, np.zeros(3))
+    with pytest.raises(ckpt.CheckpointError, match="single NumPy array"):
+        ckpt.load(arr)
+    path = ckpt.save(small_model(), tmp_path / "plain")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert ckpt.load(tmp_path / "plain") is not None  # the name save() was given finds the file

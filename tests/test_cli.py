@@ -56,12 +56,15 @@ def test_train_rnn_baseline_runs(tmp_path):
     (("train", "--task", "charlm", "--text", "/no/such/file.txt"), "no such file"),
     (("train", "--task", "nope"), "invalid choice"),
     (("sample", "/no/such/model.npz"), "no such checkpoint"),
+    (("train", "--lr", "inf"), "expected a positive number"),
+    (("train", "--clip", "nan"), "expected a non-negative number"),
 ])
 def test_bad_arguments_give_one_line_and_a_nonzero_exit(args, message):
     out = cli(*args)
     assert out.returncode != 0
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 def test_sample_rejects_a_foreign_or_non_charlm_file(tmp_path):

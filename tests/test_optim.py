@@ -99,8 +99,16 @@ def test_schedules():
     assert optim.ConstantLR(0.3)(1000) == 0.3
 
 
+def test_numpy_scalars_are_accepted():
+    p = param([1.0], [1.0])
+    optim.Adam([p], lr=np.float32(1e-3)).step()
+    assert optim.StepLR(0.1, step_size=np.int64(5))(5) == pytest.approx(0.01)
+
+
 def test_bad_hyperparameters_are_clear_errors():
     p = param([1.0], [1.0])
+    with pytest.raises(ValueError, match="lr: expected a finite number"):
+        optim.SGD([p], lr=float("inf"))
     with pytest.raises(ValueError, match="lr: expected a positive number"):
         optim.SGD([p], lr=0)
     with pytest.raises(ValueError, match="betas"):

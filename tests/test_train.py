@@ -112,3 +112,22 @@ def test_adding_problem_has_two_markers_and_the_right_sum():
     # always answering 1.0 scores about 1/6
     xb, yb = data.adding_problem(20000, 12, np.random.default_rng(1))
     assert float(np.mean((yb - 1) ** 2)) == pytest.approx(data.ADDING_BASELINE_MSE, rel=0.03)
+
+
+def test_callbacks_start_fresh_in_each_fit():
+    stopper = train.EarlyStopping(patience=1, min_delta=10.0)
+    m1, _ = run(steps=40, eval_every=10, callbacks=[stopper])
+    model, tr, va = adding_setup()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    hist = train.fit(model, tr, losses.MSELoss(), opt, steps=40, batch_size=32, val=va, eval_every=10,
+                     progress=False, callbacks=[stopper])
+    assert hist["val_step"] == [10, 20]  # a fresh patience count, not the first run's
+    for (n, a), (_, b) in zip(model.named_parameters(), m1.named_parameters()):
+        assert not np.array_equal(a.data, b.data), f"{n}: the first model's weights leaked into the second"
+
+
+def test_char_corpus_refuses_a_validation_part_shorter_than_a_window():
+    with pytest.raises(ValueError, match="validation part"):
+        data.CharCorpus("abcdefghij" * 100, seq_len=100)
+    corpus = data.CharCorpus("abcdefghij" * 100, seq_len=100, val_fraction=0.0)
+    assert next(corpus.eval_batches(4))[0].shape == (4, 100)

@@ -9,7 +9,8 @@ file is read with ``allow_pickle=False``, so loading a checkpoint never runs cod
 
 Atomic: the bytes go to a temporary file in the same directory, are flushed to disk, then renamed
 over ``path``; a crash at any point leaves either the previous checkpoint or the new one, never a
-mix, and never a leftover temporary file from a failed save.
+mix. A save that fails with an exception removes its temporary file (a killed process may leave a
+``.tmp-*.npz`` behind, never a damaged checkpoint).
 
 Tests: tests/test_checkpoint.py (round trip, simulated crash, truncated / corrupted / foreign files).
 """
@@ -58,6 +59,9 @@ def save(model, path, meta=None) -> str:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -89,10 +93,15 @@ def _fsync_dir(directory: str) -> None:
 def load_checkpoint(path):
     """(model, meta) from a file written by save; the model is in eval mode."""
     path = os.fspath(path)
+    if not os.path.isfile(path) and os.path.isfile(path + ".npz"):  # as save() names it
+        path += ".npz"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"{path}: not a fastlstm checkpoint (a single NumPy array, not an .npz archive)")
+        with z:
             if _META_KEY not in z.files:
                 raise CheckpointError(f"{path}: not a fastlstm checkpoint (no {_META_KEY} entry; "
                                       f"it holds {sorted(z.files)[:5]}...)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -145,16 +146,33 @@ def _positive_float(text):
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def _clip_value(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number (0: no clipping), got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as the one line every other failure prints."""
+
+    def error(self, message):
+        self.exit(2, f"fastlstm: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import positive_int as _positive_int
     from .tasks import TASKS
 
-    parser = argparse.ArgumentParser(prog="fastlstm", description="fast fused LSTM kernels for NumPy, and a "
+    parser = _Parser(prog="fastlstm", description="fast fused LSTM kernels for NumPy, and a "
                                      "small training library around them")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -168,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive_int, help="sequence length T (task default)")
     p.add_argument("--batch-size", type=_positive_int, help="sequences per step (task default)")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate of Adam (task default)")
-    p.add_argument("--clip", type=float, help="global gradient-norm clip, 0 for none (default 1.0)")
+    p.add_argument("--clip", type=_clip_value, help="global gradient-norm clip, 0 for none (default 1.0)")
     p.add_argument("--eval-every", type=_positive_int, help="steps between validations (default steps/10)")
     p.add_argument("--seed", type=int, default=0, help="data, init and shuffling seed (default 0)")
     p.add_argument("--text", metavar="FILE", help="UTF-8 text for --task charlm")
@@ -204,14 +222,12 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if getattr(args, "clip", None) is not None and args.clip < 0:
-        parser.error(f"argument --clip: expected a non-negative number, got {args.clip}")
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("fastlstm: interrupted", file=sys.stderr)
         return 130
-    except (CliError, ValueError, OSError) as err:  # ValueError includes CheckpointError
+    except (CliError, ValueError, OSError, ArithmeticError, MemoryError) as err:  # ValueError: CheckpointError too
         print(f"fastlstm: error: {err}", file=sys.stderr)
         return 1
 

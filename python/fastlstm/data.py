@@ -87,6 +87,10 @@ class CharCorpus:
         if len(self.train_ids) < self.seq_len + 1:
             raise ValueError(f"text: expected at least seq_len + 1 = {self.seq_len + 1} training characters, "
                              f"got {len(self.train_ids)} (a longer text or a smaller --seq-len)")
+        if val_fraction > 0 and len(self.val_ids) < self.seq_len + 1:
+            raise ValueError(f"text: its validation part (the last {val_fraction:.0%}) has {len(self.val_ids)} "
+                             f"characters, fewer than seq_len + 1 = {self.seq_len + 1} (a longer text or a smaller "
+                             "--seq-len)")
 
     @property
     def vocab_size(self) -> int:
@@ -119,7 +123,8 @@ class CharCorpus:
             yield self._windows(self.train_ids, rng.integers(0, high, size=batch_size))
 
     def eval_batches(self, batch_size):
-        ids = self.val_ids if len(self.val_ids) > self.seq_len else self.train_ids
+        """The validation part in consecutive windows (the training part when val_fraction is 0)."""
+        ids = self.val_ids if len(self.val_ids) else self.train_ids
         starts = np.arange(0, len(ids) - self.seq_len, self.seq_len)
         for i in range(0, len(starts), batch_size):
             yield self._windows(ids, starts[i:i + batch_size])

@@ -435,6 +435,8 @@ class LSTM:
                 keep = self._rng.random(y.shape, dtype=dt) >= self.dropout
                 mask = keep.astype(dt) * dt.type(1.0 / (1.0 - self.dropout))
             if training:
+                if self._keep_every_forward:  # several forwards wait: the caller may refill its buffers
+                    inp, h0l, c0l = (None if a is None else a.copy() for a in (inp, h0l, c0l))
                 saved.append(dict(inp=inp, y=y, gates=gates, cell=cell, h0=h0l, c0=c0l, mask=mask, reg=reg))
             inp = y if mask is None else y * mask
         y = inp

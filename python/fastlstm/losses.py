@@ -12,6 +12,8 @@ Tests: tests/test_nn.py (gradients against central finite differences, hand-comp
 
 from __future__ import annotations
 
+import numbers
+
 from . import _backend
 
 __all__ = ["CrossEntropyLoss", "MSELoss"]
@@ -28,7 +30,7 @@ class CrossEntropyLoss:
     name = "cross_entropy"
 
     def __init__(self, ignore_index=None):
-        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
             raise TypeError(f"ignore_index: expected an int or None, got {type(ignore_index).__name__}")
         self.ignore_index = ignore_index
 

@@ -269,10 +269,9 @@ class LSTM(Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
                  return_sequences=True, stateful=False, dtype="float32", device="cpu", seed=None):
         self.core = _CoreLSTM(input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                              dropout=dropout, batch_first=True, dtype=dtype, device=device, seed=seed)
+                              dropout=dropout, batch_first=True, dtype=dtype, device=device, seed=seed,
+                              stateful=stateful)
         self.return_sequences = V.boolean(return_sequences, "return_sequences")
-        self.stateful = V.boolean(stateful, "stateful")
-        self.state = None
         self._config = dict(input_size=self.core.input_size, hidden_size=self.core.hidden_size,
                             num_layers=self.core.num_layers, bidirectional=self.core.bidirectional,
                             dropout=self.core.dropout, return_sequences=self.return_sequences,
@@ -290,17 +289,28 @@ class LSTM(Module):
         self.core.train(mode)
         return self
 
+    @property
+    def stateful(self) -> bool:
+        return self.core.stateful
+
+    @stateful.setter
+    def stateful(self, value) -> None:
+        value = V.boolean(value, "stateful")
+        if value and self.core.bidirectional:
+            raise ValueError("stateful: a bidirectional layer cannot stream (its reverse direction needs the "
+                             "whole sequence)")
+        self.core.stateful = value
+        self.core.reset_state()
+
+    @property
+    def state(self):
+        return self.core.state
+
     def reset_state(self) -> None:
-        self.state = None
+        self.core.reset_state()
 
     def forward(self, x):
-        hx = self.state if self.stateful else None
-        if hx is not None and hx[0].shape[1] != x.shape[0]:
-            raise ValueError(f"x: a stateful LSTM carries state for batch {hx[0].shape[1]}, got batch {x.shape[0]}; "
-                             "call reset_state() first")
-        y, (h_n, c_n) = self.core(x, hx)
-        if self.stateful:
-            self.state = (h_n, c_n)
+        y, (h_n, c_n) = self.core(x)  # a stateful core starts from the state its last call left
         self._batch = x.shape[0]
         if self.return_sequences:
             return y

@@ -16,6 +16,7 @@ Tests: tests/test_optim.py (each rule against values computed by hand, and again
 from __future__ import annotations
 
 import math
+import numbers
 
 from . import _backend
 
@@ -23,8 +24,10 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "ConstantLR", 
 
 
 def _positive(value, name, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name}: expected a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value}")
     return float(value)
@@ -166,7 +169,7 @@ class StepLR:
 
     def __init__(self, lr, step_size, gamma=0.1):
         self.lr = _positive(lr, "lr")
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size < 1:
             raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
         self.step_size = step_size
         self.gamma = _positive(gamma, "gamma")
@@ -180,9 +183,10 @@ class CosineLR:
 
     def __init__(self, lr, total_steps, warmup_steps=0, min_lr=0.0):
         self.lr = _positive(lr, "lr")
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
             raise ValueError(f"total_steps: expected a positive int, got {total_steps!r}")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= total_steps:
+        if (isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral)
+                or not 0 <= warmup_steps <= total_steps):
             raise ValueError(f"warmup_steps: expected an int in [0, total_steps={total_steps}], got {warmup_steps!r}")
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.min_lr = _positive(min_lr, "min_lr", allow_zero=True)

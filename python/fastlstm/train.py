@@ -130,8 +130,11 @@ class EarlyStopping(Callback):
         self.restore_best = restore_best
         self.best, self.best_step, self.best_state, self.wait = None, None, None, 0
 
+    def on_train_begin(self, state):
+        self.best, self.best_step, self.best_state, self.wait = None, None, None, 0
+
     def _better(self, value):
-        if self.best is None:
+        if self.best is None or not math.isfinite(self.best):
             return True
         return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
 
@@ -163,11 +166,17 @@ class ModelCheckpoint(Callback):
         self.best = None
         self.saved_path = None
 
+    def on_train_begin(self, state):
+        self.best = None
+
     def on_validation_end(self, state, logs):
         from .checkpoint import save
 
         value = logs.get(self.monitor)
-        improved = value is not None and (self.best is None or (value < self.best if self.mode == "min" else value > self.best))
+        if value is None:
+            raise ValueError(f"ModelCheckpoint: monitor {self.monitor!r} is not among the logged metrics {sorted(logs)}")
+        no_best = self.best is None or not math.isfinite(self.best)
+        improved = math.isfinite(value) and (no_best or (value < self.best if self.mode == "min" else value > self.best))
         if improved:
             self.best = value
         if improved or not self.save_best_only:
@@ -193,6 +202,8 @@ def evaluate(model, data, loss, batch_size=256) -> float:
 
 def predict(model, inputs, batch_size=256):
     """model(inputs) in eval mode, batch by batch, concatenated on axis 0."""
+    if len(inputs) == 0:
+        raise ValueError("inputs: expected at least one example, got none")
     was_training = model.training
     model.eval()
     try:
@@ -222,6 +233,7 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
         steps = V.positive_int(epochs, "epochs") * max(1, math.ceil(len(data) / batch_size))
     steps = V.positive_int(steps, "steps")
     eval_every = V.positive_int(eval_every, "eval_every") if eval_every is not None else max(1, steps // 10)
+    log_every = V.positive_int(log_every, "log_every")
     rng = np.random.default_rng(V.seed(seed))
     history = History()
     state = TrainState(model, optimizer, history)
