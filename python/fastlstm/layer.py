@@ -407,6 +407,8 @@ class LSTM:
         training = self.training
         rows = T * B
         per_layer = rows * D * (4 * H + H) + (rows * D * (4 * H + H) if training else 0) + rows * max(self.input_size, D * H)
+        if training and any(self.zoneout):
+            per_layer += 2 * rows * D * H  # the zoneout masks
         V.memory(per_layer * dt.itemsize * (L if training else 1), "this forward call")
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
