@@ -83,6 +83,58 @@ def test_reference_zoneout_and_recurrent_dropout_gradients(expectation):
         assert err < 1e-7, f"d loss / d {name}: finite-difference mismatch {err:.2e}"
 
 
+def proj_params(rng, I, H, P, L, D):
+    params = {}
+    for layer in range(L):
+        for d in range(D):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            inp = I if layer == 0 else D * P
+            params["weight_ih" + sfx] = rng.standard_normal((4 * H, inp)) * 0.4
+            params["weight_hh" + sfx] = rng.standard_normal((4 * H, P)) * 0.4
+            params["bias_ih" + sfx] = rng.standard_normal(4 * H) * 0.1
+            params["bias_hh" + sfx] = rng.standard_normal(4 * H) * 0.1
+            params["weight_hr" + sfx] = rng.standard_normal((P, H)) * 0.4
+    return params
+
+
+def test_reference_projection_gradients():
+    rng = np.random.default_rng(8)
+    T, B, I, H, P, L, D = 4, 2, 3, 5, 3, 2, 2
+    params = proj_params(rng, I, H, P, L, D)
+    x = rng.standard_normal((T, B, I))
+    h0, c0 = rng.standard_normal((L * D, B, P)), rng.standard_normal((L * D, B, H))
+    wy, wh, wc = rng.standard_normal((T, B, D * P)), rng.standard_normal((L * D, B, P)), rng.standard_normal((L * D, B, H))
+    zo = [((rng.random((T, B, P)) < 0.3).astype(float), (rng.random((T, B, H)) < 0.3).astype(float)) for _ in range(L * D)]
+    lengths = [4, 3]
+
+    def loss():
+        y, (hn, cn), _ = R.lstm_forward(x, params, L, True, h0, c0, None, lengths, zo)
+        return (y * wy).sum() + (hn * wh).sum() + (cn * wc).sum()
+
+    y, (hn, cn), cache = R.lstm_forward(x, params, L, True, h0, c0, None, lengths, zo)
+    assert y.shape == (T, B, D * P) and hn.shape == (L * D, B, P) and cn.shape == (L * D, B, H)
+    dx, dh0, dc0, grads = R.lstm_backward(wy, wh, wc, cache)
+    for name, analytic, arr in [("x", dx, x), ("h0", dh0, h0), ("c0", dc0, c0)] + [
+            (k, grads[k], params[k]) for k in params]:
+        numeric = numeric_grad(loss, arr)
+        err = np.abs(analytic - numeric).max() / max(1.0, np.abs(numeric).max())
+        assert err < 1e-7, f"d loss / d {name}: finite-difference mismatch {err:.2e}"
+
+
+def test_reference_projection_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    T, B, I, H, P = 5, 3, 4, 6, 2
+    tl = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=P).double()
+    params = {k: v.detach().numpy() for k, v in tl.state_dict().items()}
+    x = rng.standard_normal((T, B, I))
+    y, (hn, cn), _ = R.lstm_forward(x, params, 2, True)
+    yt, (hnt, cnt) = tl(torch.tensor(x))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(hn, hnt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cn, cnt.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
 def test_reference_lengths_are_separate_shorter_sequences():
     """With lengths, each sequence gives what it gives alone, cut to its length (both directions)."""
     rng = np.random.default_rng(3)

@@ -31,7 +31,7 @@ def sigmoid(x):
 
 
 def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, reverse=False, lengths=None,
-                       zoneout=None, rec_mask=None):
+                       zoneout=None, rec_mask=None, w_hr=None):
     """One direction of one layer.
 
     x: [T, B, I]; w_ih: [4H, I]; w_hh: [4H, H]; b_ih, b_hh: [4H] or None; h0, c0: [B, H] or None;
@@ -46,16 +46,19 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, re
     c~ = f c[t-1] + i g; 0/1 masks in training, the probabilities themselves (the expectation) in eval.
     rec_mask: None or [B, H], multiplies h[t-1] where it enters the recurrence (variational recurrent
     dropout, Gal & Ghahramani 2016: one mask per sequence for all steps, 0 or 1/(1-p)).
+    w_hr: None or [P, H], a projection (LSTMP, PyTorch's proj_size): h[t] = W_hr (o * tanh(c)) has P
+    values, and w_hh is [4H, P]; h0 is then [B, P] and y [T, B, P].
     """
     T, B, _ = x.shape
-    H = w_hh.shape[1]
-    h = np.zeros((B, H), x.dtype) if h0 is None else h0
+    H = w_hh.shape[0] // 4
+    P = H if w_hr is None else w_hr.shape[0]
+    h = np.zeros((B, P), x.dtype) if h0 is None else h0
     c = np.zeros((B, H), x.dtype) if c0 is None else c0
     bias = (0 if b_ih is None else b_ih) + (0 if b_hh is None else b_hh)
     order = range(T - 1, -1, -1) if reverse else range(T)
-    y = np.zeros((T, B, H), x.dtype)
+    y = np.zeros((T, B, P), x.dtype)
     steps = []
-    zh, zc = (None, None) if zoneout is None else (np.broadcast_to(zoneout[0], (T, B, H)),
+    zh, zc = (None, None) if zoneout is None else (np.broadcast_to(zoneout[0], (T, B, P)),
                                                    np.broadcast_to(zoneout[1], (T, B, H)))
     for t in order:
         live = np.ones((B, 1), bool) if lengths is None else (t < np.asarray(lengths))[:, None]
@@ -64,15 +67,16 @@ def lstm_layer_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, re
         i, f, g, o = sigmoid(z[:, :H]), sigmoid(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), sigmoid(z[:, 3 * H:])
         c_prev, h_prev = c, h
         c_tilde = f * c + i * g
-        h_new = o * np.tanh(c_tilde)
+        h_raw = o * np.tanh(c_tilde)
+        h_new = h_raw if w_hr is None else h_raw @ w_hr.T
         c_new = c_tilde
         if zh is not None:
             h_new = zh[t] * h_prev + (1 - zh[t]) * h_new
             c_new = zc[t] * c_prev + (1 - zc[t]) * c_tilde
         c, h = np.where(live, c_new, c), np.where(live, h_new, h)
         y[t] = np.where(live, h_new, 0)
-        steps.append((t, live, h_prev, h_in, c_prev, i, f, g, o, c_tilde))
-    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, steps=steps, zh=zh, zc=zc, rec_mask=rec_mask)
+        steps.append((t, live, h_prev, h_in, c_prev, i, f, g, o, c_tilde, h_raw))
+    cache = dict(x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, steps=steps, zh=zh, zc=zc, rec_mask=rec_mask)
     return y, h, c, cache
 
 
@@ -83,19 +87,24 @@ def lstm_layer_backward(dy, dh_n, dc_n, cache):
     Returns (dx, dh0, dc0, grads) with grads = dict(w_ih, w_hh, b_ih, b_hh).
     """
     x, w_ih, w_hh, steps = cache["x"], cache["w_ih"], cache["w_hh"], cache["steps"]
-    zh, zc, rec_mask = cache["zh"], cache["zc"], cache["rec_mask"]
-    B, H = steps[0][2].shape
-    dh = np.zeros((B, H), x.dtype) if dh_n is None else dh_n.copy()
+    zh, zc, rec_mask, w_hr = cache["zh"], cache["zc"], cache["rec_mask"], cache["w_hr"]
+    B, P = steps[0][2].shape
+    H = w_hh.shape[0] // 4
+    dh = np.zeros((B, P), x.dtype) if dh_n is None else dh_n.copy()
     dc = np.zeros((B, H), x.dtype) if dc_n is None else dc_n.copy()
     dx = np.zeros_like(x)
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db = np.zeros(4 * H, x.dtype)
-    for t, live, h_prev, h_in, c_prev, i, f, g, o, c in reversed(steps):
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
+    for t, live, h_prev, h_in, c_prev, i, f, g, o, c, h_raw in reversed(steps):
         # a sequence absent at step t passed its state through unchanged: so do its gradients
         dh_t = dh if dy is None else dh + dy[t]
         dh_new, dc_state = dh_t, dc                   # gradients of o tanh(c~) and of c~ through c[t]
         if zh is not None:
             dh_new, dc_state = (1 - zh[t]) * dh_t, (1 - zc[t]) * dc
+        if w_hr is not None:  # through the projection: dW_hr += dh h_raw^T, d h_raw = dh W_hr
+            dw_hr += np.where(live, dh_new, 0).T @ h_raw
+            dh_new = dh_new @ w_hr
         tc = np.tanh(c)
         do = dh_new * tc
         dc_t = dc_state + dh_new * o * (1 - tc ** 2)  # d c~
@@ -113,7 +122,10 @@ def lstm_layer_backward(dy, dh_n, dc_n, cache):
             dc_prev = dc_prev + zc[t] * dc
         dh = np.where(live, dh_prev, dh)
         dc = np.where(live, dc_prev, dc)
-    return dx, dh, dc, dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
+    grads = dict(w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy())
+    if w_hr is not None:
+        grads["w_hr"] = dw_hr
+    return dx, dh, dc, grads
 
 
 def _suffix(d):
@@ -143,7 +155,8 @@ def lstm_forward(x, params, num_layers=1, bidirectional=False, h0=None, c0=None,
                 inp, params["weight_ih" + sfx], params["weight_hh" + sfx],
                 params.get("bias_ih" + sfx), params.get("bias_hh" + sfx),
                 None if h0 is None else h0[k], None if c0 is None else c0[k], reverse=d == 1, lengths=lengths,
-                zoneout=None if zoneout is None else zoneout[k], rec_mask=None if rec_masks is None else rec_masks[k])
+                zoneout=None if zoneout is None else zoneout[k], rec_mask=None if rec_masks is None else rec_masks[k],
+                w_hr=params.get("weight_hr" + sfx))
             outs.append(y)
             hn.append(h)
             cn.append(c)
@@ -163,7 +176,7 @@ def lstm_backward(dy, dh_n, dc_n, cache):
     Returns (dx, dh0, dc0, grads by PyTorch name).
     """
     L, D, caches, masks = cache["num_layers"], cache["D"], cache["caches"], cache["dropout_masks"]
-    H = caches[0]["w_hh"].shape[1]
+    H = caches[0]["w_hh"].shape[1]  # the width of h: hidden_size, or proj_size with a projection
     grads, dh0, dc0 = {}, [None] * (L * D), [None] * (L * D)
     dout = dy
     for layer in reversed(range(L)):
@@ -176,9 +189,9 @@ def lstm_backward(dy, dh_n, dc_n, cache):
             dx_total = dx if dx_total is None else dx_total + dx
             dh0[k], dc0[k] = dh, dc
             sfx = f"_l{layer}{_suffix(d)}"
-            for name in ("w_ih", "w_hh", "b_ih", "b_hh"):
-                torch_name = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh"}[name]
-                grads[torch_name + sfx] = g[name]
+            names = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh", "w_hr": "weight_hr"}
+            for name, value in g.items():
+                grads[names[name] + sfx] = value
         if layer > 0 and masks is not None:
             dx_total = dx_total * masks[layer - 1]
         dout = dx_total
