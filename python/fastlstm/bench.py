@@ -396,6 +396,74 @@ def varlen_table(rows: list, cfg: Config, markdown: bool) -> str:
     return "\n".join(lines)
 
 
+# ---- layer features -------------------------------------------------------------------------------------
+FEATURES_CONFIG = Config(100, 16, 256, 256)
+FEATURES_QUICK_CONFIG = Config(20, 4, 16, 16)
+
+
+def feature_methods(fastlstm, cfg: Config, x, dy, mode: str) -> list:
+    """The plain layer and the same layer with each feature, on the same input and weights."""
+    training = mode != "forward"
+    variants = [("plain", {}), ("zoneout 0.1", dict(zoneout=0.1)), ("recurrent dropout 0.25", dict(recurrent_dropout=0.25)),
+                ("both", dict(zoneout=0.1, recurrent_dropout=0.25))]
+    methods = []
+    for name, kwargs in variants:
+        lstm = fastlstm.LSTM(cfg.I, cfg.H, seed=SEED, **kwargs)
+
+        def run(lstm=lstm):
+            if training:
+                lstm.zero_grad()
+                lstm(x)
+                lstm.backward(dy)
+            else:
+                lstm(x)
+        methods.append(Method(name, run, enter=lambda lstm=lstm: lstm.train(training)))
+    if not training:  # step-by-step and chunked inference on the same weights
+        cell = fastlstm.LSTMCell(cfg.I, cfg.H, seed=SEED).eval()
+        stream = fastlstm.LSTM(cfg.I, cfg.H, seed=SEED, stateful=True).eval()
+        chunks = np.array_split(x, 10)
+
+        def cell_steps():
+            h = c = None
+            for t in range(cfg.T):
+                h, c = cell(x[t], None if h is None else (h, c))
+
+        def streamed():
+            stream.reset_state()
+            for chunk in chunks:
+                stream(chunk)
+        methods += [Method("LSTMCell, T calls", cell_steps), Method("stateful, 10 chunks", streamed)]
+    return methods
+
+
+def bench_features(fastlstm, cfg: Config, timer, plan: TimingPlan, log) -> list:
+    rng = np.random.default_rng(SEED)
+    x = rng.standard_normal((cfg.T, cfg.B, cfg.I)).astype(np.float32)
+    dy = rng.standard_normal((cfg.T, cfg.B, cfg.H)).astype(np.float32)
+    rows = []
+    for mode in MODES:
+        results = measure(feature_methods(fastlstm, cfg, x, dy, mode), timer, plan)
+        for key, m in results.items():
+            rows.append((mode, key, m.median_ms))
+        log(f"  features {mode}: " + ", ".join(f"{k} {fmt_ms(m.median_ms)} ms" for k, m in results.items()))
+    return rows
+
+
+def features_table(rows: list, cfg: Config, markdown: bool) -> str:
+    plain = {mode: ms for mode, key, ms in rows if key == "plain"}
+    head = ["mode", "variant", "ms", "vs plain"]
+    body = [[mode, key, fmt_ms(ms), fmt_x(ms / plain[mode] if ms and plain.get(mode) else None)] for mode, key, ms in rows]
+    title = (f"layer features, T,B,I,H = {cfg.label}: time relative to the plain layer (> 1: the feature costs "
+             "that factor)")
+    if markdown:
+        lines = [title, "", "| " + " | ".join(head) + " |", "|:---|:---|---:|---:|"]
+        lines += ["| " + " | ".join(c) + " |" for c in body]
+    else:
+        widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
+        lines = [title] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + body]
+    return "\n".join(lines)
+
+
 # ---- machine -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Machine:
@@ -778,6 +846,9 @@ def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) 
                    help="fastlstm's thread budget, and torch's multi-thread column (default: fastlstm's)")
     p.add_argument("--no-torch", action="store_true", help="do not time torch.nn.LSTM")
     p.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
+    p.add_argument("--features", action="store_true",
+                   help=f"also time zoneout, recurrent dropout, LSTMCell steps and stateful chunks against the "
+                        f"plain layer at {FEATURES_CONFIG.label}")
     p.add_argument("--varlen", action="store_true",
                    help=f"also time variable-length batches at {VARLEN_CONFIG.label}: fastlstm with lengths= "
                         "against its padded call and torch's padded and packed (pack_padded_sequence) calls")
@@ -833,6 +904,11 @@ def run(args, fastlstm, torch) -> int:
     print()
     for note in table_notes(torch_threads, reference is not None):
         print(note)
+    if args.features:
+        fcfg = FEATURES_QUICK_CONFIG if args.quick else FEATURES_CONFIG
+        log_stderr(f"layer features at {fcfg.label} ...")
+        print()
+        print(features_table(bench_features(fastlstm, fcfg, timer, plan, log_stderr), fcfg, args.markdown))
     if args.varlen:
         vcfg = VARLEN_QUICK_CONFIG if args.quick else VARLEN_CONFIG
         log_stderr(f"variable-length batches at {vcfg.label} ...")
