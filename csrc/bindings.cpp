@@ -97,18 +97,25 @@ struct Regularisation {
   double zoneout_h_p = 0, zoneout_c_p = 0;
 };
 
+// the projection of LSTMP: w_hr [D, P, H]; h_raw [D, T, B, H] (training); dh_proj [D, T, B, P] (backward)
+struct Projection {
+  py::object w_hr = py::none(), h_raw = py::none(), dh_proj = py::none();
+};
+
 // forward: gx [T, B, D*4H] (time-major) or [B, T, D*4H] (batch_first); w_hh [D, 4H, H]; bias [D, 4H];
 // h0, c0, h_n, c_n [D, B, H]; y like gx with D*H columns; gates [D, T, B, 4H]; cell [D, T, B, H].
 template <typename T>
 void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
                   py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first,
-                  py::object lengths, int64_t step_offset, const Regularisation& reg, int num_threads) {
+                  py::object lengths, int64_t step_offset, const Regularisation& reg, const Projection& proj,
+                  int num_threads) {
   FASTLSTM_CHECK(step_offset >= 0, "step_offset: expected >= 0, got " << step_offset);
   FASTLSTM_CHECK(py::isinstance<py::array>(w_hh) && py::reinterpret_borrow<py::array>(w_hh).ndim() == 3,
-                 "w_hh: expected a [D, 4H, H] array");
+                 "w_hh: expected a [D, 4H, H] (or [D, 4H, P] with a projection) array");
   auto w = py::reinterpret_borrow<py::array>(w_hh);
-  const int64_t D = w.shape(0), H = w.shape(2);
+  const int64_t D = w.shape(0), H = w.shape(1) / 4, KP = w.shape(2), P = proj.w_hr.is_none() ? 0 : KP;
   FASTLSTM_CHECK(D == 1 || D == 2, "w_hh: expected 1 or 2 directions, got " << D);
+  FASTLSTM_CHECK(P || KP == H, "w_hh: expected [D, 4H, H] without a projection, got [" << D << ", " << 4 * H << ", " << KP << "]");
   FASTLSTM_CHECK(py::isinstance<py::array>(gx) && py::reinterpret_borrow<py::array>(gx).ndim() == 3,
                  "gx: expected a 3-D array");
   auto g = py::reinterpret_borrow<py::array>(gx);
@@ -117,48 +124,53 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
     return batch_first ? std::vector<int64_t>{B, T_, cols} : std::vector<int64_t>{T_, B, cols};
   };
   const T* pgx = arr<T>(gx, "gx", seq(D * 4 * H), false);
-  const T* pw = arr<T>(w_hh, "w_hh", {D, 4 * H, H}, false);
+  const T* pw = arr<T>(w_hh, "w_hh", {D, 4 * H, KP}, false);
   const T* pb = opt<T>(bias, "bias", {D, 4 * H}, false);
-  const T* ph0 = opt<T>(h0, "h0", {D, B, H}, false);
+  const T* ph0 = opt<T>(h0, "h0", {D, B, KP}, false);
   const T* pc0 = opt<T>(c0, "c0", {D, B, H}, false);
-  T* py_ = arr<T>(y, "y", seq(D * H), true);
-  T* phn = arr<T>(h_n, "h_n", {D, B, H}, true);
+  T* py_ = arr<T>(y, "y", seq(D * KP), true);
+  T* phn = arr<T>(h_n, "h_n", {D, B, KP}, true);
   T* pcn = arr<T>(c_n, "c_n", {D, B, H}, true);
   T* pg = opt<T>(gates, "gates", {D, T_, B, 4 * H}, true);
   T* pc = opt<T>(cell, "cell", {D, T_, B, H}, true);
   FASTLSTM_CHECK((pg == nullptr) == (pc == nullptr), "gates and cell: pass both (training) or neither");
+  const T* pwr = opt<T>(proj.w_hr, "w_hr", {D, P, H}, false);
+  T* phr = opt<T>(proj.h_raw, "h_raw", {D, T_, B, H}, true);
+  FASTLSTM_CHECK(!P || (phr != nullptr) == (pg != nullptr), "h_raw: pass it in training with a projection");
   const int64_t* plen = lengths_arg(lengths, B, T_);
-  const T* pzh = opt<T>(reg.zoneout_h, "zoneout_h", {D, T_, B, H}, false);
+  const T* pzh = opt<T>(reg.zoneout_h, "zoneout_h", {D, T_, B, KP}, false);
   const T* pzc = opt<T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
-  const T* prm = opt<T>(reg.rec_mask, "rec_mask", {D, B, H}, false);
+  const T* prm = opt<T>(reg.rec_mask, "rec_mask", {D, B, KP}, false);
   FASTLSTM_CHECK(reg.zoneout_h_p >= 0 && reg.zoneout_h_p < 1 && reg.zoneout_c_p >= 0 && reg.zoneout_c_p < 1,
                  "zoneout_h_p, zoneout_c_p: expected values in [0, 1)");
   LstmForwardArgs<T> args[2];
   for (int64_t d = 0; d < D; ++d) {
     LstmForwardArgs<T>& a = args[d];
-    a.T = T_; a.B = B; a.H = H;
+    a.T = T_; a.B = B; a.H = H; a.P = P;
     a.gx = pgx + d * 4 * H;
     a.gx_st = batch_first ? D * 4 * H : B * D * 4 * H;
     a.gx_sb = batch_first ? T_ * D * 4 * H : D * 4 * H;
     a.bias = pb ? pb + d * 4 * H : nullptr;
-    a.w_hh = pw + d * 4 * H * H;
-    a.h0 = ph0 ? ph0 + d * B * H : nullptr;
+    a.w_hh = pw + d * 4 * H * KP;
+    a.w_hr = pwr ? pwr + d * P * H : nullptr;
+    a.h_raw = phr ? phr + d * T_ * B * H : nullptr;
+    a.h0 = ph0 ? ph0 + d * B * KP : nullptr;
     a.c0 = pc0 ? pc0 + d * B * H : nullptr;
-    a.y = py_ + d * H;
-    a.y_st = batch_first ? D * H : B * D * H;
-    a.y_sb = batch_first ? T_ * D * H : D * H;
-    a.h_n = phn + d * B * H;
+    a.y = py_ + d * KP;
+    a.y_st = batch_first ? D * KP : B * D * KP;
+    a.y_sb = batch_first ? T_ * D * KP : D * KP;
+    a.h_n = phn + d * B * KP;
     a.c_n = pcn + d * B * H;
     a.gates = pg ? pg + d * T_ * B * 4 * H : nullptr;
     a.cell = pc ? pc + d * T_ * B * H : nullptr;
     a.reverse = d == 1;
     a.lengths = plen;
     a.step_offset = step_offset;
-    a.zoneout_h = pzh ? pzh + d * T_ * B * H : nullptr;
+    a.zoneout_h = pzh ? pzh + d * T_ * B * KP : nullptr;
     a.zoneout_c = pzc ? pzc + d * T_ * B * H : nullptr;
     a.zoneout_h_p = static_cast<T>(reg.zoneout_h_p);
     a.zoneout_c_p = static_cast<T>(reg.zoneout_c_p);
-    a.rec_mask = prm ? prm + d * B * H : nullptr;
+    a.rec_mask = prm ? prm + d * B * KP : nullptr;
   }
   py::gil_scoped_release nogil;
   lstm_forward<T>(args, static_cast<int>(D), num_threads);
@@ -319,20 +331,21 @@ PYBIND11_MODULE(_C, m) {
         [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
            py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int num_threads,
            py::object lengths, int64_t step_offset, py::object zoneout_h, py::object zoneout_c, double zoneout_h_p,
-           double zoneout_c_p, py::object rec_mask) {
+           double zoneout_c_p, py::object rec_mask, py::object w_hr, py::object h_raw) {
           const Regularisation reg{zoneout_h, zoneout_c, rec_mask, zoneout_h_p, zoneout_c_p};
+          const Projection proj{w_hr, h_raw};
           if (is_f64(w_hh))
             forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
-                                 reg, num_threads);
+                                 reg, proj, num_threads);
           else
             forward_impl<float>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
-                                reg, num_threads);
+                                reg, proj, num_threads);
         },
         py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"),
         py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"), py::arg("num_threads") = 0,
         py::arg("lengths") = py::none(), py::arg("step_offset") = 0, py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("zoneout_h_p") = 0.0, py::arg("zoneout_c_p") = 0.0,
-        py::arg("rec_mask") = py::none());
+        py::arg("rec_mask") = py::none(), py::arg("w_hr") = py::none(), py::arg("h_raw") = py::none());
   m.def("lstm_backward",
         [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
            py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, py::object dbias,

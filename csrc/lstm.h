@@ -50,7 +50,12 @@ struct LstmForwardArgs {
   Real* cell = nullptr;             // cell:  [T, B, H] contiguous, c[t] (the state, after zoneout)
   bool reverse = false;          // process t = T-1 .. 0 (the reverse direction of a bidirectional layer)
   // regularisation, all off by default (see reference.py for the equations)
-  const Real* zoneout_h = nullptr;  // zoneout_h: [T, B, H] 1 where h[t] keeps h[t-1] (training), or nullptr
+  // projection (LSTMP, PyTorch's proj_size): h[t] = W_hr (o * tanh(c~)) has P values; w_hh is then
+  // [4H, P], h0 / h_n [B, P] and y [T, B, P] (its strides count elements as before)
+  int64_t P = 0;                    // 0: no projection (h has H values)
+  const Real* w_hr = nullptr;       // w_hr:  [P, H]
+  Real* h_raw = nullptr;            // h_raw: [T, B, H] training with P > 0: o * tanh(c~) (for backward)
+  const Real* zoneout_h = nullptr;  // zoneout_h: [T, B, H or P] 1 where h[t] keeps h[t-1] (training), or nullptr
   const Real* zoneout_c = nullptr;  // zoneout_c: [T, B, H] 1 where c[t] keeps c[t-1], or nullptr
   Real zoneout_h_p = 0, zoneout_c_p = 0;  // without the arrays, these weights (eval: the expectation)
   const Real* rec_mask = nullptr;   // rec_mask: [B, H] multiplies h[t-1] where it enters the recurrence

@@ -237,12 +237,15 @@ struct Forward {
   using T = typename V::T;
   using R = typename V::R;
   static constexpr int W = V::W;
+  static constexpr int kGroup = 4;  // projection tiles per micro-kernel call
 
   struct Dir {
     const LstmForwardArgs<T>* a;
-    T* wp;      // packed W_hh: [tiles][H][4][W], tile u holds units [u W, u W + W)
-    T* hbuf;    // [2][B][H] double-buffered h
-    T* zeros;   // [B][H] zeros, the h0 of a direction without one
+    T* wp;      // packed W_hh: [tiles][KP][4][W], tile u holds units [u W, u W + W); KP = P or H
+    T* wr;      // packed W_hr^T (P > 0): per group of up to 4 tiles of outputs at q W, [H][nv][W]
+    T* hbuf;    // [2][B][KP] double-buffered h (times rec_mask: the recurrence's input)
+    T* hr;      // [B][H] o * tanh(c~) of the step (P > 0)
+    T* zeros;   // [B][KP] zeros, the h0 of a direction without one
     SpinBarrier* barrier;
   };
   struct Ctx {
@@ -252,19 +255,21 @@ struct Forward {
   };
 
   static void run(const LstmForwardArgs<T>* dirs, int ndirs, int num_threads) {
-    const int64_t B = dirs[0].B, H = dirs[0].H, tiles = ceil_div(H, W);
-    int n = choose_threads(2.0 * B * 4 * H * H * ndirs, tiles * ndirs, num_threads);
+    const int64_t B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
+    const int64_t ptiles = ceil_div(P, W);
+    int n = choose_threads(2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
     Parallel par(n);
     n = par.size();
     Ctx ctx;
     ctx.ndirs = ndirs;
     ctx.team.groups = (ndirs == 2 && n >= 2) ? 2 : 1;
-    Scratch<T> wp(ndirs * tiles * W * 4 * H), hb(ndirs * 2 * B * H), zeros(B * H);
-    for (int64_t i = 0; i < B * H; ++i) zeros.p[i] = T(0);
+    Scratch<T> wp(ndirs * tiles * W * 4 * KP), wr(ndirs * ptiles * W * H), hb(ndirs * 2 * B * KP),
+        hr(P ? ndirs * B * H : 0), zeros(B * KP);
+    for (int64_t i = 0; i < B * KP; ++i) zeros.p[i] = T(0);
     SpinBarrier b0(ctx.team.groups == 2 ? n / 2 : n), b1(n - n / 2);
     for (int d = 0; d < ndirs; ++d)
-      ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * H, hb.p + d * 2 * B * H, zeros.p,
-                       d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
+      ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * KP, wr.p + d * ptiles * W * H, hb.p + d * 2 * B * KP,
+                       P ? hr.p + d * B * H : nullptr, zeros.p, d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
     par.run(&worker, &ctx);
   }
 
@@ -278,46 +283,59 @@ struct Forward {
 
   static void direction(const Dir& dir, int idx, int size) {
     const LstmForwardArgs<T>& a = *dir.a;
-    const int64_t T_ = a.T, B = a.B, H = a.H, tiles = ceil_div(H, W);
-    int64_t u0, u1;
+    const int64_t T_ = a.T, B = a.B, H = a.H, P = a.P, KP = P ? P : H, tiles = ceil_div(H, W);
+    int64_t u0, u1, q0 = 0, q1 = 0;
     split(tiles, size, idx, u0, u1);
+    if (P) split(ceil_div(P, W), size, idx, q0, q1);
     // pack this thread's slice of W_hh (first touch by the thread that reuses it every step)
     for (int64_t u = u0; u < u1; ++u) {
-      T* dst = dir.wp + u * H * 4 * W;
-      for (int64_t k = 0; k < H; ++k)
+      T* dst = dir.wp + u * KP * 4 * W;
+      for (int64_t k = 0; k < KP; ++k)
         for (int g = 0; g < 4; ++g)
           for (int l = 0; l < W; ++l) {
             int64_t j = u * W + l;
-            dst[(k * 4 + g) * W + l] = j < H ? a.w_hh[(g * H + j) * H + k] : T(0);
+            dst[(k * 4 + g) * W + l] = j < H ? a.w_hh[(g * H + j) * KP + k] : T(0);
           }
     }
-    // c lives in c_n; each thread owns its units' columns. With regularisation h_n holds the running h
-    // (zoneout mixes it in), and the recurrence reads h * rec_mask from hbuf, h0's included
-    const bool regularised = a.zoneout() || a.rec_mask;
-    const int64_t c0j = u0 * W, c1j = imin(u1 * W, H);  // this thread's columns
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = c0j; j < c1j; ++j) {
-        a.c_n[b * H + j] = a.c0 ? a.c0[b * H + j] : T(0);
-        if (regularised) {
-          const T h = a.h0 ? a.h0[b * H + j] : T(0);
-          a.h_n[b * H + j] = h;
-          dir.hbuf[B * H + b * H + j] = a.rec_mask ? h * a.rec_mask[b * H + j] : h;
+    for (int64_t q = q0; q < q1; q += kGroup) {  // and of W_hr^T: outputs [q W, ...) of the projection
+      const int nv = static_cast<int>(imin(kGroup, q1 - q));
+      T* dst = dir.wr + q * H * W;
+      for (int64_t k = 0; k < H; ++k)
+        for (int v = 0; v < nv; ++v)
+          for (int l = 0; l < W; ++l) {
+            int64_t p = (q + v) * W + l;
+            dst[(k * nv + v) * W + l] = p < P ? a.w_hr[p * H + k] : T(0);
+          }
+    }
+    // c lives in c_n (each thread owns its units' columns). With regularisation or a projection, h_n
+    // holds the running h (zoneout mixes it in) and the recurrence reads h * rec_mask from hbuf, h0's
+    // included; h's columns are then the projection's outputs the thread owns
+    const bool regularised = a.zoneout() || a.rec_mask || P;
+    const int64_t c0j = u0 * W, c1j = imin(u1 * W, H);                           // units
+    const int64_t h0j = P ? q0 * W : c0j, h1j = P ? imin(q1 * W, P) : c1j;       // h columns
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = c0j; j < c1j; ++j) a.c_n[b * H + j] = a.c0 ? a.c0[b * H + j] : T(0);
+      if (regularised)
+        for (int64_t j = h0j; j < h1j; ++j) {
+          const T h = a.h0 ? a.h0[b * KP + j] : T(0);
+          a.h_n[b * KP + j] = h;
+          dir.hbuf[B * KP + b * KP + j] = a.rec_mask ? h * a.rec_mask[b * KP + j] : h;
         }
-      }
+    }
     if (regularised) dir.barrier->wait();  // every column of the first step's input is in hbuf[1]
-    const T* h_first = regularised ? dir.hbuf + B * H : (a.h0 ? a.h0 : dir.zeros);
+    const T* h_first = regularised ? dir.hbuf + B * KP : (a.h0 ? a.h0 : dir.zeros);
 
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = a.reverse ? T_ - 1 - s : s;
-      const T* hprev = s == 0 ? h_first : dir.hbuf + ((s - 1) & 1) * B * H;
-      T* hout = dir.hbuf + (s & 1) * B * H;
+      const T* hprev = s == 0 ? h_first : dir.hbuf + ((s - 1) & 1) * B * KP;
+      T* hout = dir.hbuf + (s & 1) * B * KP;
       const bool last = s == T_ - 1;
       const int64_t live = live_rows(a.lengths, B, t);
       for (int64_t b = live; b < B; ++b) {  // absent sequences: state carried, output 0
-        for (int64_t j = c0j; j < c1j; ++j) {
-          hout[b * H + j] = hprev[b * H + j];
+        for (int64_t j = h0j; j < h1j; ++j) {
+          hout[b * KP + j] = hprev[b * KP + j];
           a.y[t * a.y_st + b * a.y_sb + j] = T(0);
-          if (last && !regularised) a.h_n[b * H + j] = hprev[b * H + j];
+          if (last && !regularised) a.h_n[b * KP + j] = hprev[b * KP + j];
         }
       }
       // one row block streams the thread's whole W_hh slice from L2 each step; walking it backwards on
@@ -325,26 +343,62 @@ struct Forward {
       const bool mirror = B <= kMR && ((s + a.step_offset) & 1);
       for (int64_t i = u0; i < u1; ++i) {
         const int64_t u = mirror ? u1 - 1 - (i - u0) : i;
-        const T* wu = dir.wp + u * H * 4 * W;
+        const T* wu = dir.wp + u * KP * 4 * W;
         const int64_t j0 = u * W;
         const int nv = static_cast<int>(imin(W, H - j0));
         for (int64_t b0 = 0; b0 < live; b0 += kMR) {
           with_rows(static_cast<int>(imin(kMR, live - b0)), [&](auto MRc) {
             constexpr int mr = decltype(MRc)::value;
             R acc[mr][4];
-            if (mirror) micro<V, mr, 4, true>(hprev + b0 * H, H, wu, H, acc);
-            else micro<V, mr, 4>(hprev + b0 * H, H, wu, H, acc);
-            for (int r = 0; r < mr; ++r) step_epilogue(a, t, b0 + r, j0, nv, acc[r], hout, last);
+            if (mirror) micro<V, mr, 4, true>(hprev + b0 * KP, KP, wu, KP, acc);
+            else micro<V, mr, 4>(hprev + b0 * KP, KP, wu, KP, acc);
+            for (int r = 0; r < mr; ++r) step_epilogue(a, t, b0 + r, j0, nv, acc[r], hout, last, dir.hr);
           });
         }
+      }
+      if (P) {  // the projection needs every unit of the step
+        dir.barrier->wait();
+        project(a, dir, t, live, q0, q1, hout);
       }
       if (!last) dir.barrier->wait();
     }
   }
 
+  // h = W_hr hr for this thread's outputs, then zoneout / the mask as in step_epilogue
+  static void project(const LstmForwardArgs<T>& a, const Dir& dir, int64_t t, int64_t live, int64_t q0, int64_t q1,
+                      T* hout) {
+    const int64_t H = a.H, P = a.P;
+    const R one = V::set1(T(1));
+    for (int64_t q = q0; q < q1; q += kGroup) {
+      const int nvt = static_cast<int>(imin(kGroup, q1 - q));
+      for (int64_t b0 = 0; b0 < live; b0 += kMR) {
+        with_vecs(nvt, [&](auto NVc) {
+          with_rows(static_cast<int>(imin(kMR, live - b0)), [&](auto MRc) {
+            constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
+            R acc[mr][nv];
+            micro<V, mr, nv>(dir.hr + b0 * H, H, dir.wr + q * H * W, H, acc);
+            for (int r = 0; r < mr; ++r)
+              for (int v = 0; v < nv; ++v) {
+                const int64_t b = b0 + r, p0 = (q + v) * W;
+                const int nl = static_cast<int>(imin(W, P - p0));
+                R h = acc[r][v];
+                if (a.zoneout()) {
+                  R zh = a.zoneout_h ? ld<V>(a.zoneout_h + (t * a.B + b) * P + p0, nl) : V::set1(a.zoneout_h_p);
+                  h = V::fma(zh, ld<V>(a.h_n + b * P + p0, nl), V::mul(V::sub(one, zh), h));
+                }
+                st<V>(hout + b * P + p0, a.rec_mask ? V::mul(h, ld<V>(a.rec_mask + b * P + p0, nl)) : h, nl);
+                st<V>(a.y + t * a.y_st + b * a.y_sb + p0, h, nl);
+                st<V>(a.h_n + b * P + p0, h, nl);
+              }
+          });
+        });
+      }
+    }
+  }
+
   // gates -> activations -> cell update, in registers; writes h (and, training, gates and c)
   static FASTLSTM_INLINE void step_epilogue(const LstmForwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
-                                            int nv, R* acc, T* hout, bool last) {
+                                            int nv, R* acc, T* hout, bool last, T* hr) {
     const int64_t H = a.H;
     const T* gx = a.gx + t * a.gx_st + b * a.gx_sb + j0;
     R pre[4];
@@ -360,6 +414,25 @@ struct Forward {
     R cprev = ld<V>(cp, nv);
     R c = V::fma(fg, cprev, V::mul(ig, gg));
     R h = V::mul(og, Math<V>::tanh(c));
+    if (a.P) {  // the projection (project()) forms h from every unit's o * tanh(c~)
+      st<V>(hr + b * H + j0, h, nv);
+      if (a.h_raw) st<V>(a.h_raw + (t * a.B + b) * H + j0, h, nv);
+      if (a.zoneout()) {
+        const int64_t at = (t * a.B + b) * H + j0;
+        R zc = a.zoneout_c ? ld<V>(a.zoneout_c + at, nv) : V::set1(a.zoneout_c_p);
+        c = V::fma(zc, cprev, V::mul(V::sub(V::set1(T(1)), zc), c));
+      }
+      st<V>(cp, c, nv);
+      if (a.gates) {
+        T* gs = a.gates + (t * a.B + b) * 4 * H + j0;
+        st<V>(gs, ig, nv);
+        st<V>(gs + H, fg, nv);
+        st<V>(gs + 2 * H, gg, nv);
+        st<V>(gs + 3 * H, og, nv);
+        st<V>(a.cell + (t * a.B + b) * H + j0, c, nv);
+      }
+      return;
+    }
     if (a.zoneout()) {  // keep h[t-1] and c[t-1] with weights zh, zc
       const R one = V::set1(T(1));
       const int64_t at = (t * a.B + b) * H + j0;
