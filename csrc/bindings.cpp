@@ -182,7 +182,7 @@ template <typename T>
 void backward_impl(py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy,
                    py::object dh_n, py::object dc_n, py::object dg, py::object dh0, py::object dc0,
                    py::object dbias, bool batch_first, py::object lengths, const Regularisation& reg,
-                   int num_threads) {
+                   const Projection& proj, int num_threads) {
   FASTLSTM_CHECK(py::isinstance<py::array>(gates) && py::reinterpret_borrow<py::array>(gates).ndim() == 4,
                  "gates: expected a [D, T, B, 4H] array");
   auto ga = py::reinterpret_borrow<py::array>(gates);
@@ -191,46 +191,57 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
   auto seq = [&](int64_t cols) {
     return batch_first ? std::vector<int64_t>{B, T_, cols} : std::vector<int64_t>{T_, B, cols};
   };
-  const T* pw = arr<T>(w_hh, "w_hh", {D, 4 * H, H}, false);
+  FASTLSTM_CHECK(py::isinstance<py::array>(w_hh) && py::reinterpret_borrow<py::array>(w_hh).ndim() == 3,
+                 "w_hh: expected a [D, 4H, H] (or [D, 4H, P] with a projection) array");
+  const int64_t KP = py::reinterpret_borrow<py::array>(w_hh).shape(2), P = proj.w_hr.is_none() ? 0 : KP;
+  FASTLSTM_CHECK(P || KP == H, "w_hh: expected [D, 4H, H] without a projection");
+  const T* pw = arr<T>(w_hh, "w_hh", {D, 4 * H, KP}, false);
+  const T* pwr = opt<T>(proj.w_hr, "w_hr", {D, P, H}, false);
+  const T* phr = opt<T>(proj.h_raw, "h_raw", {D, T_, B, H}, false);
+  T* pdp = opt<T>(proj.dh_proj, "dh_proj", {D, T_, B, P}, true);
+  FASTLSTM_CHECK(!P || (phr && pdp), "h_raw and dh_proj: pass both with a projection");
   const T* pg = arr<T>(gates, "gates", {D, T_, B, 4 * H}, false);
   const T* pc = arr<T>(cell, "cell", {D, T_, B, H}, false);
   const T* pc0 = opt<T>(c0, "c0", {D, B, H}, false);
-  const T* pdy = opt<T>(dy, "dy", seq(D * H), false);
-  const T* pdhn = opt<T>(dh_n, "dh_n", {D, B, H}, false);
+  const T* pdy = opt<T>(dy, "dy", seq(D * KP), false);
+  const T* pdhn = opt<T>(dh_n, "dh_n", {D, B, KP}, false);
   const T* pdcn = opt<T>(dc_n, "dc_n", {D, B, H}, false);
   T* pdg = arr<T>(dg, "dg", seq(D * 4 * H), true);
-  T* pdh0 = arr<T>(dh0, "dh0", {D, B, H}, true);
+  T* pdh0 = arr<T>(dh0, "dh0", {D, B, KP}, true);
   T* pdc0 = arr<T>(dc0, "dc0", {D, B, H}, true);
   T* pdb = opt<T>(dbias, "dbias", {D, 4 * H}, true);
   const int64_t* plen = lengths_arg(lengths, B, T_);
-  const T* pzh = opt<T>(reg.zoneout_h, "zoneout_h", {D, T_, B, H}, false);
+  const T* pzh = opt<T>(reg.zoneout_h, "zoneout_h", {D, T_, B, KP}, false);
   const T* pzc = opt<T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
-  const T* prm = opt<T>(reg.rec_mask, "rec_mask", {D, B, H}, false);
+  const T* prm = opt<T>(reg.rec_mask, "rec_mask", {D, B, KP}, false);
   FASTLSTM_CHECK((pzh == nullptr) == (pzc == nullptr), "zoneout_h and zoneout_c: pass both or neither");
   LstmBackwardArgs<T> args[2];
   for (int64_t d = 0; d < D; ++d) {
     LstmBackwardArgs<T>& a = args[d];
-    a.T = T_; a.B = B; a.H = H;
-    a.w_hh = pw + d * 4 * H * H;
+    a.T = T_; a.B = B; a.H = H; a.P = P;
+    a.w_hh = pw + d * 4 * H * KP;
+    a.w_hr = pwr ? pwr + d * P * H : nullptr;
+    a.h_raw = phr ? phr + d * T_ * B * H : nullptr;
+    a.dh_proj = pdp ? pdp + d * T_ * B * P : nullptr;
     a.gates = pg + d * T_ * B * 4 * H;
     a.cell = pc + d * T_ * B * H;
     a.c0 = pc0 ? pc0 + d * B * H : nullptr;
-    a.dy = pdy ? pdy + d * H : nullptr;
-    a.dy_st = batch_first ? D * H : B * D * H;
-    a.dy_sb = batch_first ? T_ * D * H : D * H;
-    a.dh_n = pdhn ? pdhn + d * B * H : nullptr;
+    a.dy = pdy ? pdy + d * KP : nullptr;
+    a.dy_st = batch_first ? D * KP : B * D * KP;
+    a.dy_sb = batch_first ? T_ * D * KP : D * KP;
+    a.dh_n = pdhn ? pdhn + d * B * KP : nullptr;
     a.dc_n = pdcn ? pdcn + d * B * H : nullptr;
     a.dg = pdg + d * 4 * H;
     a.dg_st = batch_first ? D * 4 * H : B * D * 4 * H;
     a.dg_sb = batch_first ? T_ * D * 4 * H : D * 4 * H;
-    a.dh0 = pdh0 + d * B * H;
+    a.dh0 = pdh0 + d * B * KP;
     a.dc0 = pdc0 + d * B * H;
     a.dbias = pdb ? pdb + d * 4 * H : nullptr;
     a.reverse = d == 1;
     a.lengths = plen;
-    a.zoneout_h = pzh ? pzh + d * T_ * B * H : nullptr;
+    a.zoneout_h = pzh ? pzh + d * T_ * B * KP : nullptr;
     a.zoneout_c = pzc ? pzc + d * T_ * B * H : nullptr;
-    a.rec_mask = prm ? prm + d * B * H : nullptr;
+    a.rec_mask = prm ? prm + d * B * KP : nullptr;
   }
   py::gil_scoped_release nogil;
   lstm_backward<T>(args, static_cast<int>(D), num_threads);
@@ -349,19 +360,22 @@ PYBIND11_MODULE(_C, m) {
   m.def("lstm_backward",
         [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
            py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, py::object dbias,
-           py::object lengths, int num_threads, py::object zoneout_h, py::object zoneout_c, py::object rec_mask) {
+           py::object lengths, int num_threads, py::object zoneout_h, py::object zoneout_c, py::object rec_mask,
+           py::object w_hr, py::object h_raw, py::object dh_proj) {
           const Regularisation reg{zoneout_h, zoneout_c, rec_mask};
+          const Projection proj{w_hr, h_raw, dh_proj};
           if (is_f64(w_hh))
             backward_impl<double>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, lengths,
-                                  reg, num_threads);
+                                  reg, proj, num_threads);
           else
             backward_impl<float>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, lengths,
-                                 reg, num_threads);
+                                 reg, proj, num_threads);
         },
         py::arg("w_hh"), py::arg("gates"), py::arg("cell"), py::arg("c0"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dg"), py::arg("dh0"), py::arg("dc0"), py::arg("batch_first"),
         py::arg("dbias") = py::none(), py::arg("lengths") = py::none(), py::arg("num_threads") = 0,
-        py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(), py::arg("rec_mask") = py::none());
+        py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(), py::arg("rec_mask") = py::none(),
+        py::arg("w_hr") = py::none(), py::arg("h_raw") = py::none(), py::arg("dh_proj") = py::none());
   m.def("gemm",
         [](py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias, bool accumulate,
            int num_threads, py::object m_rows, py::object k_rows) {

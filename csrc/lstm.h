@@ -92,6 +92,12 @@ struct LstmBackwardArgs {
                                     //        gradient, summed in double), or nullptr to skip it
   bool reverse = false;
   const int64_t* lengths = nullptr; // lengths: as the forward's (dG is 0 where a sequence does not exist)
+  int64_t P = 0;                    // projection size, as the forward's (0: none); w_hh is then [4H, P],
+                                    // dy [T, B, P], dh_n / dh0 [B, P]
+  const Real* w_hr = nullptr;       // w_hr:    [P, H]
+  const Real* h_raw = nullptr;      // h_raw:   [T, B, H] the forward's o * tanh(c~)
+  Real* dh_proj = nullptr;          // dh_proj: [T, B, P] out: dL/d(W_hr h_raw) per step (0 where a sequence
+                                    //          does not exist), for dW_hr = sum dh_proj^T h_raw
   const Real* zoneout_h = nullptr;  // zoneout_h, zoneout_c, rec_mask: the forward's masks (training)
   const Real* zoneout_c = nullptr;
   const Real* rec_mask = nullptr;

@@ -473,9 +473,11 @@ struct Backward {
 
   struct Dir {
     const LstmBackwardArgs<T>* a;
-    T* wp;        // packed W_hh columns: per group of up to 4 tiles, [4H][nv][W]
+    T* wp;        // packed W_hh columns: per group of up to 4 tiles of h's columns, [4H][nv][W]
+    T* wr;        // packed W_hr columns (P > 0): per group of up to 4 tiles of units, [P][nv][W]
     double* dbs;  // [4H] running bias-gradient sums (each thread owns its units' columns)
-    T* carry;     // [B, H] zoneout's direct path zh * dh[t] into the step before (own columns)
+    T* carry;     // [B, KP] zoneout's direct path zh * dh[t] into the step before (own columns)
+    T* dhp;       // [B, P] the step's gradient at W_hr h_raw (P > 0)
     SpinBarrier* barrier;
   };
   struct Ctx {
@@ -485,20 +487,23 @@ struct Backward {
   };
 
   static void run(const LstmBackwardArgs<T>* dirs, int ndirs, int num_threads) {
-    const int64_t B = dirs[0].B, H = dirs[0].H, tiles = ceil_div(H, W);
-    int n = choose_threads(2.0 * B * 4 * H * H * ndirs, tiles * ndirs, num_threads);
+    const int64_t B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
+    const int64_t htiles = ceil_div(KP, W);
+    int n = choose_threads(2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
     Parallel par(n);
     n = par.size();
     Ctx ctx;
     ctx.ndirs = ndirs;
     ctx.team.groups = (ndirs == 2 && n >= 2) ? 2 : 1;
-    Scratch<T> wp(ndirs * tiles * W * 4 * H);
+    const bool zo = dirs[0].zoneout();
+    Scratch<T> wp(ndirs * htiles * W * 4 * H), wr(P ? ndirs * tiles * W * P : 0), carry(zo ? ndirs * B * KP : 0),
+        dhp(P ? ndirs * B * P : 0);
     Scratch<double> dbs(ndirs * 4 * H);
-    Scratch<T> carry(dirs[0].zoneout() ? ndirs * B * H : 0);
     SpinBarrier b0(ctx.team.groups == 2 ? n / 2 : n), b1(n - n / 2);
     for (int d = 0; d < ndirs; ++d)
-      ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * H, dbs.p + d * 4 * H,
-                       dirs[0].zoneout() ? carry.p + d * B * H : nullptr, d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
+      ctx.dir[d] = Dir{&dirs[d], wp.p + d * htiles * W * 4 * H, P ? wr.p + d * tiles * W * P : nullptr,
+                       dbs.p + d * 4 * H, zo ? carry.p + d * B * KP : nullptr, P ? dhp.p + d * B * P : nullptr,
+                       d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
     par.run(&worker, &ctx);
   }
 
@@ -510,47 +515,58 @@ struct Backward {
       if (ctx.team.groups == 1 || d == group) direction(ctx.dir[d], idx, size);
   }
 
-  static void direction(const Dir& dir, int idx, int size) {
-    const LstmBackwardArgs<T>& a = *dir.a;
-    const int64_t T_ = a.T, B = a.B, H = a.H, K = 4 * H, tiles = ceil_div(H, W);
-    int64_t u0, u1;
-    split(tiles, size, idx, u0, u1);
-    // pack: group starting at tile u (nv tiles) lives at wp + u * K * W, as [K][nv][W]
-    for (int64_t u = u0; u < u1; u += kGroup) {
-      const int nv = static_cast<int>(imin(kGroup, u1 - u));
-      T* dst = dir.wp + u * K * W;
-      for (int64_t k = 0; k < K; ++k)
+  // [k][nv][W] panels of the columns [c W, ...) of a [rows, cols] matrix, per group of up to 4 tiles
+  static void pack_columns(const T* m, int64_t rows, int64_t cols, int64_t t0, int64_t t1, T* out) {
+    for (int64_t c = t0; c < t1; c += kGroup) {
+      const int nv = static_cast<int>(imin(kGroup, t1 - c));
+      T* dst = out + c * rows * W;
+      for (int64_t k = 0; k < rows; ++k)
         for (int v = 0; v < nv; ++v)
           for (int l = 0; l < W; ++l) {
-            int64_t j = (u + v) * W + l;
-            dst[(k * nv + v) * W + l] = j < H ? a.w_hh[k * H + j] : T(0);
+            const int64_t j = (c + v) * W + l;
+            dst[(k * nv + v) * W + l] = j < cols ? m[k * cols + j] : T(0);
           }
     }
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) {
-        a.dc0[b * H + j] = a.dc_n ? a.dc_n[b * H + j] : T(0);
-        if (dir.carry) dir.carry[b * H + j] = T(0);
-      }
+  }
+
+  static void direction(const Dir& dir, int idx, int size) {
+    const LstmBackwardArgs<T>& a = *dir.a;
+    const int64_t T_ = a.T, B = a.B, H = a.H, P = a.P, KP = P ? P : H, K = 4 * H, tiles = ceil_div(H, W);
+    int64_t u0, u1, q0, q1;  // this thread's tiles of units, and of h's columns (the same without P)
+    split(tiles, size, idx, u0, u1);
+    if (P) split(ceil_div(P, W), size, idx, q0, q1);
+    else q0 = u0, q1 = u1;
+    pack_columns(a.w_hh, K, KP, q0, q1, dir.wp);
+    if (P) pack_columns(a.w_hr, P, H, u0, u1, dir.wr);
+    const int64_t c0j = u0 * W, c1j = imin(u1 * W, H), h0j = q0 * W, h1j = imin(q1 * W, KP);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = c0j; j < c1j; ++j) a.dc0[b * H + j] = a.dc_n ? a.dc_n[b * H + j] : T(0);
+      if (dir.carry)
+        for (int64_t j = h0j; j < h1j; ++j) dir.carry[b * KP + j] = T(0);
+    }
     double* dbs = a.dbias ? dir.dbs : nullptr;
     if (dbs)
       for (int g = 0; g < 4; ++g)
-        for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) dbs[g * H + j] = 0.0;
+        for (int64_t j = c0j; j < c1j; ++j) dbs[g * H + j] = 0.0;
 
     int64_t tprev = -1, live_prev = 0;  // the step processed last (its dG feeds this step's dh), its rows
-    const int64_t c0j = u0 * W, c1j = imin(u1 * W, H);
     for (int64_t s = 0; s <= T_; ++s) {
       const int64_t t = s == T_ ? -1 : (a.reverse ? s : T_ - 1 - s);
       const int64_t live = live_rows(a.lengths, B, t), rows = imax(live, live_prev);
-      // absent sequences: dG = 0 (read by the next step and by the weight-gradient GEMMs)
-      if (t >= 0)
-        for (int64_t b = live; b < B; ++b)
+      if (t >= 0) {  // absent sequences: dG = 0 (read by the next step and the weight-gradient GEMMs)
+        for (int64_t b = live; b < B; ++b) {
           for (int g = 0; g < 4; ++g)
             for (int64_t j = c0j; j < c1j; ++j) a.dg[t * a.dg_st + b * a.dg_sb + g * H + j] = T(0);
-      const int64_t groups = ceil_div(u1 - u0, kGroup);
+          if (a.dh_proj)
+            for (int64_t j = h0j; j < h1j; ++j) a.dh_proj[(t * B + b) * P + j] = T(0);
+        }
+      }
+      // dh over h's columns: dG[tprev] W_hh, then the mask, zoneout's carry, dy and dh_n
+      const int64_t groups = ceil_div(q1 - q0, kGroup);
       const bool mirror = B <= kMR && (s & 1);  // as in Forward: start each step on what L1 still holds
       for (int64_t i = 0; i < groups; ++i) {
-        const int64_t u = u0 + (mirror ? groups - 1 - i : i) * kGroup;
-        const int nvt = static_cast<int>(imin(kGroup, u1 - u));
+        const int64_t q = q0 + (mirror ? groups - 1 - i : i) * kGroup;
+        const int nvt = static_cast<int>(imin(kGroup, q1 - q));
         for (int64_t b0 = 0; b0 < rows; b0 += kMR) {
           const int m = static_cast<int>(imin(kMR, rows - b0));
           with_vecs(nvt, [&](auto NVc) {
@@ -559,8 +575,8 @@ struct Backward {
               R acc[mr][nv];
               if (tprev >= 0 && b0 < live_prev) {  // rows past live_prev read zeroed dG
                 const T* dgp = a.dg + tprev * a.dg_st + b0 * a.dg_sb;
-                if (mirror) micro<V, mr, nv, true>(dgp, a.dg_sb, dir.wp + u * K * W, K, acc);
-                else micro<V, mr, nv>(dgp, a.dg_sb, dir.wp + u * K * W, K, acc);
+                if (mirror) micro<V, mr, nv, true>(dgp, a.dg_sb, dir.wp + q * K * W, K, acc);
+                else micro<V, mr, nv>(dgp, a.dg_sb, dir.wp + q * K * W, K, acc);
               } else {
                 for (int r = 0; r < mr; ++r)
                   for (int v = 0; v < nv; ++v) acc[r][v] = V::zero();
@@ -568,23 +584,54 @@ struct Backward {
               for (int r = 0; r < mr; ++r) {
                 const int64_t b = b0 + r;
                 for (int v = 0; v < nv; ++v) {
-                  const int64_t j0 = (u + v) * W;
-                  const int nl = static_cast<int>(imin(W, H - j0));
+                  const int64_t j0 = (q + v) * W;
+                  const int nl = static_cast<int>(imin(W, KP - j0));
                   R dh = acc[r][v];  // through W_hh; then the recurrence's mask and zoneout's direct path
-                  if (a.rec_mask) dh = V::mul(dh, ld<V>(a.rec_mask + b * H + j0, nl));
-                  if (dir.carry) dh = V::add(dh, ld<V>(dir.carry + b * H + j0, nl));
-                  if (b < live) {
-                    // dh_n enters at the sequence's last step in forward processing order
-                    const int64_t last_fwd = a.reverse ? 0 : (a.lengths ? a.lengths[b] : T_) - 1;
-                    if (a.dh_n && t == last_fwd) dh = V::add(dh, ld<V>(a.dh_n + b * H + j0, nl));
-                    step_epilogue(a, t, b, j0, nl, dh, dbs, dir.carry);
-                  } else {  // b's first forward step was tprev: what flows back from it is dh0
-                    st<V>(a.dh0 + b * H + j0, dh, nl);
+                  if (a.rec_mask) dh = V::mul(dh, ld<V>(a.rec_mask + b * KP + j0, nl));
+                  if (dir.carry) dh = V::add(dh, ld<V>(dir.carry + b * KP + j0, nl));
+                  if (b >= live) {  // b's first forward step was tprev: what flows back from it is dh0
+                    st<V>(a.dh0 + b * KP + j0, dh, nl);
+                    continue;
                   }
+                  // dh_n enters at the sequence's last step in forward processing order
+                  const int64_t last_fwd = a.reverse ? 0 : (a.lengths ? a.lengths[b] : T_) - 1;
+                  if (a.dh_n && t == last_fwd) dh = V::add(dh, ld<V>(a.dh_n + b * KP + j0, nl));
+                  if (!P) {
+                    step_epilogue(a, t, b, j0, nl, dh, dbs, dir.carry, false);
+                    continue;
+                  }
+                  if (a.dy) dh = V::add(dh, ld<V>(a.dy + t * a.dy_st + b * a.dy_sb + j0, nl));
+                  if (a.zoneout_h) {  // h[t] = zh h[t-1] + (1 - zh) W_hr h_raw
+                    R zh = ld<V>(a.zoneout_h + (t * B + b) * P + j0, nl);
+                    st<V>(dir.carry + b * P + j0, V::mul(zh, dh), nl);
+                    dh = V::mul(V::sub(V::set1(T(1)), zh), dh);
+                  }
+                  st<V>(dir.dhp + b * P + j0, dh, nl);
+                  if (a.dh_proj) st<V>(a.dh_proj + (t * B + b) * P + j0, dh, nl);
                 }
               }
             });
           });
+        }
+      }
+      if (P && t >= 0) {  // through the projection: d h_raw = dh W_hr for this thread's units
+        dir.barrier->wait();
+        for (int64_t u = u0; u < u1; u += kGroup) {
+          const int nvt = static_cast<int>(imin(kGroup, u1 - u));
+          for (int64_t b0 = 0; b0 < live; b0 += kMR) {
+            with_vecs(nvt, [&](auto NVc) {
+              with_rows(static_cast<int>(imin(kMR, live - b0)), [&](auto MRc) {
+                constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
+                R acc[mr][nv];
+                micro<V, mr, nv>(dir.dhp + b0 * P, P, dir.wr + u * P * W, P, acc);
+                for (int r = 0; r < mr; ++r)
+                  for (int v = 0; v < nv; ++v) {
+                    const int64_t j0 = (u + v) * W;
+                    step_epilogue(a, t, b0 + r, j0, static_cast<int>(imin(W, H - j0)), acc[r][v], dbs, nullptr, true);
+                  }
+              });
+            });
+          }
         }
       }
       if (t < 0) break;
@@ -594,7 +641,7 @@ struct Backward {
     }
     if (dbs)
       for (int g = 0; g < 4; ++g)
-        for (int64_t j = u0 * W; j < imin(u1 * W, H); ++j) a.dbias[g * H + j] = static_cast<T>(dbs[g * H + j]);
+        for (int64_t j = c0j; j < c1j; ++j) a.dbias[g * H + j] = static_cast<T>(dbs[g * H + j]);
   }
 
   // p[0..n) += v's first n lanes, in double
@@ -609,10 +656,11 @@ struct Backward {
   }
 
   static FASTLSTM_INLINE void step_epilogue(const LstmBackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
-                                            int nl, R dh, double* dbs, T* carry) {
+                                            int nl, R dh, double* dbs, T* carry, bool h_done) {
+    // h_done: dh is already dL/d(o tanh(c~)) (a projection's second phase applied dy and zoneout on h)
     const int64_t H = a.H, B = a.B;
     const R one = V::set1(T(1));
-    if (a.dy) dh = V::add(dh, ld<V>(a.dy + t * a.dy_st + b * a.dy_sb + j0, nl));
+    if (a.dy && !h_done) dh = V::add(dh, ld<V>(a.dy + t * a.dy_st + b * a.dy_sb + j0, nl));
     const T* gs = a.gates + (t * B + b) * 4 * H + j0;
     R ig = ld<V>(gs, nl), fg = ld<V>(gs + H, nl), gg = ld<V>(gs + 2 * H, nl), og = ld<V>(gs + 3 * H, nl);
     const int64_t tp = a.reverse ? t + 1 : t - 1;  // previous step in forward processing order
@@ -625,12 +673,14 @@ struct Backward {
     if (a.zoneout()) {
       // c~ = f c[t-1] + i g (the cell saves the state after zoneout); h[t] = zh h[t-1] + (1-zh) o tanh(c~)
       const int64_t at = (t * B + b) * H + j0;
-      R zh = a.zoneout_h ? ld<V>(a.zoneout_h + at, nl) : V::zero();
       zc = a.zoneout_c ? ld<V>(a.zoneout_c + at, nl) : V::zero();
       c = V::fma(fg, cprev, V::mul(ig, gg));
-      dh_new = V::mul(V::sub(one, zh), dh);
       dc_state = V::mul(V::sub(one, zc), dc_in);
-      st<V>(carry + b * H + j0, V::mul(zh, dh), nl);
+      if (!h_done) {
+        R zh = a.zoneout_h ? ld<V>(a.zoneout_h + at, nl) : V::zero();
+        dh_new = V::mul(V::sub(one, zh), dh);
+        st<V>(carry + b * H + j0, V::mul(zh, dh), nl);
+      }
     } else {
       c = ld<V>(a.cell + (t * B + b) * H + j0, nl);
     }
