@@ -20,7 +20,7 @@ from fastlstm import _C
     (dict(device="tpu"), ValueError, "device"),
     (dict(device="cuda"), RuntimeError, "CUDA"),
     (dict(seed=-3), TypeError, "seed"),
-    (dict(proj_size=2), NotImplementedError, "proj_size"),
+    (dict(proj_size=4), ValueError, r"proj_size: expected 0 \(none\) or less than hidden_size=4"),
 ])
 def test_bad_constructor_arguments(kwargs, exc, match):
     args = dict(input_size=3, hidden_size=4)

@@ -62,6 +62,13 @@ def test_lstm_module_backward_matches_finite_differences(return_sequences, bidir
     check_layer(layer, x, rng)
 
 
+def test_lstm_module_with_projection_backward_matches_finite_differences():
+    rng = np.random.default_rng(12)
+    layer = nn.LSTM(3, 6, bidirectional=True, return_sequences=False, proj_size=2, dtype="float64", seed=1)
+    assert layer(rng.standard_normal((2, 4, 3))).shape == (2, 4)
+    check_layer(layer, rng.standard_normal((2, 4, 3)), rng)
+
+
 def test_lstm_module_last_step_is_the_last_output_of_the_sequence():
     rng = np.random.default_rng(3)
     seq = nn.LSTM(3, 5, seed=0)

@@ -114,9 +114,11 @@ class Parameter:
 class _LayerWeights:
     """One layer's parameters (all directions stacked) and their gradients."""
 
-    def __init__(self, D: int, H: int, I: int, dtype: np.dtype, bias: bool):
+    def __init__(self, D: int, H: int, I: int, dtype: np.dtype, bias: bool, P: int = 0):
         self.w_ih = np.zeros((D * 4 * H, I), dtype)   # weight_ih of direction d: rows [d*4H, (d+1)*4H)
-        self.w_hh = np.zeros((D, 4 * H, H), dtype)
+        self.w_hh = np.zeros((D, 4 * H, P or H), dtype)
+        self.w_hr = np.zeros((D, P, H), dtype) if P else None  # the projection (proj_size)
+        self.g_w_hr = None if self.w_hr is None else np.zeros_like(self.w_hr)
         self.b_ih = np.zeros((D, 4 * H), dtype) if bias else None
         self.b_hh = np.zeros((D, 4 * H), dtype) if bias else None
         self.g_w_ih = np.zeros_like(self.w_ih)
@@ -150,9 +152,9 @@ class LSTM:
         self.dtype = V.float_dtype(dtype)
         if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
             raise TypeError(f"proj_size: expected a non-negative int, got {V.describe(proj_size)}")
-        if proj_size != 0:
-            raise NotImplementedError("proj_size: projections (LSTMP) are not implemented yet; use proj_size=0")
-        self.proj_size = 0
+        if proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size: expected 0 (none) or less than hidden_size={self.hidden_size}, got {proj_size}")
+        self.proj_size = proj_size
         self.device = self._check_device(device)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout > 0 only acts between layers; with num_layers=1 it does nothing", stacklevel=2)
@@ -178,10 +180,11 @@ class LSTM:
         self._ctx = None
         self._workspace = {}  # training-mode scratch reused across calls (eval mode shares nothing)
 
-        D, H = self.num_directions, self.hidden_size
-        nparams = sum(D * 4 * H * (self._layer_input(l) + H + (2 if self.bias else 0)) for l in range(self.num_layers))
+        D, H, P = self.num_directions, self.hidden_size, self.proj_size
+        nparams = sum(D * (4 * H * (self._layer_input(l) + self._hout + (2 if self.bias else 0)) + P * H)
+                      for l in range(self.num_layers))
         V.memory(2 * nparams * self.dtype.itemsize, "LSTM parameters and gradients")
-        self._layers = [_LayerWeights(D, H, self._layer_input(l), self.dtype, self.bias) for l in range(self.num_layers)]
+        self._layers = [_LayerWeights(D, H, self._layer_input(l), self.dtype, self.bias, P) for l in range(self.num_layers)]
         self._params = {}
         for l, w in enumerate(self._layers):
             for d in range(D):
@@ -192,6 +195,8 @@ class LSTM:
                 if self.bias:
                     self._params["bias_ih" + sfx] = Parameter("bias_ih" + sfx, w.b_ih[d], w.g_b_ih[d])
                     self._params["bias_hh" + sfx] = Parameter("bias_hh" + sfx, w.b_hh[d], w.g_b_hh[d])
+                if P:
+                    self._params["weight_hr" + sfx] = Parameter("weight_hr" + sfx, w.w_hr[d], w.g_w_hr[d])
         self.reset_parameters()
 
     # ---- configuration -----------------------------------------------------------------------------
@@ -199,8 +204,13 @@ class LSTM:
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def _hout(self) -> int:
+        """The width of h (and of each direction's y): proj_size with a projection, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
     def _layer_input(self, layer: int) -> int:
-        return self.input_size if layer == 0 else self.num_directions * self.hidden_size
+        return self.input_size if layer == 0 else self.num_directions * self._hout
 
     @staticmethod
     def _check_device(device) -> str:
@@ -281,6 +291,8 @@ class LSTM:
                 w.b_hh[d] = 0
 
     def _check_layer_index(self, layer):
+        if self.proj_size:
+            raise ValueError("proj_size: Keras's LSTM has no projection; Keras weights need proj_size=0")
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
             raise ValueError(f"layer: expected an int in [0, {self.num_layers}), got {layer!r}")
 
@@ -308,7 +320,7 @@ class LSTM:
 
     def zero_grad(self) -> None:
         for w in self._layers:
-            for g in (w.g_w_ih, w.g_w_hh, w.g_b_ih, w.g_b_hh):
+            for g in (w.g_w_ih, w.g_w_hh, w.g_b_ih, w.g_b_hh, w.g_w_hr):
                 if g is not None:
                     g.fill(0)
 
@@ -413,7 +425,8 @@ class LSTM:
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
         live = _live_rows(lengths, T, B, bf)
-        h_n = np.empty((L * D, B, H), dt)
+        Ho = self._hout
+        h_n = np.empty((L * D, B, Ho), dt)
         c_n = np.empty((L * D, B, H), dt)
         inp = np.ascontiguousarray(x)
         saved = []
@@ -421,17 +434,21 @@ class LSTM:
             gx = _gx_buffer((rows, D * 4 * H), dt)
             _C.gemm(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True, m_rows=live)
             bias = (w.b_ih + w.b_hh) if self.bias else None
-            y = np.empty(seq(D * H), dt)
+            y = np.empty(seq(D * Ho), dt)
             keep = self._saved_buffer if training else (lambda key, shape: None)
             gates = keep(("gates", l), (D, T, B, 4 * H))
             cell = keep(("cell", l), (D, T, B, H))
+            if self.proj_size:
+                reg_proj = dict(w_hr=w.w_hr, h_raw=keep(("h_raw", l), (D, T, B, H)))
+            else:
+                reg_proj = {}
             ks = slice(l * D, (l + 1) * D)
             h0l = None if h0 is None else h0[ks]
             c0l = None if c0 is None else c0[ks]
             reg = self._regularisation(training, D, T, B)
             _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
                             gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0,
-                            **reg)
+                            **reg, **reg_proj)
             mask = None
             if training and self.dropout > 0 and l < L - 1:
                 keep = self._rng.random(y.shape, dtype=dt) >= self.dropout
@@ -439,7 +456,8 @@ class LSTM:
             if training:
                 if self._keep_every_forward:  # several forwards wait: the caller may refill its buffers
                     inp, h0l, c0l = (None if a is None else a.copy() for a in (inp, h0l, c0l))
-                saved.append(dict(inp=inp, y=y, gates=gates, cell=cell, h0=h0l, c0=c0l, mask=mask, reg=reg))
+                saved.append(dict(inp=inp, y=y, gates=gates, cell=cell, h0=h0l, c0=c0l, mask=mask, reg=reg,
+                                  h_raw=reg_proj.get("h_raw")))
             inp = y if mask is None else y * mask
         y = inp
         if training:
@@ -459,17 +477,17 @@ class LSTM:
     def _regularisation(self, training, D, T, B) -> dict:
         """Zoneout and recurrent-dropout arguments of one layer's kernel call: fresh seeded masks in
         training; in eval zoneout mixes with its probabilities (the expectation) and dropout is off."""
-        (zh, zc), p, dt, H = self.zoneout, self.recurrent_dropout, self.dtype, self.hidden_size
+        (zh, zc), p, dt, H, Ho = self.zoneout, self.recurrent_dropout, self.dtype, self.hidden_size, self._hout
         reg = {}
         if not training:
             if zh or zc:
                 reg.update(zoneout_h_p=zh, zoneout_c_p=zc)
             return reg
         if zh or zc:
-            reg["zoneout_h"] = (self._rng.random((D, T, B, H)) < zh).astype(dt)
+            reg["zoneout_h"] = (self._rng.random((D, T, B, Ho)) < zh).astype(dt)
             reg["zoneout_c"] = (self._rng.random((D, T, B, H)) < zc).astype(dt)
         if p:
-            reg["rec_mask"] = (self._rng.random((D, B, H)) >= p).astype(dt) * dt.type(1.0 / (1.0 - p))
+            reg["rec_mask"] = (self._rng.random((D, B, Ho)) >= p).astype(dt) * dt.type(1.0 / (1.0 - p))
         return reg
 
     @staticmethod
@@ -502,11 +520,13 @@ class LSTM:
             return None, None
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"{name}: expected a pair (h, c) of arrays or None, got {V.describe(pair)}")
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
-        expected = (LD, H) if unbatched else (LD, B, H)
-        doc = "(num_layers * num_directions, hidden_size)" if unbatched else "(num_layers * num_directions, batch, hidden_size)"
+        LD = self.num_layers * self.num_directions
         out = []
-        for member, part in zip(pair, ("[0]", "[1]")):
+        for member, part, width, wname in zip(pair, ("[0]", "[1]"), (self._hout, self.hidden_size),
+                                              ("proj_size" if self.proj_size else "hidden_size", "hidden_size")):
+            expected = (LD, width) if unbatched else (LD, B, width)
+            doc = (f"(num_layers * num_directions, {wname})" if unbatched
+                   else f"(num_layers * num_directions, batch, {wname})")
             if member is None and allow_none_members:
                 out.append(None)
                 continue
@@ -547,7 +567,8 @@ class LSTM:
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
         rows = T * B
         live = _live_rows(lengths, T, B, bf)
-        dh0 = np.empty((L * D, B, H), dt)
+        Ho = self._hout
+        dh0 = np.empty((L * D, B, Ho), dt)
         dc0 = np.empty((L * D, B, H), dt)
         dout = dy
         for l in reversed(range(L)):
@@ -555,10 +576,20 @@ class LSTM:
             ks = slice(l * D, (l + 1) * D)
             dg = self._scratch("dg", seq(D * 4 * H))
             db = self._scratch(("db", l), (D, 4 * H)) if self.bias else None
+            proj = {}
+            if self.proj_size:
+                dh_proj = self._scratch(("dh_proj", l), (D, T, B, self.proj_size))
+                proj = dict(w_hr=w.w_hr, h_raw=s["h_raw"], dh_proj=dh_proj)
             _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout,
                              None if dh_n is None else dh_n[ks], None if dc_n is None else dc_n[ks],
                              dg, dh0[ks], dc0[ks], bf, db, lengths,
-                             **{k: v for k, v in s["reg"].items() if k in ("zoneout_h", "zoneout_c", "rec_mask")})
+                             **{k: v for k, v in s["reg"].items() if k in ("zoneout_h", "zoneout_c", "rec_mask")},
+                             **proj)
+            if self.proj_size:  # dW_hr += sum over steps of dh_proj^T h_raw (both [T, B, ...] in the kernels' order)
+                live_tm = None if lengths is None else _live_rows(lengths, T, B, False)
+                for d in range(D):
+                    _C.gemm(dh_proj[d].reshape(rows, -1), s["h_raw"][d].reshape(rows, H), w.g_w_hr[d], trans_a=True,
+                            accumulate=True, k_rows=live_tm)
             dg2 = dg.reshape(rows, D * 4 * H)
             _C.gemm(dg2, s["inp"].reshape(rows, -1), w.g_w_ih, trans_a=True, accumulate=True, k_rows=live)
             for d in range(D):
@@ -586,7 +617,8 @@ class LSTM:
         """g_w_hh += sum over steps of dG[t]^T h[t-1] for direction d (h[t-1]: the state before step t
         in processing order, h0 or zeros before the first; times the recurrent-dropout mask if any)."""
         dt, H = self.dtype, self.hidden_size
-        gcols, hcols = slice(d * 4 * H, (d + 1) * 4 * H), slice(d * H, (d + 1) * H)
+        H = self._hout  # h[t-1]'s width
+        gcols, hcols = slice(d * 4 * self.hidden_size, (d + 1) * 4 * self.hidden_size), slice(d * H, (d + 1) * H)
         h0d = None if h0 is None else (h0[d] if mask is None else h0[d] * mask)
         if d == 1 and lengths is not None and h0d is not None:
             # a shorter sequence's reverse direction starts at its own end, from h0 (y there is 0)

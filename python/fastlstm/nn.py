@@ -267,15 +267,15 @@ class LSTM(Module):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
-                 return_sequences=True, stateful=False, dtype="float32", device="cpu", seed=None):
+                 return_sequences=True, stateful=False, proj_size=0, dtype="float32", device="cpu", seed=None):
         self.core = _CoreLSTM(input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
                               dropout=dropout, batch_first=True, dtype=dtype, device=device, seed=seed,
-                              stateful=stateful)
+                              stateful=stateful, proj_size=proj_size)
         self.return_sequences = V.boolean(return_sequences, "return_sequences")
         self._config = dict(input_size=self.core.input_size, hidden_size=self.core.hidden_size,
                             num_layers=self.core.num_layers, bidirectional=self.core.bidirectional,
                             dropout=self.core.dropout, return_sequences=self.return_sequences,
-                            stateful=self.stateful, dtype=self.core.dtype.name)
+                            stateful=self.stateful, proj_size=self.core.proj_size, dtype=self.core.dtype.name)
         self._batch = None
 
     def _own_parameters(self):
@@ -321,7 +321,7 @@ class LSTM(Module):
         if self.return_sequences:
             dx, _ = self.core.backward(dy)
             return dx
-        L, D, H = self.core.num_layers, self.core.num_directions, self.core.hidden_size
+        L, D, H = self.core.num_layers, self.core.num_directions, self.core.proj_size or self.core.hidden_size
         dh_n = _backend.array_module(dy).zeros((L * D, dy.shape[0], H), self.core.dtype)
         for d in range(D):
             dh_n[(L - 1) * D + d] = dy[:, d * H:(d + 1) * H]
@@ -329,7 +329,7 @@ class LSTM(Module):
         return dx
 
     def output_shape(self, input_shape):
-        width = self.core.num_directions * self.core.hidden_size
+        width = self.core.num_directions * (self.core.proj_size or self.core.hidden_size)
         if self.return_sequences:
             return tuple(input_shape[:-1]) + (width,)
         return (input_shape[0], width)
