@@ -404,17 +404,21 @@ FEATURES_QUICK_CONFIG = Config(20, 4, 16, 16)
 def feature_methods(fastlstm, cfg: Config, x, dy, mode: str) -> list:
     """The plain layer and the same layer with each feature, on the same input and weights."""
     training = mode != "forward"
+    P = max(1, cfg.H // 4)
     variants = [("plain", {}), ("zoneout 0.1", dict(zoneout=0.1)), ("recurrent dropout 0.25", dict(recurrent_dropout=0.25)),
-                ("both", dict(zoneout=0.1, recurrent_dropout=0.25))]
+                ("both", dict(zoneout=0.1, recurrent_dropout=0.25)), (f"proj_size {P} (fewer flops)", dict(proj_size=P))]
     methods = []
     for name, kwargs in variants:
+        if kwargs.get("proj_size", 0) >= cfg.H:
+            continue
         lstm = fastlstm.LSTM(cfg.I, cfg.H, seed=SEED, **kwargs)
+        dy_v = np.ascontiguousarray(dy[..., :kwargs.get("proj_size") or cfg.H])
 
-        def run(lstm=lstm):
+        def run(lstm=lstm, dy_v=dy_v):
             if training:
                 lstm.zero_grad()
                 lstm(x)
-                lstm.backward(dy)
+                lstm.backward(dy_v)
             else:
                 lstm(x)
         methods.append(Method(name, run, enter=lambda lstm=lstm: lstm.train(training)))
