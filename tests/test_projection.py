@@ -86,6 +86,15 @@ def test_projection_matches_torch():
         assert_close(p.grad, dict(tl.named_parameters())[name].grad.numpy(), np.float32, name)
 
 
+def test_projection_streams_and_takes_unbatched_input():
+    x = np.random.default_rng(2).standard_normal((12, 2, 3)).astype(np.float32)
+    stream = fastlstm.LSTM(3, 8, proj_size=2, stateful=True, seed=0).eval()
+    whole = fastlstm.LSTM(3, 8, proj_size=2, seed=0).eval()
+    np.testing.assert_array_equal(np.concatenate([stream(x[:5])[0], stream(x[5:])[0]]), whole(x)[0])
+    y, (h, c) = whole(x[:, 0])
+    assert y.shape == (12, 2) and h.shape == (1, 2) and c.shape == (1, 8)
+
+
 def test_projection_argument_errors():
     with pytest.raises(ValueError, match="proj_size: expected 0 .* less than hidden_size=8"):
         fastlstm.LSTM(3, 8, proj_size=8)

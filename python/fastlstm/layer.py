@@ -404,7 +404,7 @@ class LSTM:
         if T == 0 or B == 0:
             raise ValueError(f"x: expected at least one time step and one sequence, got shape {x.shape}")
         if hx is None and self.stateful and self.state is not None:
-            expected = (L * D, H) if unbatched else (L * D, B, H)
+            expected = (L * D, self._hout) if unbatched else (L * D, B, self._hout)
             if self.state[0].shape != expected:
                 raise ValueError(f"x: this stateful layer carries a state of shape {self.state[0].shape} from its "
                                  f"previous call, which does not fit x of shape {x.shape}; call reset_state() first")
