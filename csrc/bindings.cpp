@@ -136,7 +136,7 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
   FASTLSTM_CHECK((pg == nullptr) == (pc == nullptr), "gates and cell: pass both (training) or neither");
   const T* pwr = opt<T>(proj.w_hr, "w_hr", {D, P, H}, false);
   T* phr = opt<T>(proj.h_raw, "h_raw", {D, T_, B, H}, true);
-  FASTLSTM_CHECK(!P || (phr != nullptr) == (pg != nullptr), "h_raw: pass it in training with a projection");
+  FASTLSTM_CHECK(P ? (phr != nullptr) == (pg != nullptr) : !phr, "h_raw: pass it in training with a projection (w_hr) only");
   const int64_t* plen = lengths_arg(lengths, B, T_);
   const T* pzh = opt<T>(reg.zoneout_h, "zoneout_h", {D, T_, B, KP}, false);
   const T* pzc = opt<T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
@@ -199,7 +199,7 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
   const T* pwr = opt<T>(proj.w_hr, "w_hr", {D, P, H}, false);
   const T* phr = opt<T>(proj.h_raw, "h_raw", {D, T_, B, H}, false);
   T* pdp = opt<T>(proj.dh_proj, "dh_proj", {D, T_, B, P}, true);
-  FASTLSTM_CHECK(!P || (phr && pdp), "h_raw and dh_proj: pass both with a projection");
+  FASTLSTM_CHECK(P ? (phr && pdp) : (!phr && !pdp), "h_raw and dh_proj: pass both with a projection (w_hr), neither without");
   const T* pg = arr<T>(gates, "gates", {D, T_, B, 4 * H}, false);
   const T* pc = arr<T>(cell, "cell", {D, T_, B, H}, false);
   const T* pc0 = opt<T>(c0, "c0", {D, B, H}, false);
@@ -248,12 +248,16 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
 }
 
 // c (+)= op(a) op(b) (+ bias); 2-D operands, rows may be strided.
-// an optional int64 [n] array of row indices, each in [0, limit)
+// an optional int64 [n] array of row indices, strictly increasing (no row twice: threads write C rows
+// without synchronising), each in [0, limit)
 const int64_t* index_arg(const py::object& obj, const char* name, int64_t n, int64_t limit) {
   if (obj.is_none()) return nullptr;
   const int64_t* p = arr<int64_t>(obj, name, {n}, false);
-  for (int64_t i = 0; i < n; ++i)
+  for (int64_t i = 0; i < n; ++i) {
     FASTLSTM_CHECK(p[i] >= 0 && p[i] < limit, name << ": index " << p[i] << " at " << i << " is outside [0, " << limit << ")");
+    FASTLSTM_CHECK(i == 0 || p[i] > p[i - 1], name << ": expected strictly increasing indices, got " << p[i - 1]
+                                                   << " then " << p[i]);
+  }
   return p;
 }
 

@@ -125,3 +125,15 @@ def test_compiled_functions_check_their_arrays():
         _C.lstm_forward(np.zeros((2, 1, 16), np.float32), np.zeros((1, 16, 4), np.float32), None, None, None,
                         np.zeros((2, 1, 5), np.float32), np.zeros((1, 1, 4), np.float32),
                         np.zeros((1, 1, 4), np.float32), None, None, False)
+
+
+def test_gemm_row_selections_are_checked():
+    from fastlstm import _C
+
+    a, b, c = np.ones((4, 3)), np.ones((3, 2)), np.zeros((4, 2))
+    with pytest.raises(ValueError, match="m_rows: expected strictly increasing"):
+        _C.gemm(a, b, c, m_rows=np.array([1, 1], np.int64))
+    with pytest.raises(ValueError, match=r"m_rows: index 4 at 0 is outside \[0, 4\)"):
+        _C.gemm(a, b, c, m_rows=np.array([4], np.int64))
+    with pytest.raises(ValueError, match="k_rows: needs trans_a=True"):
+        _C.gemm(a, b, c, k_rows=np.array([0], np.int64))

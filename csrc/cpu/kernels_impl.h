@@ -557,7 +557,7 @@ struct Backward {
         for (int64_t b = live; b < B; ++b) {
           for (int g = 0; g < 4; ++g)
             for (int64_t j = c0j; j < c1j; ++j) a.dg[t * a.dg_st + b * a.dg_sb + g * H + j] = T(0);
-          if (a.dh_proj)
+          if (P && a.dh_proj)
             for (int64_t j = h0j; j < h1j; ++j) a.dh_proj[(t * B + b) * P + j] = T(0);
         }
       }
