@@ -6,15 +6,21 @@ when threads allow) between big GEMMs over all time steps, and implements backwa
 explicit ``backward(dy, (dh_n, dc_n))``. What it is not: an autograd system; the training library
 (layers, losses, optimizers) composes these explicit forward/backward calls.
 
-Data flow of layer l (D = 1 or 2 directions, all directions' weights stacked so each GEMM is one call):
+Data flow of layer l (D = 1 or 2 directions, all directions' weights stacked so each GEMM is one call;
+Ho = proj_size or H is the width of h):
     gx  = x W_ih^T                 [rows, D*4H]   _C.gemm (rows = T*B, any time/batch order)
-    y   = recurrence(gx + b, W_hh) [.., D*H]      _C.lstm_forward, saving gates and c when training
+    y   = recurrence(gx + b, W_hh) [.., D*Ho]     _C.lstm_forward, saving gates and c when training
   backward:
     dG  = recurrence'(dy, W_hh)    [rows, D*4H]   _C.lstm_backward
     db += sum dG                                   (summed by _C.lstm_backward)
     dW_ih += dG^T x;  dW_hh += dG^T h[t-1];  dx = dG W_ih   (_C.gemm; time-major reads h[t-1] from y)
+    dW_hr += dh^T (o tanh c~)                      (with a projection; dh saved by _C.lstm_backward)
+Options handled inside the kernels: lengths (the batch is sorted longest first here and unsorted
+after; GEMMs skip the padding rows), zoneout and recurrent dropout (masks drawn here from the layer's
+seed), projections, stateful streaming (step_offset keeps chunks bit-identical to one call).
 
-Test: tests/test_layer.py (against fastlstm.reference), tests/test_torch_parity.py (against PyTorch).
+Tests: tests/test_layer.py (against fastlstm.reference), tests/test_torch_parity.py (against PyTorch),
+tests/test_lengths.py, test_regularisation.py, test_projection.py, test_cell.py.
 """
 
 from __future__ import annotations
@@ -136,7 +142,12 @@ class LSTM:
 
     Layers start in training mode (as PyTorch modules do): forward saves what backward needs and applies
     inter-layer dropout. Call ``eval()`` for inference: nothing is saved, and the layer may then be
-    called from several threads at once.
+    called from several threads at once (unless stateful).
+
+    Beyond torch.nn.LSTM: ``lstm(x, hx, lengths=...)`` (variable lengths), ``stateful=True`` (feed a
+    long sequence in chunks; ``reset_state()``), ``zoneout`` (a probability, or a pair for h and c) and
+    ``recurrent_dropout`` (training; eval uses zoneout's expectation), ``unit_forget_bias`` and Keras
+    weights (``keras_weights`` / ``load_keras_weights``).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
