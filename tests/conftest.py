@@ -65,20 +65,68 @@ def isa(request):
         yield request.param
 
 
-def random_state_dict(rng, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True, dtype=np.float64):
-    """PyTorch-named parameters with a scale that keeps gates away from saturation."""
-    D, H = (2 if bidirectional else 1), hidden_size
+def random_state_dict(rng, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True, dtype=np.float64,
+                      proj_size=0):
+    """PyTorch-named parameters with a scale that keeps gates away from saturation (weight_hr with proj_size)."""
+    D, H, Ho = (2 if bidirectional else 1), hidden_size, proj_size or hidden_size
     sd = {}
     for layer in range(num_layers):
-        I = input_size if layer == 0 else D * H
+        I = input_size if layer == 0 else D * Ho
         for d in range(D):
             sfx = f"_l{layer}" + ("_reverse" if d else "")
             sd["weight_ih" + sfx] = rng.uniform(-0.5, 0.5, (4 * H, I)).astype(dtype)
-            sd["weight_hh" + sfx] = rng.uniform(-0.5, 0.5, (4 * H, H)).astype(dtype)
+            sd["weight_hh" + sfx] = rng.uniform(-0.5, 0.5, (4 * H, Ho)).astype(dtype)
             if bias:
                 sd["bias_ih" + sfx] = rng.uniform(-0.5, 0.5, 4 * H).astype(dtype)
                 sd["bias_hh" + sfx] = rng.uniform(-0.5, 0.5, 4 * H).astype(dtype)
+            if proj_size:
+                sd["weight_hr" + sfx] = rng.uniform(-0.5, 0.5, (proj_size, H)).astype(dtype)
     return sd
+
+
+def reference_masks(lstm):
+    """(zoneout, rec_masks) of the layer's saved training forward, as fastlstm.reference takes them: one
+    entry per layer and direction, in the kernels' row order (sequences sorted longest first)."""
+    regs, D = [layer["reg"] for layer in lstm._ctx["layers"]], lstm.num_directions
+    zo = None if regs[0].get("zoneout_h") is None else [
+        (r["zoneout_h"][d].astype(np.float64), r["zoneout_c"][d].astype(np.float64)) for r in regs for d in range(D)]
+    rm = None if regs[0].get("rec_mask") is None else [r["rec_mask"][d].astype(np.float64) for r in regs for d in range(D)]
+    return zo, rm
+
+
+def check_layer_against_reference(make_layer, params, x, state, grads, lengths, dtype, what):
+    """Forward and backward of make_layer(batch_first) (params loaded) at 1, 2 and 3 threads (batch-first
+    at 2) against fastlstm.reference with the masks the layer drew; 1 and 3 threads must agree bitwise.
+
+    x: [T, B, I] float64; state = (h0, c0), grads = (dy, dh_n, dc_n) in the reference's layout.
+    Returns the 1-thread results.
+    """
+    (h0, c0), (dy, dh_n, dc_n) = state, grads
+    T = x.shape[0]
+    live = 1 if lengths is None else (np.arange(T)[:, None] < np.asarray(lengths)[None, :])[:, :, None]
+    cast = lambda a: None if a is None else np.ascontiguousarray(a.astype(dtype))
+    results = []
+    for threads, bf in [(1, False), (2, True), (3, False)]:
+        lstm = make_layer(bf)
+        lstm.load_state_dict(params)
+        sw = (lambda a: a.swapaxes(0, 1)) if bf else (lambda a: a)
+        with using_threads(threads):
+            y, (hn, cn) = lstm(cast(sw(x)), (cast(h0), cast(c0)), lengths=lengths)
+            zo, rm = reference_masks(lstm)
+            dx, (dh0, dc0) = lstm.backward(cast(sw(dy)), (cast(dh_n), cast(dc_n)))
+        yr, (hr, cr), cache = fastlstm.reference.lstm_forward(x, params, lstm.num_layers, lstm.bidirectional, h0, c0,
+                                                              None, lengths, zo, rm)
+        dxr, dh0r, dc0r, gr = fastlstm.reference.lstm_backward(dy * live, dh_n, dc_n, cache)
+        got = dict(y=sw(y), hn=hn, cn=cn, dx=sw(dx), dh0=dh0, dc0=dc0,
+                   **{k: p.grad.copy() for k, p in lstm.named_parameters()})
+        ref = dict(y=yr, hn=hr, cn=cr, dx=dxr, dh0=dh0r, dc0=dc0r, **gr)
+        assert set(got) == set(ref)
+        for key in ref:
+            assert_close(got[key], ref[key], dtype, f"{what} {key} threads={threads} batch_first={bf}")
+        results.append(got)
+    for key in results[0]:  # the partition of units over threads must not change a single bit
+        np.testing.assert_array_equal(results[0][key], results[2][key], err_msg=f"{key}: 1 vs 3 threads")
+    return results[0]
 
 
 def numeric_grad(f, arr, indices=None, eps=1e-6):

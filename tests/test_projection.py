@@ -5,23 +5,8 @@ import numpy as np
 import pytest
 
 import fastlstm
-from fastlstm import reference as R
 
-from conftest import assert_close, using_threads
-
-
-def proj_params(rng, I, H, P, L, D):
-    params = {}
-    for layer in range(L):
-        for d in range(D):
-            sfx = f"_l{layer}" + ("_reverse" if d else "")
-            inp = I if layer == 0 else D * P
-            params["weight_ih" + sfx] = rng.uniform(-0.4, 0.4, (4 * H, inp))
-            params["weight_hh" + sfx] = rng.uniform(-0.4, 0.4, (4 * H, P))
-            params["bias_ih" + sfx] = rng.uniform(-0.2, 0.2, 4 * H)
-            params["bias_hh" + sfx] = rng.uniform(-0.2, 0.2, 4 * H)
-            params["weight_hr" + sfx] = rng.uniform(-0.4, 0.4, (P, H))
-    return params
+from conftest import assert_close, check_layer_against_reference, random_state_dict
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -29,37 +14,14 @@ def proj_params(rng, I, H, P, L, D):
                                                      (40, 9, [5, 4, 2], (0.3, 0.2), 0.25)])  # sorted: the masks follow the kernel order
 def test_projection_matches_the_reference(isa, H, P, lengths, zoneout, rec, dtype):
     T, B, I, L, D = 5, 3, 4, 2, 2
-    results = []
-    for threads, bf in [(1, False), (2, True), (3, False)]:
-        rng = np.random.default_rng(H + P)
-        params = proj_params(rng, I, H, P, L, D)
-        x = rng.standard_normal((T, B, I))
-        h0, c0 = rng.standard_normal((L * D, B, P)), rng.standard_normal((L * D, B, H))
-        dy = rng.standard_normal((T, B, D * P))
-        dh_n, dc_n = rng.standard_normal((L * D, B, P)), rng.standard_normal((L * D, B, H))
-        lstm = fastlstm.LSTM(I, H, num_layers=L, bidirectional=True, proj_size=P, batch_first=bf, zoneout=zoneout,
-                             recurrent_dropout=rec, dtype=np.dtype(dtype).name, seed=3)
-        lstm.load_state_dict(params)
-        sw = (lambda a: a.swapaxes(0, 1)) if bf else (lambda a: a)
-        cast = lambda a: np.ascontiguousarray(a.astype(dtype))
-        with using_threads(threads):
-            y, (hn, cn) = lstm(cast(sw(x)), (cast(h0), cast(c0)), lengths=lengths)
-            regs = [layer["reg"] for layer in lstm._ctx["layers"]]
-            dx, (dh0, dc0) = lstm.backward(cast(sw(dy)), (cast(dh_n), cast(dc_n)))
-        zo = None if regs[0].get("zoneout_h") is None else [
-            (r["zoneout_h"][d].astype(np.float64), r["zoneout_c"][d].astype(np.float64)) for r in regs for d in range(D)]
-        rm = None if regs[0].get("rec_mask") is None else [r["rec_mask"][d].astype(np.float64) for r in regs for d in range(D)]
-        yr, (hr, cr), cache = R.lstm_forward(x, params, L, True, h0, c0, None, lengths, zo, rm)
-        live = 1 if lengths is None else (np.arange(T)[:, None] < np.asarray(lengths)[None, :])[:, :, None]
-        dxr, dh0r, dc0r, gr = R.lstm_backward(dy * live, dh_n, dc_n, cache)
-        got = dict(y=sw(y), hn=hn, cn=cn, dx=sw(dx), dh0=dh0, dc0=dc0, **{k: p.grad for k, p in lstm.named_parameters()})
-        ref = dict(y=yr, hn=hr, cn=cr, dx=dxr, dh0=dh0r, dc0=dc0r, **gr)
-        assert set(got) == set(ref)
-        for key in ref:
-            assert_close(got[key], ref[key], dtype, f"{isa} {key} threads={threads} batch_first={bf}")
-        results.append(got)
-    for key in results[0]:
-        np.testing.assert_array_equal(results[0][key], results[2][key], err_msg=f"{key}: 1 vs 3 threads")
+    rng = np.random.default_rng(H + P)
+    params = random_state_dict(rng, I, H, L, True, proj_size=P)
+    x = rng.standard_normal((T, B, I))
+    state = rng.standard_normal((L * D, B, P)), rng.standard_normal((L * D, B, H))
+    grads = rng.standard_normal((T, B, D * P)), rng.standard_normal((L * D, B, P)), rng.standard_normal((L * D, B, H))
+    make = lambda bf: fastlstm.LSTM(I, H, num_layers=L, bidirectional=True, proj_size=P, batch_first=bf, zoneout=zoneout,
+                                    recurrent_dropout=rec, dtype=np.dtype(dtype).name, seed=3)
+    check_layer_against_reference(make, params, x, state, grads, lengths, dtype, isa)
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")

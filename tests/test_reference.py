@@ -12,6 +12,25 @@ from conftest import numeric_grad, random_state_dict
 from fastlstm import reference as R
 
 
+def check_gradients(rng, x, params, num_layers, bidirectional, h0, c0, **options):
+    """The reference's backward of loss = <y, wy> + <h_n, wh> + <c_n, wc> (random weights) against central
+    differences, for x, h0, c0 and every parameter; options go to lstm_forward (masks, lengths, ...)."""
+    y, (hn, cn), cache = R.lstm_forward(x, params, num_layers, bidirectional, h0, c0, **options)
+    wy, wh, wc = (rng.standard_normal(a.shape) for a in (y, hn, cn))
+
+    def loss():
+        y, (hn, cn), _ = R.lstm_forward(x, params, num_layers, bidirectional, h0, c0, **options)
+        return (y * wy).sum() + (hn * wh).sum() + (cn * wc).sum()
+
+    dx, dh0, dc0, grads = R.lstm_backward(wy, wh, wc, cache)
+    for name, analytic, arr in [("x", dx, x), ("h0", dh0, h0), ("c0", dc0, c0)] + [
+            (k, grads[k], params[k]) for k in params]:
+        numeric = numeric_grad(loss, arr)
+        err = np.abs(analytic - numeric).max() / max(1.0, np.abs(numeric).max())
+        assert err < 1e-7, f"d loss / d {name}: finite-difference mismatch {err:.2e}"
+    return y, hn, cn
+
+
 @pytest.mark.parametrize("num_layers,bidirectional,use_masks,lengths", [
     (1, False, False, None), (2, True, False, None), (2, False, True, None),
     (1, True, False, [4, 2, 1]), (2, True, True, [1, 3, 4])])
@@ -24,21 +43,7 @@ def test_reference_backward_matches_finite_differences(num_layers, bidirectional
     h0 = rng.standard_normal((num_layers * D, B, H))
     c0 = rng.standard_normal((num_layers * D, B, H))
     masks = [rng.choice([0.0, 2.0], size=(T, B, D * H)) for _ in range(num_layers - 1)] if use_masks else None
-    wy = rng.standard_normal((T, B, D * H))
-    wh = rng.standard_normal((num_layers * D, B, H))
-    wc = rng.standard_normal((num_layers * D, B, H))
-
-    def loss():
-        y, (hn, cn), _ = R.lstm_forward(x, params, num_layers, bidirectional, h0, c0, masks, lengths)
-        return (y * wy).sum() + (hn * wh).sum() + (cn * wc).sum()
-
-    _, _, cache = R.lstm_forward(x, params, num_layers, bidirectional, h0, c0, masks, lengths)
-    dx, dh0, dc0, grads = R.lstm_backward(wy, wh, wc, cache)
-    for name, analytic, arr in [("x", dx, x), ("h0", dh0, h0), ("c0", dc0, c0)] + [
-            (k, grads[k], params[k]) for k in params]:
-        numeric = numeric_grad(loss, arr)
-        err = np.abs(analytic - numeric).max() / max(1.0, np.abs(numeric).max())
-        assert err < 1e-7, f"d loss / d {name}: finite-difference mismatch {err:.2e}"
+    check_gradients(rng, x, params, num_layers, bidirectional, h0, c0, dropout_masks=masks, lengths=lengths)
 
 
 def test_reference_reverse_direction_is_time_reversal():
@@ -66,59 +71,19 @@ def test_reference_zoneout_and_recurrent_dropout_gradients(expectation):
         zo = [(a.astype(float), b.astype(float)) for a, b in zo]
         rm = [(rng.random((B, H)) >= 0.25) / 0.75 for _ in range(L * D)]
     lengths = [4, 2]
-    wy = rng.standard_normal((T, B, D * H))
-    wh, wc = rng.standard_normal((L * D, B, H)), rng.standard_normal((L * D, B, H))
     h0, c0 = rng.standard_normal((L * D, B, H)), rng.standard_normal((L * D, B, H))
-
-    def loss():
-        y, (hn, cn), _ = R.lstm_forward(x, params, L, True, h0, c0, None, lengths, zo, rm)
-        return (y * wy).sum() + (hn * wh).sum() + (cn * wc).sum()
-
-    _, _, cache = R.lstm_forward(x, params, L, True, h0, c0, None, lengths, zo, rm)
-    dx, dh0, dc0, grads = R.lstm_backward(wy, wh, wc, cache)
-    for name, analytic, arr in [("x", dx, x), ("h0", dh0, h0), ("c0", dc0, c0)] + [
-            (k, grads[k], params[k]) for k in params]:
-        numeric = numeric_grad(loss, arr)
-        err = np.abs(analytic - numeric).max() / max(1.0, np.abs(numeric).max())
-        assert err < 1e-7, f"d loss / d {name}: finite-difference mismatch {err:.2e}"
-
-
-def proj_params(rng, I, H, P, L, D):
-    params = {}
-    for layer in range(L):
-        for d in range(D):
-            sfx = f"_l{layer}" + ("_reverse" if d else "")
-            inp = I if layer == 0 else D * P
-            params["weight_ih" + sfx] = rng.standard_normal((4 * H, inp)) * 0.4
-            params["weight_hh" + sfx] = rng.standard_normal((4 * H, P)) * 0.4
-            params["bias_ih" + sfx] = rng.standard_normal(4 * H) * 0.1
-            params["bias_hh" + sfx] = rng.standard_normal(4 * H) * 0.1
-            params["weight_hr" + sfx] = rng.standard_normal((P, H)) * 0.4
-    return params
+    check_gradients(rng, x, params, L, True, h0, c0, lengths=lengths, zoneout=zo, rec_masks=rm)
 
 
 def test_reference_projection_gradients():
     rng = np.random.default_rng(8)
     T, B, I, H, P, L, D = 4, 2, 3, 5, 3, 2, 2
-    params = proj_params(rng, I, H, P, L, D)
+    params = random_state_dict(rng, I, H, L, True, proj_size=P)
     x = rng.standard_normal((T, B, I))
     h0, c0 = rng.standard_normal((L * D, B, P)), rng.standard_normal((L * D, B, H))
-    wy, wh, wc = rng.standard_normal((T, B, D * P)), rng.standard_normal((L * D, B, P)), rng.standard_normal((L * D, B, H))
     zo = [((rng.random((T, B, P)) < 0.3).astype(float), (rng.random((T, B, H)) < 0.3).astype(float)) for _ in range(L * D)]
-    lengths = [4, 3]
-
-    def loss():
-        y, (hn, cn), _ = R.lstm_forward(x, params, L, True, h0, c0, None, lengths, zo)
-        return (y * wy).sum() + (hn * wh).sum() + (cn * wc).sum()
-
-    y, (hn, cn), cache = R.lstm_forward(x, params, L, True, h0, c0, None, lengths, zo)
+    y, hn, cn = check_gradients(rng, x, params, L, True, h0, c0, lengths=[4, 3], zoneout=zo)
     assert y.shape == (T, B, D * P) and hn.shape == (L * D, B, P) and cn.shape == (L * D, B, H)
-    dx, dh0, dc0, grads = R.lstm_backward(wy, wh, wc, cache)
-    for name, analytic, arr in [("x", dx, x), ("h0", dh0, h0), ("c0", dc0, c0)] + [
-            (k, grads[k], params[k]) for k in params]:
-        numeric = numeric_grad(loss, arr)
-        err = np.abs(analytic - numeric).max() / max(1.0, np.abs(numeric).max())
-        assert err < 1e-7, f"d loss / d {name}: finite-difference mismatch {err:.2e}"
 
 
 def test_reference_projection_matches_torch():

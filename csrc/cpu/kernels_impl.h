@@ -217,6 +217,30 @@ FASTLSTM_INLINE int64_t live_rows(const int64_t* lengths, int64_t B, int64_t t) 
   return n;
 }
 
+// A[rows, K] times packed column panels: tiles [t0, t1) of W columns, in groups of up to 4 tiles stored at
+// panels + tile * K * W as [K][nv][W] (the layout Backward::pack_columns and Forward's W_hr packing write).
+// f(b, tile, acc) receives each row's result for each tile.
+constexpr int kPanelGroup = 4;  // tiles per micro-kernel call (its NV) in column-panel products
+
+template <class V, class F>
+FASTLSTM_INLINE void panel_products(const typename V::T* a, int64_t lda, const typename V::T* panels, int64_t K,
+                                    int64_t t0, int64_t t1, int64_t rows, F&& f) {
+  for (int64_t q = t0; q < t1; q += kPanelGroup) {
+    const int nvt = static_cast<int>(imin(kPanelGroup, t1 - q));
+    for (int64_t b0 = 0; b0 < rows; b0 += kMR) {
+      with_vecs(nvt, [&](auto NVc) {
+        with_rows(static_cast<int>(imin(kMR, rows - b0)), [&](auto MRc) {
+          constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
+          typename V::R acc[mr][nv];
+          micro<V, mr, nv>(a + b0 * lda, lda, panels + q * K * V::W, K, acc);
+          for (int r = 0; r < mr; ++r)
+            for (int v = 0; v < nv; ++v) f(b0 + r, q + v, acc[r][v]);
+        });
+      });
+    }
+  }
+}
+
 // Directions of one layer over a thread team: with two directions and two or more threads, each
 // direction gets half of the team (its own barrier); otherwise the whole team runs them in turn.
 struct TeamLayout {
@@ -237,7 +261,7 @@ struct Forward {
   using T = typename V::T;
   using R = typename V::R;
   static constexpr int W = V::W;
-  static constexpr int kGroup = 4;  // projection tiles per micro-kernel call
+  static constexpr int kGroup = kPanelGroup;  // projection tiles per micro-kernel call
 
   struct Dir {
     const LstmForwardArgs<T>* a;
@@ -369,31 +393,17 @@ struct Forward {
                       T* hout) {
     const int64_t H = a.H, P = a.P;
     const R one = V::set1(T(1));
-    for (int64_t q = q0; q < q1; q += kGroup) {
-      const int nvt = static_cast<int>(imin(kGroup, q1 - q));
-      for (int64_t b0 = 0; b0 < live; b0 += kMR) {
-        with_vecs(nvt, [&](auto NVc) {
-          with_rows(static_cast<int>(imin(kMR, live - b0)), [&](auto MRc) {
-            constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
-            R acc[mr][nv];
-            micro<V, mr, nv>(dir.hr + b0 * H, H, dir.wr + q * H * W, H, acc);
-            for (int r = 0; r < mr; ++r)
-              for (int v = 0; v < nv; ++v) {
-                const int64_t b = b0 + r, p0 = (q + v) * W;
-                const int nl = static_cast<int>(imin(W, P - p0));
-                R h = acc[r][v];
-                if (a.zoneout()) {
-                  R zh = a.zoneout_h ? ld<V>(a.zoneout_h + (t * a.B + b) * P + p0, nl) : V::set1(a.zoneout_h_p);
-                  h = V::fma(zh, ld<V>(a.h_n + b * P + p0, nl), V::mul(V::sub(one, zh), h));
-                }
-                st<V>(hout + b * P + p0, a.rec_mask ? V::mul(h, ld<V>(a.rec_mask + b * P + p0, nl)) : h, nl);
-                st<V>(a.y + t * a.y_st + b * a.y_sb + p0, h, nl);
-                st<V>(a.h_n + b * P + p0, h, nl);
-              }
-          });
-        });
+    panel_products<V>(dir.hr, H, dir.wr, H, q0, q1, live, [&](int64_t b, int64_t q, R h) {
+      const int64_t p0 = q * W;
+      const int nl = static_cast<int>(imin(W, P - p0));
+      if (a.zoneout()) {
+        R zh = a.zoneout_h ? ld<V>(a.zoneout_h + (t * a.B + b) * P + p0, nl) : V::set1(a.zoneout_h_p);
+        h = V::fma(zh, ld<V>(a.h_n + b * P + p0, nl), V::mul(V::sub(one, zh), h));
       }
-    }
+      st<V>(hout + b * P + p0, a.rec_mask ? V::mul(h, ld<V>(a.rec_mask + b * P + p0, nl)) : h, nl);
+      st<V>(a.y + t * a.y_st + b * a.y_sb + p0, h, nl);
+      st<V>(a.h_n + b * P + p0, h, nl);
+    });
   }
 
   // gates -> activations -> cell update, in registers; writes h (and, training, gates and c)
@@ -469,7 +479,7 @@ struct Backward {
   using T = typename V::T;
   using R = typename V::R;
   static constexpr int W = V::W;
-  static constexpr int kGroup = 4;  // tiles per micro-kernel call (NV)
+  static constexpr int kGroup = kPanelGroup;  // tiles per micro-kernel call (NV)
 
   struct Dir {
     const LstmBackwardArgs<T>* a;
@@ -616,23 +626,10 @@ struct Backward {
       }
       if (P && t >= 0) {  // through the projection: d h_raw = dh W_hr for this thread's units
         dir.barrier->wait();
-        for (int64_t u = u0; u < u1; u += kGroup) {
-          const int nvt = static_cast<int>(imin(kGroup, u1 - u));
-          for (int64_t b0 = 0; b0 < live; b0 += kMR) {
-            with_vecs(nvt, [&](auto NVc) {
-              with_rows(static_cast<int>(imin(kMR, live - b0)), [&](auto MRc) {
-                constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
-                R acc[mr][nv];
-                micro<V, mr, nv>(dir.dhp + b0 * P, P, dir.wr + u * P * W, P, acc);
-                for (int r = 0; r < mr; ++r)
-                  for (int v = 0; v < nv; ++v) {
-                    const int64_t j0 = (u + v) * W;
-                    step_epilogue(a, t, b0 + r, j0, static_cast<int>(imin(W, H - j0)), acc[r][v], dbs, nullptr, true);
-                  }
-              });
-            });
-          }
-        }
+        panel_products<V>(dir.dhp, P, dir.wr, P, u0, u1, live, [&](int64_t b, int64_t u, R dh_raw) {
+          const int64_t j0 = u * W;
+          step_epilogue(a, t, b, j0, static_cast<int>(imin(W, H - j0)), dh_raw, dbs, nullptr, true);
+        });
       }
       if (t < 0) break;
       tprev = t;

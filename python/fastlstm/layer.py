@@ -449,26 +449,23 @@ class LSTM:
             keep = self._saved_buffer if training else (lambda key, shape: None)
             gates = keep(("gates", l), (D, T, B, 4 * H))
             cell = keep(("cell", l), (D, T, B, H))
-            if self.proj_size:
-                reg_proj = dict(w_hr=w.w_hr, h_raw=keep(("h_raw", l), (D, T, B, H)))
-            else:
-                reg_proj = {}
+            proj = dict(w_hr=w.w_hr, h_raw=keep(("h_raw", l), (D, T, B, H))) if self.proj_size else {}
             ks = slice(l * D, (l + 1) * D)
             h0l = None if h0 is None else h0[ks]
             c0l = None if c0 is None else c0[ks]
             reg = self._regularisation(training, D, T, B)
             _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
                             gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0,
-                            **reg, **reg_proj)
+                            **reg, **proj)
             mask = None
             if training and self.dropout > 0 and l < L - 1:
-                keep = self._rng.random(y.shape, dtype=dt) >= self.dropout
-                mask = keep.astype(dt) * dt.type(1.0 / (1.0 - self.dropout))
+                kept = self._rng.random(y.shape, dtype=dt) >= self.dropout
+                mask = kept.astype(dt) * dt.type(1.0 / (1.0 - self.dropout))
             if training:
                 if self._keep_every_forward:  # several forwards wait: the caller may refill its buffers
                     inp, h0l, c0l = (None if a is None else a.copy() for a in (inp, h0l, c0l))
                 saved.append(dict(inp=inp, y=y, gates=gates, cell=cell, h0=h0l, c0=c0l, mask=mask, reg=reg,
-                                  h_raw=reg_proj.get("h_raw")))
+                                  h_raw=proj.get("h_raw")))
             inp = y if mask is None else y * mask
         y = inp
         if training:

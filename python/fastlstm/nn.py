@@ -276,7 +276,6 @@ class LSTM(Module):
                             num_layers=self.core.num_layers, bidirectional=self.core.bidirectional,
                             dropout=self.core.dropout, return_sequences=self.return_sequences,
                             stateful=self.stateful, proj_size=self.core.proj_size, dtype=self.core.dtype.name)
-        self._batch = None
 
     def _own_parameters(self):
         return self.core.named_parameters()
@@ -311,7 +310,6 @@ class LSTM(Module):
 
     def forward(self, x):
         y, (h_n, c_n) = self.core(x)  # a stateful core starts from the state its last call left
-        self._batch = x.shape[0]
         if self.return_sequences:
             return y
         D = self.core.num_directions
