@@ -424,44 +424,32 @@ struct Forward {
     R cprev = ld<V>(cp, nv);
     R c = V::fma(fg, cprev, V::mul(ig, gg));
     R h = V::mul(og, Math<V>::tanh(c));
-    if (a.P) {  // the projection (project()) forms h from every unit's o * tanh(c~)
-      st<V>(hr + b * H + j0, h, nv);
-      if (a.h_raw) st<V>(a.h_raw + (t * a.B + b) * H + j0, h, nv);
-      if (a.zoneout()) {
-        const int64_t at = (t * a.B + b) * H + j0;
-        R zc = a.zoneout_c ? ld<V>(a.zoneout_c + at, nv) : V::set1(a.zoneout_c_p);
-        c = V::fma(zc, cprev, V::mul(V::sub(V::set1(T(1)), zc), c));
-      }
-      st<V>(cp, c, nv);
-      if (a.gates) {
-        T* gs = a.gates + (t * a.B + b) * 4 * H + j0;
-        st<V>(gs, ig, nv);
-        st<V>(gs + H, fg, nv);
-        st<V>(gs + 2 * H, gg, nv);
-        st<V>(gs + 3 * H, og, nv);
-        st<V>(a.cell + (t * a.B + b) * H + j0, c, nv);
-      }
-      return;
-    }
-    if (a.zoneout()) {  // keep h[t-1] and c[t-1] with weights zh, zc
+    const int64_t at = (t * a.B + b) * H + j0;
+    if (a.zoneout()) {  // keep c[t-1] (and, without a projection, h[t-1]) with weights zc, zh
       const R one = V::set1(T(1));
-      const int64_t at = (t * a.B + b) * H + j0;
-      R zh = a.zoneout_h ? ld<V>(a.zoneout_h + at, nv) : V::set1(a.zoneout_h_p);
       R zc = a.zoneout_c ? ld<V>(a.zoneout_c + at, nv) : V::set1(a.zoneout_c_p);
-      h = V::fma(zh, ld<V>(a.h_n + b * H + j0, nv), V::mul(V::sub(one, zh), h));
       c = V::fma(zc, cprev, V::mul(V::sub(one, zc), c));
+      if (!a.P) {
+        R zh = a.zoneout_h ? ld<V>(a.zoneout_h + at, nv) : V::set1(a.zoneout_h_p);
+        h = V::fma(zh, ld<V>(a.h_n + b * H + j0, nv), V::mul(V::sub(one, zh), h));
+      }
     }
     st<V>(cp, c, nv);
-    st<V>(hout + b * H + j0, a.rec_mask ? V::mul(h, ld<V>(a.rec_mask + b * H + j0, nv)) : h, nv);
-    st<V>(a.y + t * a.y_st + b * a.y_sb + j0, h, nv);
-    if (last || a.zoneout() || a.rec_mask) st<V>(a.h_n + b * H + j0, h, nv);
+    if (a.P) {  // the projection (project()) forms h from every unit's o * tanh(c~)
+      st<V>(hr + b * H + j0, h, nv);
+      if (a.h_raw) st<V>(a.h_raw + at, h, nv);
+    } else {
+      st<V>(hout + b * H + j0, a.rec_mask ? V::mul(h, ld<V>(a.rec_mask + b * H + j0, nv)) : h, nv);
+      st<V>(a.y + t * a.y_st + b * a.y_sb + j0, h, nv);
+      if (last || a.zoneout() || a.rec_mask) st<V>(a.h_n + b * H + j0, h, nv);
+    }
     if (a.gates) {
       T* gs = a.gates + (t * a.B + b) * 4 * H + j0;
       st<V>(gs, ig, nv);
       st<V>(gs + H, fg, nv);
       st<V>(gs + 2 * H, gg, nv);
       st<V>(gs + 3 * H, og, nv);
-      st<V>(a.cell + (t * a.B + b) * H + j0, c, nv);
+      st<V>(a.cell + at, c, nv);
     }
   }
 };
