@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "check.h"
+#include "cuda/lstm_cuda.h"
 #include "lstm.h"
 #include "threading.h"
 
@@ -55,6 +56,87 @@ T* opt(const py::object& obj, const char* name, const std::vector<int64_t>& shap
   return obj.is_none() ? nullptr : arr<T>(obj, name, shape, writable);
 }
 
+// ---- arrays as the kernels see them ---------------------------------------------------------------------
+// HostArrays: NumPy arrays, for the CPU kernels. DeviceArrays: any object with __cuda_array_interface__
+// (CuPy arrays), for the CUDA kernels. Both hand out a typed pointer to a C-contiguous array of exactly
+// the expected shape, or raise ValueError naming the argument.
+struct HostArrays {
+  static constexpr bool device = false;
+  static std::vector<int64_t> shape(const py::object& obj, const char* name) {
+    FASTLSTM_CHECK(py::isinstance<py::array>(obj), name << ": expected a numpy array");
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+  }
+  template <typename T>
+  static T* get(const py::object& obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
+    return arr<T>(obj, name, shape, writable);
+  }
+  static bool is_f64(const py::object& obj) {
+    return py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<double>());
+  }
+};
+
+struct DeviceArrays {
+  static constexpr bool device = true;
+  struct View {
+    std::uintptr_t ptr = 0;
+    bool readonly = false;
+    std::string typestr;
+    std::vector<int64_t> shape, strides;  // strides in bytes; empty: C-contiguous
+  };
+  static View view(const py::object& obj, const char* name) {
+    FASTLSTM_CHECK(py::hasattr(obj, "__cuda_array_interface__"),
+                   name << ": expected a CUDA array (a cupy.ndarray), got " << py::str(py::type::of(obj)).cast<std::string>());
+    py::dict d = obj.attr("__cuda_array_interface__");
+    View v;
+    for (auto n : d["shape"].cast<py::tuple>()) v.shape.push_back(n.cast<int64_t>());
+    v.typestr = d["typestr"].cast<std::string>();
+    auto data = d["data"].cast<py::tuple>();
+    v.ptr = data[0].cast<std::uintptr_t>();
+    v.readonly = data[1].cast<bool>();
+    if (d.contains("strides") && !d["strides"].is_none())
+      for (auto n : d["strides"].cast<py::tuple>()) v.strides.push_back(n.cast<int64_t>());
+    return v;
+  }
+  static std::vector<int64_t> shape(const py::object& obj, const char* name) { return view(obj, name).shape; }
+  template <typename T>
+  static T* get(const py::object& obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
+    const View v = view(obj, name);
+    const char* want = sizeof(T) == 8 ? "<f8" : "<f4";
+    FASTLSTM_CHECK(v.typestr == want, name << ": expected typestr " << want << " (float" << 8 * sizeof(T) << "), got "
+                                           << v.typestr);
+    auto str = [](const std::vector<int64_t>& s) {
+      std::string out = "(";
+      for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+      return out + (s.size() == 1 ? ",)" : ")");
+    };
+    FASTLSTM_CHECK(v.shape == shape, name << ": expected shape " << str(shape) << ", got " << str(v.shape));
+    int64_t expect = sizeof(T);
+    for (size_t i = v.strides.size(); i-- > 0;) {  // C order, ignoring the strides of length-1 axes
+      FASTLSTM_CHECK(v.shape[i] <= 1 || v.strides[i] == expect, name << ": expected a C-contiguous array");
+      expect *= v.shape[i];
+    }
+    FASTLSTM_CHECK(!writable || !v.readonly, name << ": expected a writable array");
+    return reinterpret_cast<T*>(v.ptr);
+  }
+  static bool is_f64(const py::object& obj) {
+    return py::hasattr(obj, "__cuda_array_interface__") && view(obj, "array").typestr == "<f8";
+  }
+};
+
+template <typename A, typename T>
+T* optional(const py::object& obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
+  return obj.is_none() ? nullptr : A::template get<T>(obj, name, shape, writable);
+}
+
+// Where a call runs: CPU threads, or a CUDA device, stream and strategy.
+struct Launch {
+  int num_threads = 0;
+  int device = 0;
+  std::uintptr_t stream = 0;
+  cuda::Strategy strategy = cuda::Strategy::Auto;
+};
+
 // A 2-D array whose rows may be strided (unit stride within a row): pointer and row stride.
 template <typename T>
 T* mat(const py::object& obj, const char* name, int64_t& rows, int64_t& cols, int64_t& ld, bool writable) {
@@ -87,9 +169,7 @@ const int64_t* lengths_arg(const py::object& obj, int64_t B, int64_t T) {
   return p;
 }
 
-bool is_f64(const py::object& obj) {
-  return py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<double>());
-}
+bool is_f64(const py::object& obj) { return HostArrays::is_f64(obj); }
 
 // zoneout masks [D, T, B, H] (training) or weights (eval), recurrent-dropout masks [D, B, H]; see lstm.h
 struct Regularisation {
@@ -104,43 +184,42 @@ struct Projection {
 
 // forward: gx [T, B, D*4H] (time-major) or [B, T, D*4H] (batch_first); w_hh [D, 4H, H]; bias [D, 4H];
 // h0, c0, h_n, c_n [D, B, H]; y like gx with D*H columns; gates [D, T, B, 4H]; cell [D, T, B, H].
-template <typename T>
+template <typename T, typename A = HostArrays>
 void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
                   py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first,
                   py::object lengths, int64_t step_offset, const Regularisation& reg, const Projection& proj,
-                  int num_threads) {
+                  const Launch& launch) {
   FASTLSTM_CHECK(step_offset >= 0, "step_offset: expected >= 0, got " << step_offset);
-  FASTLSTM_CHECK(py::isinstance<py::array>(w_hh) && py::reinterpret_borrow<py::array>(w_hh).ndim() == 3,
-                 "w_hh: expected a [D, 4H, H] (or [D, 4H, P] with a projection) array");
-  auto w = py::reinterpret_borrow<py::array>(w_hh);
-  const int64_t D = w.shape(0), H = w.shape(1) / 4, KP = w.shape(2), P = proj.w_hr.is_none() ? 0 : KP;
+  const auto w = A::shape(w_hh, "w_hh");
+  FASTLSTM_CHECK(w.size() == 3, "w_hh: expected a [D, 4H, H] (or [D, 4H, P] with a projection) array");
+  const int64_t D = w[0], H = w[1] / 4, KP = w[2], P = proj.w_hr.is_none() ? 0 : KP;
   FASTLSTM_CHECK(D == 1 || D == 2, "w_hh: expected 1 or 2 directions, got " << D);
   FASTLSTM_CHECK(P || KP == H, "w_hh: expected [D, 4H, H] without a projection, got [" << D << ", " << 4 * H << ", " << KP << "]");
-  FASTLSTM_CHECK(py::isinstance<py::array>(gx) && py::reinterpret_borrow<py::array>(gx).ndim() == 3,
-                 "gx: expected a 3-D array");
-  auto g = py::reinterpret_borrow<py::array>(gx);
-  const int64_t T_ = batch_first ? g.shape(1) : g.shape(0), B = batch_first ? g.shape(0) : g.shape(1);
+  const auto g = A::shape(gx, "gx");
+  FASTLSTM_CHECK(g.size() == 3, "gx: expected a 3-D array");
+  const int64_t T_ = batch_first ? g[1] : g[0], B = batch_first ? g[0] : g[1];
   auto seq = [&](int64_t cols) {
     return batch_first ? std::vector<int64_t>{B, T_, cols} : std::vector<int64_t>{T_, B, cols};
   };
-  const T* pgx = arr<T>(gx, "gx", seq(D * 4 * H), false);
-  const T* pw = arr<T>(w_hh, "w_hh", {D, 4 * H, KP}, false);
-  const T* pb = opt<T>(bias, "bias", {D, 4 * H}, false);
-  const T* ph0 = opt<T>(h0, "h0", {D, B, KP}, false);
-  const T* pc0 = opt<T>(c0, "c0", {D, B, H}, false);
-  T* py_ = arr<T>(y, "y", seq(D * KP), true);
-  T* phn = arr<T>(h_n, "h_n", {D, B, KP}, true);
-  T* pcn = arr<T>(c_n, "c_n", {D, B, H}, true);
-  T* pg = opt<T>(gates, "gates", {D, T_, B, 4 * H}, true);
-  T* pc = opt<T>(cell, "cell", {D, T_, B, H}, true);
+  const T* pgx = A::template get<T>(gx, "gx", seq(D * 4 * H), false);
+  const T* pw = A::template get<T>(w_hh, "w_hh", {D, 4 * H, KP}, false);
+  const T* pb = optional<A, T>(bias, "bias", {D, 4 * H}, false);
+  const T* ph0 = optional<A, T>(h0, "h0", {D, B, KP}, false);
+  const T* pc0 = optional<A, T>(c0, "c0", {D, B, H}, false);
+  T* py_ = A::template get<T>(y, "y", seq(D * KP), true);
+  T* phn = A::template get<T>(h_n, "h_n", {D, B, KP}, true);
+  T* pcn = A::template get<T>(c_n, "c_n", {D, B, H}, true);
+  T* pg = optional<A, T>(gates, "gates", {D, T_, B, 4 * H}, true);
+  T* pc = optional<A, T>(cell, "cell", {D, T_, B, H}, true);
   FASTLSTM_CHECK((pg == nullptr) == (pc == nullptr), "gates and cell: pass both (training) or neither");
-  const T* pwr = opt<T>(proj.w_hr, "w_hr", {D, P, H}, false);
-  T* phr = opt<T>(proj.h_raw, "h_raw", {D, T_, B, H}, true);
+  const T* pwr = optional<A, T>(proj.w_hr, "w_hr", {D, P, H}, false);
+  T* phr = optional<A, T>(proj.h_raw, "h_raw", {D, T_, B, H}, true);
   FASTLSTM_CHECK(P ? (phr != nullptr) == (pg != nullptr) : !phr, "h_raw: pass it in training with a projection (w_hr) only");
+  FASTLSTM_CHECK(!A::device || lengths.is_none(), "lengths: not supported on the GPU yet");
   const int64_t* plen = lengths_arg(lengths, B, T_);
-  const T* pzh = opt<T>(reg.zoneout_h, "zoneout_h", {D, T_, B, KP}, false);
-  const T* pzc = opt<T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
-  const T* prm = opt<T>(reg.rec_mask, "rec_mask", {D, B, KP}, false);
+  const T* pzh = optional<A, T>(reg.zoneout_h, "zoneout_h", {D, T_, B, KP}, false);
+  const T* pzc = optional<A, T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
+  const T* prm = optional<A, T>(reg.rec_mask, "rec_mask", {D, B, KP}, false);
   FASTLSTM_CHECK(reg.zoneout_h_p >= 0 && reg.zoneout_h_p < 1 && reg.zoneout_c_p >= 0 && reg.zoneout_c_p < 1,
                  "zoneout_h_p, zoneout_c_p: expected values in [0, 1)");
   LstmForwardArgs<T> args[2];
@@ -173,47 +252,53 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
     a.rec_mask = prm ? prm + d * B * KP : nullptr;
   }
   py::gil_scoped_release nogil;
-  lstm_forward<T>(args, static_cast<int>(D), num_threads);
+  if constexpr (A::device) {
+#ifdef FASTLSTM_HAVE_CUDA
+    cuda::lstm_forward<T>(args, static_cast<int>(D), launch.device, launch.stream, launch.strategy);
+#endif
+  } else {
+    lstm_forward<T>(args, static_cast<int>(D), launch.num_threads);
+  }
 }
 
 // backward: w_hh [D, 4H, H]; gates [D, T, B, 4H]; cell [D, T, B, H]; c0, dh_n, dc_n, dh0, dc0 [D, B, H];
 // dy [T, B, D*H] or [B, T, D*H]; dg [T, B, D*4H] or [B, T, D*4H].
-template <typename T>
+template <typename T, typename A = HostArrays>
 void backward_impl(py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy,
                    py::object dh_n, py::object dc_n, py::object dg, py::object dh0, py::object dc0,
                    py::object dbias, bool batch_first, py::object lengths, const Regularisation& reg,
-                   const Projection& proj, int num_threads) {
-  FASTLSTM_CHECK(py::isinstance<py::array>(gates) && py::reinterpret_borrow<py::array>(gates).ndim() == 4,
-                 "gates: expected a [D, T, B, 4H] array");
-  auto ga = py::reinterpret_borrow<py::array>(gates);
-  const int64_t D = ga.shape(0), T_ = ga.shape(1), B = ga.shape(2), H = ga.shape(3) / 4;
+                   const Projection& proj, const Launch& launch) {
+  const auto ga = A::shape(gates, "gates");
+  FASTLSTM_CHECK(ga.size() == 4, "gates: expected a [D, T, B, 4H] array");
+  const int64_t D = ga[0], T_ = ga[1], B = ga[2], H = ga[3] / 4;
   FASTLSTM_CHECK(D == 1 || D == 2, "gates: expected 1 or 2 directions, got " << D);
   auto seq = [&](int64_t cols) {
     return batch_first ? std::vector<int64_t>{B, T_, cols} : std::vector<int64_t>{T_, B, cols};
   };
-  FASTLSTM_CHECK(py::isinstance<py::array>(w_hh) && py::reinterpret_borrow<py::array>(w_hh).ndim() == 3,
-                 "w_hh: expected a [D, 4H, H] (or [D, 4H, P] with a projection) array");
-  const int64_t KP = py::reinterpret_borrow<py::array>(w_hh).shape(2), P = proj.w_hr.is_none() ? 0 : KP;
+  const auto w = A::shape(w_hh, "w_hh");
+  FASTLSTM_CHECK(w.size() == 3, "w_hh: expected a [D, 4H, H] (or [D, 4H, P] with a projection) array");
+  const int64_t KP = w[2], P = proj.w_hr.is_none() ? 0 : KP;
   FASTLSTM_CHECK(P || KP == H, "w_hh: expected [D, 4H, H] without a projection");
-  const T* pw = arr<T>(w_hh, "w_hh", {D, 4 * H, KP}, false);
-  const T* pwr = opt<T>(proj.w_hr, "w_hr", {D, P, H}, false);
-  const T* phr = opt<T>(proj.h_raw, "h_raw", {D, T_, B, H}, false);
-  T* pdp = opt<T>(proj.dh_proj, "dh_proj", {D, T_, B, P}, true);
+  const T* pw = A::template get<T>(w_hh, "w_hh", {D, 4 * H, KP}, false);
+  const T* pwr = optional<A, T>(proj.w_hr, "w_hr", {D, P, H}, false);
+  const T* phr = optional<A, T>(proj.h_raw, "h_raw", {D, T_, B, H}, false);
+  T* pdp = optional<A, T>(proj.dh_proj, "dh_proj", {D, T_, B, P}, true);
   FASTLSTM_CHECK(P ? (phr && pdp) : (!phr && !pdp), "h_raw and dh_proj: pass both with a projection (w_hr), neither without");
-  const T* pg = arr<T>(gates, "gates", {D, T_, B, 4 * H}, false);
-  const T* pc = arr<T>(cell, "cell", {D, T_, B, H}, false);
-  const T* pc0 = opt<T>(c0, "c0", {D, B, H}, false);
-  const T* pdy = opt<T>(dy, "dy", seq(D * KP), false);
-  const T* pdhn = opt<T>(dh_n, "dh_n", {D, B, KP}, false);
-  const T* pdcn = opt<T>(dc_n, "dc_n", {D, B, H}, false);
-  T* pdg = arr<T>(dg, "dg", seq(D * 4 * H), true);
-  T* pdh0 = arr<T>(dh0, "dh0", {D, B, KP}, true);
-  T* pdc0 = arr<T>(dc0, "dc0", {D, B, H}, true);
-  T* pdb = opt<T>(dbias, "dbias", {D, 4 * H}, true);
+  const T* pg = A::template get<T>(gates, "gates", {D, T_, B, 4 * H}, false);
+  const T* pc = A::template get<T>(cell, "cell", {D, T_, B, H}, false);
+  const T* pc0 = optional<A, T>(c0, "c0", {D, B, H}, false);
+  const T* pdy = optional<A, T>(dy, "dy", seq(D * KP), false);
+  const T* pdhn = optional<A, T>(dh_n, "dh_n", {D, B, KP}, false);
+  const T* pdcn = optional<A, T>(dc_n, "dc_n", {D, B, H}, false);
+  T* pdg = A::template get<T>(dg, "dg", seq(D * 4 * H), true);
+  T* pdh0 = A::template get<T>(dh0, "dh0", {D, B, KP}, true);
+  T* pdc0 = A::template get<T>(dc0, "dc0", {D, B, H}, true);
+  T* pdb = optional<A, T>(dbias, "dbias", {D, 4 * H}, true);
+  FASTLSTM_CHECK(!A::device || lengths.is_none(), "lengths: not supported on the GPU yet");
   const int64_t* plen = lengths_arg(lengths, B, T_);
-  const T* pzh = opt<T>(reg.zoneout_h, "zoneout_h", {D, T_, B, KP}, false);
-  const T* pzc = opt<T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
-  const T* prm = opt<T>(reg.rec_mask, "rec_mask", {D, B, KP}, false);
+  const T* pzh = optional<A, T>(reg.zoneout_h, "zoneout_h", {D, T_, B, KP}, false);
+  const T* pzc = optional<A, T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
+  const T* prm = optional<A, T>(reg.rec_mask, "rec_mask", {D, B, KP}, false);
   FASTLSTM_CHECK((pzh == nullptr) == (pzc == nullptr), "zoneout_h and zoneout_c: pass both or neither");
   LstmBackwardArgs<T> args[2];
   for (int64_t d = 0; d < D; ++d) {
@@ -244,7 +329,13 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
     a.rec_mask = prm ? prm + d * B * KP : nullptr;
   }
   py::gil_scoped_release nogil;
-  lstm_backward<T>(args, static_cast<int>(D), num_threads);
+  if constexpr (A::device) {
+#ifdef FASTLSTM_HAVE_CUDA
+    cuda::lstm_backward<T>(args, static_cast<int>(D), launch.device, launch.stream, launch.strategy);
+#endif
+  } else {
+    lstm_backward<T>(args, static_cast<int>(D), launch.num_threads);
+  }
 }
 
 // c (+)= op(a) op(b) (+ bias); 2-D operands, rows may be strided.
@@ -331,9 +422,20 @@ PYBIND11_MODULE(_C, m) {
     d["isa_supported"] = names(isa_supported());
     d["isa_selected"] = std::string(isa_name(isa_selected()));
     d["num_threads"] = max_threads();
+#ifdef FASTLSTM_HAVE_CUDA
+    d["cuda_compiled"] = true;
+    d["cuda_archs"] = cuda::archs_compiled();
+    const int n = cuda::device_count();
+    d["cuda_devices"] = n;
+    std::vector<std::string> gpus;
+    for (int i = 0; i < n; ++i) gpus.push_back(cuda::device_name(i));
+    d["cuda_device_names"] = gpus;
+#else
     d["cuda_compiled"] = false;
     d["cuda_archs"] = std::vector<std::string>{};
     d["cuda_devices"] = 0;
+    d["cuda_device_names"] = std::vector<std::string>{};
+#endif
     d["compiler"] = std::string(__VERSION__);
     return d;
   });
@@ -351,10 +453,10 @@ PYBIND11_MODULE(_C, m) {
           const Projection proj{w_hr, h_raw};
           if (is_f64(w_hh))
             forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
-                                 reg, proj, num_threads);
+                                 reg, proj, Launch{num_threads});
           else
             forward_impl<float>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
-                                reg, proj, num_threads);
+                                reg, proj, Launch{num_threads});
         },
         py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"),
         py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"), py::arg("num_threads") = 0,
@@ -370,10 +472,10 @@ PYBIND11_MODULE(_C, m) {
           const Projection proj{w_hr, h_raw, dh_proj};
           if (is_f64(w_hh))
             backward_impl<double>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, lengths,
-                                  reg, proj, num_threads);
+                                  reg, proj, Launch{num_threads});
           else
             backward_impl<float>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, lengths,
-                                 reg, proj, num_threads);
+                                 reg, proj, Launch{num_threads});
         },
         py::arg("w_hh"), py::arg("gates"), py::arg("cell"), py::arg("c0"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dg"), py::arg("dh0"), py::arg("dc0"), py::arg("batch_first"),
@@ -389,6 +491,47 @@ PYBIND11_MODULE(_C, m) {
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false, py::arg("trans_b") = false,
         py::arg("bias") = py::none(), py::arg("accumulate") = false, py::arg("num_threads") = 0,
         py::arg("m_rows") = py::none(), py::arg("k_rows") = py::none());
+#ifdef FASTLSTM_HAVE_CUDA
+  // The CUDA kernels: the arguments of lstm_forward / lstm_backward (without the CPU-only options) on
+  // CuPy arrays, enqueued on `stream` (an integer cudaStream_t, CuPy's current stream) of `device`.
+  m.def("cuda_lstm_forward",
+        [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
+           py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int device,
+           std::uintptr_t stream, const std::string& strategy) {
+          const Launch launch{0, device, stream, cuda::strategy_from_name(strategy)};
+          if (DeviceArrays::is_f64(w_hh))
+            forward_impl<double, DeviceArrays>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, py::none(),
+                                               0, Regularisation{}, Projection{}, launch);
+          else
+            forward_impl<float, DeviceArrays>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, py::none(),
+                                              0, Regularisation{}, Projection{}, launch);
+        },
+        py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"),
+        py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"), py::arg("device"),
+        py::arg("stream"), py::arg("strategy") = "auto");
+  m.def("cuda_lstm_backward",
+        [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
+           py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, int device,
+           std::uintptr_t stream, const std::string& strategy) {
+          const Launch launch{0, device, stream, cuda::strategy_from_name(strategy)};
+          if (DeviceArrays::is_f64(w_hh))
+            backward_impl<double, DeviceArrays>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, py::none(),
+                                                batch_first, py::none(), Regularisation{}, Projection{}, launch);
+          else
+            backward_impl<float, DeviceArrays>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, py::none(),
+                                               batch_first, py::none(), Regularisation{}, Projection{}, launch);
+        },
+        py::arg("w_hh"), py::arg("gates"), py::arg("cell"), py::arg("c0"), py::arg("dy"), py::arg("dh_n"),
+        py::arg("dc_n"), py::arg("dg"), py::arg("dh0"), py::arg("dc0"), py::arg("batch_first"), py::arg("device"),
+        py::arg("stream"), py::arg("strategy") = "auto");
+  m.def("cuda_strategy",
+        [](int64_t B, int64_t H, int ndirs, bool backward, bool f64, int device) {
+          const cuda::Strategy s = f64 ? cuda::choose_strategy<double>(B, H, ndirs, backward, device)
+                                       : cuda::choose_strategy<float>(B, H, ndirs, backward, device);
+          return std::string(cuda::strategy_name(s));
+        },
+        py::arg("B"), py::arg("H"), py::arg("ndirs"), py::arg("backward"), py::arg("f64"), py::arg("device") = 0);
+#endif
   m.def("sigmoid", [](py::array x) {
     if (x.dtype().is(py::dtype::of<double>())) return activation<double>(x, true);
     return activation<float>(x, true);

@@ -20,7 +20,13 @@ def test_build_info_fields():
     assert info["isa_selected"] in info["isa_supported"]
     assert set(info["isa_supported"]) <= set(info["isa_compiled"])
     assert info["num_threads"] >= 1
-    assert info["cuda_compiled"] is False and info["cuda_devices"] == 0
+    assert isinstance(info["cuda_compiled"], bool)
+    assert isinstance(info["cuda_devices"], int) and info["cuda_devices"] >= 0
+    assert len(info["cuda_device_names"]) == info["cuda_devices"]
+    if info["cuda_compiled"]:  # CMake found nvcc: machine code (sm_NN) and/or PTX (compute_NN) per architecture
+        assert info["cuda_archs"] and all(re.fullmatch(r"(sm|compute)_\d+", a) for a in info["cuda_archs"])
+    else:
+        assert info["cuda_archs"] == [] and info["cuda_devices"] == 0
 
 
 def test_isa_can_be_forced_from_the_environment():

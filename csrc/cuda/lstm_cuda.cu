@@ -1,0 +1,753 @@
+// lstm_cuda.cu: fastlstm's CUDA kernels (the fused recurrent loop, forward and backward) and their host
+// launchers. The big GEMMs over all time steps (input projection, weight gradients, dx) are not here:
+// the layer runs them through CuPy's matmul (cuBLAS).
+//
+// Notation as lstm.h: one direction of one layer, gates i, f, g, o, weights in PyTorch's layout
+// (w_hh [4H, H] row-major). Step s = 0..T-1 is the s-th step in processing order; it is time step
+// t = s, or t = T-1-s for a reverse direction.
+//
+// Forward, each step:  z = gx[t] + bias + h[t-1] W_hh^T   (the step GEMM, 4H columns)
+//                      c[t] = f c[t-1] + i gg,  h[t] = o tanh(c[t])  (the epilogue, in registers)
+// Backward, each step (in reverse processing order), as the CPU kernels (kernels_impl.h):
+//                      dh  = dy[t] + dG[t+1] W_hh      (the step GEMM, K = 4H; dh_n at the first)
+//                      dc  = dc' + dh o (1 - tanh^2 c),  dG = [dc gg i(1-i), dc c[t-1] f(1-f),
+//                                                            dc i (1-gg^2), dh tanh(c) o(1-o)]
+//                      and after the last step dh0 = dG[first] W_hh, dc0 = f[first] dc[first].
+//
+// Two strategies run this loop (choose_strategy picks one per call):
+//
+// persistent (small batches): one cooperative kernel runs every step. Block k owns hidden units
+//   [k*U, (k+1)*U): forward keeps their 4U rows of W_hh (all four gates) in shared memory, backward
+//   the U columns of W_hh (as U rows of length 4H), for all T steps. Per step a block reads the
+//   previous step's h (forward) or dG (backward) of all sequences from global memory (it was written
+//   by every block; L2-resident) into shared memory, BT sequences at a time, and each warp computes a
+//   4 x BT block of dot products: lanes split the K dimension, then a transposing butterfly (31
+//   shuffles for 32 sums) leaves one finished sum per lane group, and the lanes holding a unit's
+//   values run the epilogue. One grid-wide barrier separates steps; no host round trip.
+//
+// streaming (large batches, or weights too big for shared memory): one fused kernel per step, a
+//   shared-memory tiled GEMM whose thread tile holds all four gates of its units (the forward's weight
+//   tile puts a unit's four gates side by side), followed by the same epilogue. The T launches are enqueued back to back on the caller's stream without host
+//   synchronisation, so launch overhead overlaps the previous step's execution.
+//
+// Every CUDA call is checked (FASTLSTM_CUDA_CHECK throws with the failing expression); kernels read
+// their geometry from arguments the host computed and never pick their own grid.
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../check.h"
+#include "lstm_cuda.h"
+
+namespace cg = cooperative_groups;
+
+namespace fastlstm::cuda {
+namespace {
+
+[[noreturn]] void throw_cuda(cudaError_t err, const char* expr, const char* file, int line) {
+  std::ostringstream os;
+  os << "CUDA error " << cudaGetErrorName(err) << " (" << cudaGetErrorString(err) << ") in " << expr << " at "
+     << file << ":" << line;
+  throw std::runtime_error(os.str());
+}
+
+#define FASTLSTM_CUDA_CHECK(expr)                                               \
+  do {                                                                          \
+    const cudaError_t fastlstm_err_ = (expr);                                   \
+    if (fastlstm_err_ != cudaSuccess) throw_cuda(fastlstm_err_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+// ---- device helpers ------------------------------------------------------------------------------------
+template <typename Real> struct Vec;  // the 16-byte vector of Real, for shared-memory loads
+template <> struct Vec<float> { using type = float4; static constexpr int n = 4; };
+template <> struct Vec<double> { using type = double2; static constexpr int n = 2; };
+
+__device__ __forceinline__ float sigmoid_(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ double sigmoid_(double x) { return 1.0 / (1.0 + exp(-x)); }
+__device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
+__device__ __forceinline__ double tanh_(double x) { return tanh(x); }
+
+// A load that bypasses L1: data another block wrote before the last grid barrier (L1 is not coherent
+// across multiprocessors).
+template <typename Real>
+__device__ __forceinline__ Real load_l2(const Real* p) { return __ldcg(p); }
+
+__host__ __device__ constexpr int log2_of(int n) { return n <= 1 ? 0 : 1 + log2_of(n / 2); }
+
+// One stage of the transposing butterfly: lanes whose bit `O` is set keep the upper half of the
+// values and send the lower half to their partner, which does the opposite, so after the stage each
+// lane holds half as many values, each summed over two lanes.
+template <int Half, int O, int N, typename Real>
+__device__ __forceinline__ void transpose_stage(Real (&v)[N], int lane) {
+  if constexpr (Half >= 1) {
+    const bool upper = (lane & O) != 0;
+#pragma unroll
+    for (int i = 0; i < Half; ++i) {
+      const Real send = upper ? v[i] : v[i + Half];
+      const Real keep = upper ? v[i + Half] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+    }
+    transpose_stage<Half / 2, O / 2>(v, lane);
+  }
+}
+
+// Sums each of the N values (N a power of two <= 32) over the warp's 32 lanes with N - 1 + 5 - log2 N
+// shuffles: afterwards every lane returns the total of value (lane >> (5 - log2 N)).
+template <int N, typename Real>
+__device__ __forceinline__ Real warp_transpose_sum(Real (&v)[N], int lane) {
+  static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "N must be a power of two <= 32");
+  transpose_stage<N / 2, 16>(v, lane);
+  Real s = v[0];
+#pragma unroll
+  for (int o = 16 / N; o >= 1; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+
+// acc[r * BT + b] += sum over k of A[r][k] X[b][k], lanes splitting k in 16-byte vectors; A: R rows,
+// X: BT rows, both in shared memory with row stride kp (a multiple of the vector width).
+template <typename Real, int R, int BT>
+__device__ __forceinline__ void warp_dot(const Real* A, const Real* X, int64_t kp, int lane, Real (&acc)[R * BT]) {
+  using V = typename Vec<Real>::type;
+  constexpr int VW = Vec<Real>::n;
+  const int64_t nv = kp / VW;
+  for (int64_t kv = lane; kv < nv; kv += 32) {
+    V w[R], x[BT];
+#pragma unroll
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const V*>(A + r * kp)[kv];
+#pragma unroll
+    for (int b = 0; b < BT; ++b) x[b] = reinterpret_cast<const V*>(X + b * kp)[kv];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const Real* wr = reinterpret_cast<const Real*>(&w[r]);
+#pragma unroll
+      for (int b = 0; b < BT; ++b) {
+        const Real* xb = reinterpret_cast<const Real*>(&x[b]);
+#pragma unroll
+        for (int e = 0; e < VW; ++e) acc[r * BT + b] = fma(wr[e], xb[e], acc[r * BT + b]);
+      }
+    }
+  }
+}
+
+// ---- the epilogues (shared by both strategies) ----------------------------------------------------------
+// Forward cell update of unit j of sequence b at step s (time t), given z's GEMM part for i, f, g, o.
+template <typename Real>
+__device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int64_t s, int64_t t, int64_t b,
+                                             int64_t j, const Real (&rec)[4]) {
+  const int64_t H = a.H;
+  const Real* gxr = a.gx + t * a.gx_st + b * a.gx_sb;
+  Real z[4];
+#pragma unroll
+  for (int g = 0; g < 4; ++g) z[g] = __ldg(gxr + g * H + j) + (a.bias ? __ldg(a.bias + g * H + j) : Real(0)) + rec[g];
+  const Real i = sigmoid_(z[0]), f = sigmoid_(z[1]), gg = tanh_(z[2]), o = sigmoid_(z[3]);
+  const Real c_prev = s == 0 ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.c_n[b * H + j];
+  const Real c = f * c_prev + i * gg;
+  const Real h = o * tanh_(c);
+  a.y[t * a.y_st + b * a.y_sb + j] = h;
+  a.c_n[b * H + j] = c;  // the running cell state: only this thread reads and writes entry (b, j)
+  if (a.gates) {
+    Real* gr = a.gates + (t * a.B + b) * 4 * H;
+    gr[j] = i;
+    gr[H + j] = f;
+    gr[2 * H + j] = gg;
+    gr[3 * H + j] = o;
+    a.cell[(t * a.B + b) * H + j] = c;
+  }
+  if (s == a.T - 1) a.h_n[b * H + j] = h;
+}
+
+// Backward of unit j of sequence b at backward step s (time t), given dG[t+1] W_hh's entry `rec`;
+// dc_carry [B, H] holds dL/dc[t] flowing from later steps (only this thread touches entry (b, j)).
+// At s == T it stores dh0 = rec and dc0 instead.
+template <typename Real>
+__device__ __forceinline__ void backward_cell(const LstmBackwardArgs<Real>& a, Real* dc_carry, int64_t s, int64_t t,
+                                              int64_t b, int64_t j, Real rec) {
+  const int64_t H = a.H, T = a.T;
+  if (s == T) {
+    a.dh0[b * H + j] = rec;
+    a.dc0[b * H + j] = dc_carry[b * H + j];
+    return;
+  }
+  Real dh = rec + (a.dy ? a.dy[t * a.dy_st + b * a.dy_sb + j] : Real(0));
+  Real dc_in;
+  if (s == 0) {
+    dh += a.dh_n ? a.dh_n[b * H + j] : Real(0);
+    dc_in = a.dc_n ? a.dc_n[b * H + j] : Real(0);
+  } else {
+    dc_in = dc_carry[b * H + j];
+  }
+  const Real* gr = a.gates + (t * a.B + b) * 4 * H;
+  const Real i = gr[j], f = gr[H + j], gg = gr[2 * H + j], o = gr[3 * H + j];
+  const Real c = a.cell[(t * a.B + b) * H + j];
+  const bool first = a.reverse ? t == T - 1 : t == 0;  // the first step in processing order
+  const int64_t tp = a.reverse ? t + 1 : t - 1;
+  const Real c_prev = first ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.cell[(tp * a.B + b) * H + j];
+  const Real tc = tanh_(c);
+  const Real dc = fma(dh * o, Real(1) - tc * tc, dc_in);
+  Real* dg = a.dg + t * a.dg_st + b * a.dg_sb;
+  dg[j] = dc * gg * (i * (Real(1) - i));
+  dg[H + j] = dc * c_prev * (f * (Real(1) - f));
+  dg[2 * H + j] = dc * i * (Real(1) - gg * gg);
+  dg[3 * H + j] = dh * tc * (o * (Real(1) - o));
+  dc_carry[b * H + j] = dc * f;
+}
+
+// Steps of a direction: step s of the forward is time forward_time(a, s); backward step s (s = 0..T-1)
+// differentiates time backward_time(a, s), the forward's step T-1-s.
+template <typename Args>
+__device__ __forceinline__ int64_t forward_time(const Args& a, int64_t s) { return a.reverse ? a.T - 1 - s : s; }
+template <typename Args>
+__device__ __forceinline__ int64_t backward_time(const Args& a, int64_t s) { return a.reverse ? s : a.T - 1 - s; }
+
+template <typename Args>
+struct Dirs {
+  Args d[2];
+};
+
+// ---- persistent kernels ----------------------------------------------------------------------------------
+constexpr int kMaxPersistentThreads = 512;
+
+// Forward. Grid (blocks per direction, directions); block k of a direction owns units [k*U, k*U + U).
+// Shared memory: ws [4U][kp] (row 4u+g: gate g of unit u), xs [BT][kp] (h[t-1] of BT sequences).
+template <typename Real, int BT>
+__global__ void __launch_bounds__(kMaxPersistentThreads)
+forward_persistent(const Dirs<LstmForwardArgs<Real>> p, int U, int64_t kp) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Real* ws = reinterpret_cast<Real*>(smem_raw);
+  Real* xs = ws + 4 * U * kp;
+  const LstmForwardArgs<Real>& a = p.d[blockIdx.y];
+  const int64_t H = a.H, B = a.B, T = a.T;
+  const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
+  const int nu = static_cast<int>(min(static_cast<int64_t>(U), H - u0));  // >= 1: the host sizes the grid
+  for (int64_t e = threadIdx.x; e < 4 * U * kp; e += blockDim.x) {
+    const int64_t r = e / kp, k = e % kp, u = r / 4, g = r % 4;
+    ws[e] = (u < nu && k < H) ? a.w_hh[(g * H + u0 + u) * H + k] : Real(0);
+  }
+  cg::grid_group grid = cg::this_grid();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+  constexpr int N = 4 * BT, shift = 5 - log2_of(N);
+  const int vidx = lane >> shift, vb = vidx % BT;  // after the sum: this lane's value is gate vidx / BT of sequence vb
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = forward_time(a, s);
+    const Real* hprev = s == 0 ? a.h0 : a.y + forward_time(a, s - 1) * a.y_st;
+    const int64_t hsb = s == 0 ? H : a.y_sb;
+    for (int64_t b0 = 0; b0 < B; b0 += BT) {
+      __syncthreads();  // the last tile's readers are done with xs (and ws is complete on the first pass)
+      for (int64_t e = threadIdx.x; e < BT * kp; e += blockDim.x) {
+        const int64_t bb = e / kp, k = e % kp;
+        xs[e] = (hprev && b0 + bb < B && k < H) ? load_l2(hprev + (b0 + bb) * hsb + k) : Real(0);
+      }
+      __syncthreads();
+      for (int u = warp; u < nu; u += nwarps) {
+        Real acc[N];
+#pragma unroll
+        for (int v = 0; v < N; ++v) acc[v] = Real(0);
+        warp_dot<Real, 4, BT>(ws + 4 * u * kp, xs, kp, lane, acc);
+        const Real sum = warp_transpose_sum(acc, lane);
+        Real rec[4];
+#pragma unroll
+        for (int g = 0; g < 4; ++g) rec[g] = __shfl_sync(0xffffffffu, sum, (g * BT + vb) << shift);
+        if (vidx < BT && (lane & ((1 << shift) - 1)) == 0 && b0 + vb < B) forward_cell(a, s, t, b0 + vb, u0 + u, rec);
+      }
+    }
+    if (s + 1 < T) grid.sync();  // every block's h[t] is in global memory before anyone reads it
+  }
+}
+
+// Backward. Block k owns units [k*U, k*U + U) (U a multiple of 4); each warp item is 4 units x BT
+// sequences. Shared memory: ws [U][kp] (row u: column u0+u of W_hh, length 4H), xs [BT][kp] (dG of
+// the step differentiated before, BT sequences). Iteration s == T stores dh0 and dc0.
+template <typename Real, int BT>
+__global__ void __launch_bounds__(kMaxPersistentThreads)
+backward_persistent(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int U, int64_t kp) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Real* ws = reinterpret_cast<Real*>(smem_raw);
+  Real* xs = ws + U * kp;
+  const LstmBackwardArgs<Real>& a = p.d[blockIdx.y];
+  const int64_t H = a.H, B = a.B, T = a.T, G = 4 * H;
+  Real* carry = dc_carry + blockIdx.y * B * H;
+  const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
+  const int nu = static_cast<int>(min(static_cast<int64_t>(U), H - u0));
+  for (int64_t e = threadIdx.x; e < U * kp; e += blockDim.x) {
+    const int64_t u = e / kp, r = e % kp;
+    ws[e] = (u < nu && r < G) ? a.w_hh[r * H + u0 + u] : Real(0);
+  }
+  cg::grid_group grid = cg::this_grid();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+  constexpr int N = 4 * BT, shift = 5 - log2_of(N);
+  const int vidx = lane >> shift, vu = vidx / BT, vb = vidx % BT;
+  const int groups = (nu + 3) / 4;
+  for (int64_t s = 0; s <= T; ++s) {
+    const int64_t t = s < T ? backward_time(a, s) : -1;
+    const Real* src = s == 0 ? nullptr : a.dg + backward_time(a, s - 1) * a.dg_st;  // dG of the step after t
+    for (int64_t b0 = 0; b0 < B; b0 += BT) {
+      __syncthreads();
+      if (src) {
+        for (int64_t e = threadIdx.x; e < BT * kp; e += blockDim.x) {
+          const int64_t bb = e / kp, r = e % kp;
+          xs[e] = (b0 + bb < B && r < G) ? load_l2(src + (b0 + bb) * a.dg_sb + r) : Real(0);
+        }
+      }
+      __syncthreads();
+      for (int grp = warp; grp < groups; grp += nwarps) {
+        Real sum = Real(0);
+        if (src) {
+          Real acc[N];
+#pragma unroll
+          for (int v = 0; v < N; ++v) acc[v] = Real(0);
+          warp_dot<Real, 4, BT>(ws + 4 * grp * kp, xs, kp, lane, acc);
+          sum = warp_transpose_sum(acc, lane);
+        }
+        const int u = 4 * grp + vu;
+        if ((lane & ((1 << shift) - 1)) == 0 && u < nu && b0 + vb < B)
+          backward_cell(a, carry, s, t, b0 + vb, u0 + u, sum);
+      }
+    }
+    if (s < T) grid.sync();  // every block's dG[t] is in global memory before anyone reads it
+  }
+}
+
+// ---- streaming kernels -----------------------------------------------------------------------------------
+constexpr int kStreamThreads = 256;
+constexpr int kStreamBK = 16;
+
+// The four gates' weights of a unit for one k, adjacent in a shared-memory row: one 16-byte load for
+// float, two for double.
+template <typename Real>
+__device__ __forceinline__ void load_gates(const Real* p, Real (&w)[4]) {
+  using V = typename Vec<Real>::type;
+  constexpr int VW = Vec<Real>::n;
+#pragma unroll
+  for (int v = 0; v < 4 / VW; ++v) {
+    const V x = reinterpret_cast<const V*>(p)[v];
+    const Real* xr = reinterpret_cast<const Real*>(&x);
+#pragma unroll
+    for (int e = 0; e < VW; ++e) w[v * VW + e] = xr[e];
+  }
+}
+
+// Forward step s. Grid (unit tiles of BU, sequence tiles of BM, directions); thread (tx, ty) owns
+// units tx + q*NX (q < TU) and sequences ty + m*NY (m < TM), all four gates of each unit. The weight
+// tile is ws[k][4u + g] = w_hh[g*H + j0 + u][k0 + k], read in place (each (g, u) row segment is BK
+// consecutive values); rows are padded by 16 bytes (fewer bank conflicts when storing), xs by one.
+template <typename Real, int BM, int BU, int TM, int TU>
+__global__ void __launch_bounds__(kStreamThreads)
+forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
+  constexpr int NX = BU / TU, NY = BM / TM, BK = kStreamBK, WROW = 4 * BU + 16 / sizeof(Real);
+  static_assert(NX * NY == kStreamThreads, "tile shape must use every thread");
+  __shared__ Real xs[BK][BM + 1];
+  __shared__ __align__(16) Real ws[BK][WROW];
+  const LstmForwardArgs<Real>& a = p.d[blockIdx.z];
+  const int64_t H = a.H, B = a.B;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BU, b0 = static_cast<int64_t>(blockIdx.y) * BM;
+  const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
+  const int64_t t = forward_time(a, s);
+  const Real* hprev = s == 0 ? a.h0 : a.y + forward_time(a, s - 1) * a.y_st;
+  const int64_t hsb = s == 0 ? H : a.y_sb;
+  Real acc[TM][TU][4];
+#pragma unroll
+  for (int m = 0; m < TM; ++m)
+#pragma unroll
+    for (int q = 0; q < TU; ++q)
+#pragma unroll
+      for (int g = 0; g < 4; ++g) acc[m][q][g] = Real(0);
+  if (hprev) {
+    for (int64_t k0 = 0; k0 < H; k0 += BK) {
+      for (int e = threadIdx.x; e < BM * BK; e += kStreamThreads) {
+        const int bb = e / BK, kk = e % BK;
+        xs[kk][bb] = (b0 + bb < B && k0 + kk < H) ? hprev[(b0 + bb) * hsb + k0 + kk] : Real(0);
+      }
+      for (int e = threadIdx.x; e < BK * 4 * BU; e += kStreamThreads) {
+        const int kk = e % BK, c = e / BK, u = c / 4, g = c % 4;
+        ws[kk][c] = (k0 + kk < H && j0 + u < H) ? a.w_hh[(g * H + j0 + u) * H + k0 + kk] : Real(0);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < BK; ++kk) {
+        Real x[TM], w[TU][4];
+#pragma unroll
+        for (int m = 0; m < TM; ++m) x[m] = xs[kk][ty + m * NY];
+#pragma unroll
+        for (int q = 0; q < TU; ++q) load_gates(&ws[kk][4 * (tx + q * NX)], w[q]);
+#pragma unroll
+        for (int m = 0; m < TM; ++m)
+#pragma unroll
+          for (int q = 0; q < TU; ++q)
+#pragma unroll
+            for (int g = 0; g < 4; ++g) acc[m][q][g] = fma(x[m], w[q][g], acc[m][q][g]);
+      }
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < TM; ++m)
+#pragma unroll
+    for (int q = 0; q < TU; ++q) {
+      const int64_t b = b0 + ty + m * NY, j = j0 + tx + q * NX;
+      if (b < B && j < H) forward_cell(a, s, t, b, j, acc[m][q]);
+    }
+}
+
+// Backward step s (s == T: dh0 and dc0). Grid (unit tiles of BU, sequence tiles of BM, directions);
+// dh[b][j] over K = 4H from the dG of the step differentiated before and W_hh read in place.
+template <typename Real, int BM, int BU, int TM, int TU>
+__global__ void __launch_bounds__(kStreamThreads)
+backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int64_t s) {
+  constexpr int NX = BU / TU, NY = BM / TM, BK = kStreamBK;
+  static_assert(NX * NY == kStreamThreads, "tile shape must use every thread");
+  __shared__ Real xs[BK][BM + 1];
+  __shared__ Real ws[BK][BU];
+  const LstmBackwardArgs<Real>& a = p.d[blockIdx.z];
+  const int64_t H = a.H, B = a.B, T = a.T, G = 4 * H;
+  Real* carry = dc_carry + blockIdx.z * B * H;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BU, b0 = static_cast<int64_t>(blockIdx.y) * BM;
+  const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
+  const int64_t t = s < T ? backward_time(a, s) : -1;
+  const Real* src = s == 0 ? nullptr : a.dg + backward_time(a, s - 1) * a.dg_st;
+  Real acc[TM][TU];
+#pragma unroll
+  for (int m = 0; m < TM; ++m)
+#pragma unroll
+    for (int q = 0; q < TU; ++q) acc[m][q] = Real(0);
+  if (src) {
+    for (int64_t k0 = 0; k0 < G; k0 += BK) {
+      for (int e = threadIdx.x; e < BM * BK; e += kStreamThreads) {
+        const int bb = e / BK, kk = e % BK;
+        xs[kk][bb] = (b0 + bb < B && k0 + kk < G) ? src[(b0 + bb) * a.dg_sb + k0 + kk] : Real(0);
+      }
+      for (int e = threadIdx.x; e < BK * BU; e += kStreamThreads) {
+        const int kk = e / BU, c = e % BU;
+        ws[kk][c] = (k0 + kk < G && j0 + c < H) ? a.w_hh[(k0 + kk) * H + j0 + c] : Real(0);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < BK; ++kk) {
+        Real x[TM], w[TU];
+#pragma unroll
+        for (int m = 0; m < TM; ++m) x[m] = xs[kk][ty + m * NY];
+#pragma unroll
+        for (int q = 0; q < TU; ++q) w[q] = ws[kk][tx + q * NX];
+#pragma unroll
+        for (int m = 0; m < TM; ++m)
+#pragma unroll
+          for (int q = 0; q < TU; ++q) acc[m][q] = fma(x[m], w[q], acc[m][q]);
+      }
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < TM; ++m)
+#pragma unroll
+    for (int q = 0; q < TU; ++q) {
+      const int64_t b = b0 + ty + m * NY, j = j0 + tx + q * NX;
+      if (b < B && j < H) backward_cell(a, carry, s, t, b, j, acc[m][q]);
+    }
+}
+
+// ---- host side -------------------------------------------------------------------------------------------
+struct Device {
+  int id = 0, sms = 0, smem_optin = 0, cooperative = 0;
+};
+
+Device use_device(int id) {
+  int count = 0;
+  FASTLSTM_CUDA_CHECK(cudaGetDeviceCount(&count));
+  FASTLSTM_CHECK(id >= 0 && id < count, "device: expected a CUDA device in [0, " << count << "), got " << id);
+  FASTLSTM_CUDA_CHECK(cudaSetDevice(id));
+  Device d;
+  d.id = id;
+  FASTLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, d.id));
+  FASTLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d.id));
+  FASTLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&d.cooperative, cudaDevAttrCooperativeLaunch, d.id));
+  return d;
+}
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+int64_t ceil_div(int64_t n, int64_t m) { return (n + m - 1) / m; }
+
+// Batches up to this size prefer the persistent kernel when it fits (a first estimate from the
+// design: per-step launches and weight streaming dominate at small B; bench/ --device cuda is where
+// this threshold gets tuned).
+constexpr int64_t kPersistentMaxBatch = 32;
+
+// The persistent geometry of one call: units per block, sequences per shared-memory tile, threads,
+// shared bytes; ok = false when the weights slice cannot stay on chip.
+struct Persistent {
+  bool ok = false;
+  int U = 0, BT = 0, threads = 0, blocks = 0;
+  int64_t kp = 0;
+  size_t smem = 0;
+};
+
+template <typename Real>
+Persistent plan_persistent(const Device& dev, int64_t B, int64_t H, int ndirs, bool backward) {
+  Persistent pl;
+  if (!dev.cooperative || dev.sms <= 0) return pl;
+  const int64_t per_dir_blocks = std::max<int64_t>(1, dev.sms / ndirs);
+  int64_t U = ceil_div(H, per_dir_blocks);
+  if (backward) U = round_up(U, 4);
+  pl.U = static_cast<int>(U);
+  pl.blocks = static_cast<int>(ceil_div(H, U));
+  pl.kp = round_up(backward ? 4 * H : H, Vec<Real>::n);
+  const int64_t rows = backward ? U : 4 * U;
+  const int64_t items = backward ? ceil_div(U, 4) : U;
+  pl.threads = static_cast<int>(32 * std::clamp<int64_t>(items, 4, kMaxPersistentThreads / 32));
+  // the largest sequence tile (a power of two up to 8, no more than B needs) whose buffers fit
+  for (int bt = 8; bt >= 1; bt /= 2) {
+    if (bt > 1 && bt / 2 >= B) continue;
+    const size_t bytes = static_cast<size_t>((rows + bt) * pl.kp) * sizeof(Real);
+    if (bytes <= static_cast<size_t>(dev.smem_optin)) {
+      pl.BT = bt;
+      pl.smem = bytes;
+      pl.ok = true;
+      break;
+    }
+  }
+  return pl;
+}
+
+// Sets the kernel's shared-memory limit and checks that the whole grid can be resident at once (a
+// cooperative launch's precondition).
+bool fits_cooperatively(const void* kernel, const Device& dev, const Persistent& pl, int ndirs) {
+  FASTLSTM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(pl.smem)));
+  int per_sm = 0;
+  FASTLSTM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, pl.threads, pl.smem));
+  return static_cast<int64_t>(per_sm) * dev.sms >= static_cast<int64_t>(pl.blocks) * ndirs;
+}
+
+template <typename Real>
+const void* forward_persistent_kernel(int BT) {
+  switch (BT) {
+    case 1: return reinterpret_cast<const void*>(&forward_persistent<Real, 1>);
+    case 2: return reinterpret_cast<const void*>(&forward_persistent<Real, 2>);
+    case 4: return reinterpret_cast<const void*>(&forward_persistent<Real, 4>);
+    default: return reinterpret_cast<const void*>(&forward_persistent<Real, 8>);
+  }
+}
+
+template <typename Real>
+const void* backward_persistent_kernel(int BT) {
+  switch (BT) {
+    case 1: return reinterpret_cast<const void*>(&backward_persistent<Real, 1>);
+    case 2: return reinterpret_cast<const void*>(&backward_persistent<Real, 2>);
+    case 4: return reinterpret_cast<const void*>(&backward_persistent<Real, 4>);
+    default: return reinterpret_cast<const void*>(&backward_persistent<Real, 8>);
+  }
+}
+
+template <typename Real>
+Strategy resolve(Strategy requested, const Device& dev, int64_t B, int64_t H, int ndirs, bool backward,
+                 Persistent& pl) {
+  pl = plan_persistent<Real>(dev, B, H, ndirs, backward);
+  bool fits = pl.ok;
+  if (fits) {
+    const void* k = backward ? backward_persistent_kernel<Real>(pl.BT) : forward_persistent_kernel<Real>(pl.BT);
+    fits = fits_cooperatively(k, dev, pl, ndirs);
+  }
+  if (requested == Strategy::Persistent) {
+    FASTLSTM_CHECK(fits, "strategy='persistent': this problem (B=" << B << ", H=" << H << ", " << ndirs
+                                                                  << " direction(s), " << sizeof(Real) * 8
+                                                                  << "-bit) does not fit on chip on this GPU; "
+                                                                     "use 'auto' or 'streaming'");
+    return Strategy::Persistent;
+  }
+  if (requested == Strategy::Streaming) return Strategy::Streaming;
+  return fits && B <= kPersistentMaxBatch ? Strategy::Persistent : Strategy::Streaming;
+}
+
+// Stream-ordered scratch memory, released on the stream when the call's work is done.
+class Scratch {
+ public:
+  Scratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
+    FASTLSTM_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+  }
+  ~Scratch() { cudaFreeAsync(ptr_, stream_); }  // cannot fail for a pointer this class allocated
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T>
+  T* get() const { return static_cast<T*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
+template <typename Real, int BM, int BU, int TM, int TU>
+void launch_forward_steps(const Dirs<LstmForwardArgs<Real>>& p, int ndirs, cudaStream_t stream) {
+  const LstmForwardArgs<Real>& a = p.d[0];
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.H, BU)), static_cast<unsigned>(ceil_div(a.B, BM)), ndirs);
+  for (int64_t s = 0; s < a.T; ++s) {
+    forward_step<Real, BM, BU, TM, TU><<<grid, kStreamThreads, 0, stream>>>(p, s);
+    FASTLSTM_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+template <typename Real, int BM, int BU, int TM, int TU>
+void launch_backward_steps(const Dirs<LstmBackwardArgs<Real>>& p, Real* carry, int ndirs, cudaStream_t stream) {
+  const LstmBackwardArgs<Real>& a = p.d[0];
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.H, BU)), static_cast<unsigned>(ceil_div(a.B, BM)), ndirs);
+  for (int64_t s = 0; s <= a.T; ++s) {
+    backward_step<Real, BM, BU, TM, TU><<<grid, kStreamThreads, 0, stream>>>(p, carry, s);
+    FASTLSTM_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+// What the CUDA kernels support; the rest of lstm.h's options are CPU-only for now.
+template <typename Args>
+void check_common(const Args* dirs, int ndirs, const char* what) {
+  FASTLSTM_CHECK(ndirs == 1 || ndirs == 2, what << ": expected 1 or 2 directions, got " << ndirs);
+  for (int d = 0; d < ndirs; ++d) {
+    const Args& a = dirs[d];
+    FASTLSTM_CHECK(a.T > 0 && a.B > 0 && a.H > 0, what << ": expected T, B, H > 0");
+    FASTLSTM_CHECK(a.T == dirs[0].T && a.B == dirs[0].B && a.H == dirs[0].H, what << ": directions differ in shape");
+    FASTLSTM_CHECK(a.B <= INT32_MAX / 4 && 4 * a.H <= INT32_MAX, what << ": B or H too large");
+    FASTLSTM_CHECK(a.lengths == nullptr, what << ": lengths are not supported on the GPU yet");
+    FASTLSTM_CHECK(a.P == 0, what << ": projections (proj_size) are not supported on the GPU yet");
+    FASTLSTM_CHECK(a.zoneout_h == nullptr && a.zoneout_c == nullptr && a.rec_mask == nullptr,
+                   what << ": zoneout and recurrent dropout are not supported on the GPU yet");
+    FASTLSTM_CHECK(a.w_hh != nullptr, what << ": w_hh is required");
+  }
+}
+
+}  // namespace
+
+// ---- public entry points -----------------------------------------------------------------------------------
+Strategy strategy_from_name(const std::string& name) {
+  if (name == "auto") return Strategy::Auto;
+  if (name == "persistent") return Strategy::Persistent;
+  if (name == "streaming") return Strategy::Streaming;
+  throw std::invalid_argument("strategy: expected 'auto', 'persistent' or 'streaming', got '" + name + "'");
+}
+
+const char* strategy_name(Strategy s) {
+  switch (s) {
+    case Strategy::Persistent: return "persistent";
+    case Strategy::Streaming: return "streaming";
+    default: return "auto";
+  }
+}
+
+// FASTLSTM_CUDA_ARCHS is CMake's CUDA_ARCHITECTURES, comma-separated: "80-real,90" -> sm_80, sm_90,
+// compute_90 ("NN" alone is machine code and PTX, "-virtual" PTX only).
+std::vector<std::string> archs_compiled() {
+  std::vector<std::string> out;
+#ifdef FASTLSTM_CUDA_ARCHS
+  const std::string all = std::string(FASTLSTM_CUDA_ARCHS) + ",";
+  std::string cur;
+  for (char ch : all) {
+    if (ch != ',' && ch != ';' && ch != ' ') {
+      cur += ch;
+      continue;
+    }
+    if (cur.empty()) continue;
+    const auto dash = cur.find('-');
+    const std::string num = cur.substr(0, dash), kind = dash == std::string::npos ? "" : cur.substr(dash + 1);
+    if (kind != "virtual") out.push_back("sm_" + num);
+    if (kind != "real") out.push_back("compute_" + num);
+    cur.clear();
+  }
+#endif
+  return out;
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // reset the runtime's last-error state, so later checks do not see this one
+    return 0;
+  }
+  return n;
+}
+
+std::string device_name(int device) {
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  return prop.name;
+}
+
+template <typename Real>
+Strategy choose_strategy(int64_t B, int64_t H, int ndirs, bool backward, int device) {
+  FASTLSTM_CHECK(B > 0 && H > 0 && (ndirs == 1 || ndirs == 2), "choose_strategy: expected B, H > 0 and 1 or 2 directions");
+  Persistent pl;
+  return resolve<Real>(Strategy::Auto, use_device(device), B, H, ndirs, backward, pl);
+}
+
+template <typename Real>
+void lstm_forward(const LstmForwardArgs<Real>* dirs, int ndirs, int device, std::uintptr_t stream_handle,
+                  Strategy strategy) {
+  check_common(dirs, ndirs, "lstm_forward");
+  for (int d = 0; d < ndirs; ++d) {
+    FASTLSTM_CHECK(dirs[d].gx && dirs[d].y && dirs[d].h_n && dirs[d].c_n, "lstm_forward: gx, y, h_n, c_n are required");
+    FASTLSTM_CHECK((dirs[d].gates == nullptr) == (dirs[d].cell == nullptr), "lstm_forward: gates and cell go together");
+  }
+  const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  const Device dev = use_device(device);
+  Dirs<LstmForwardArgs<Real>> p{};
+  for (int d = 0; d < ndirs; ++d) p.d[d] = dirs[d];
+  const int64_t B = dirs[0].B, H = dirs[0].H;
+  Persistent pl;
+  if (resolve<Real>(strategy, dev, B, H, ndirs, false, pl) == Strategy::Persistent) {
+    const void* kernel = forward_persistent_kernel<Real>(pl.BT);
+    int U = pl.U;
+    int64_t kp = pl.kp;
+    void* args[] = {&p, &U, &kp};
+    FASTLSTM_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks, ndirs), dim3(pl.threads), args, pl.smem,
+                                                    stream));
+    FASTLSTM_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  if (B <= 8) launch_forward_steps<Real, 8, 64, 1, 2>(p, ndirs, stream);
+  else if (B <= 32) launch_forward_steps<Real, 32, 32, 2, 2>(p, ndirs, stream);
+  else launch_forward_steps<Real, 64, 32, 4, 2>(p, ndirs, stream);
+}
+
+template <typename Real>
+void lstm_backward(const LstmBackwardArgs<Real>* dirs, int ndirs, int device, std::uintptr_t stream_handle,
+                   Strategy strategy) {
+  check_common(dirs, ndirs, "lstm_backward");
+  for (int d = 0; d < ndirs; ++d) {
+    FASTLSTM_CHECK(dirs[d].gates && dirs[d].cell && dirs[d].dg && dirs[d].dh0 && dirs[d].dc0,
+                   "lstm_backward: gates, cell, dg, dh0, dc0 are required");
+    FASTLSTM_CHECK(dirs[d].dbias == nullptr, "lstm_backward: dbias is summed by the caller on the GPU");
+  }
+  const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  const Device dev = use_device(device);
+  Dirs<LstmBackwardArgs<Real>> p{};
+  for (int d = 0; d < ndirs; ++d) p.d[d] = dirs[d];
+  const int64_t B = dirs[0].B, H = dirs[0].H;
+  Scratch carry_buf(static_cast<size_t>(ndirs) * B * H * sizeof(Real), stream);
+  Real* carry = carry_buf.get<Real>();
+  Persistent pl;
+  if (resolve<Real>(strategy, dev, B, H, ndirs, true, pl) == Strategy::Persistent) {
+    const void* kernel = backward_persistent_kernel<Real>(pl.BT);
+    int U = pl.U;
+    int64_t kp = pl.kp;
+    void* args[] = {&p, &carry, &U, &kp};
+    FASTLSTM_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks, ndirs), dim3(pl.threads), args, pl.smem,
+                                                    stream));
+    FASTLSTM_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  if (B <= 8) launch_backward_steps<Real, 8, 128, 1, 4>(p, carry, ndirs, stream);
+  else if (B <= 32) launch_backward_steps<Real, 32, 64, 2, 4>(p, carry, ndirs, stream);
+  else launch_backward_steps<Real, 64, 64, 4, 4>(p, carry, ndirs, stream);
+}
+
+template Strategy choose_strategy<float>(int64_t, int64_t, int, bool, int);
+template Strategy choose_strategy<double>(int64_t, int64_t, int, bool, int);
+template void lstm_forward<float>(const LstmForwardArgs<float>*, int, int, std::uintptr_t, Strategy);
+template void lstm_forward<double>(const LstmForwardArgs<double>*, int, int, std::uintptr_t, Strategy);
+template void lstm_backward<float>(const LstmBackwardArgs<float>*, int, int, std::uintptr_t, Strategy);
+template void lstm_backward<double>(const LstmBackwardArgs<double>*, int, int, std::uintptr_t, Strategy);
+
+}  // namespace fastlstm::cuda
