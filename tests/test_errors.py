@@ -18,7 +18,10 @@ from fastlstm import _C
     (dict(dtype="int32"), TypeError, "dtype"),
     (dict(bidirectional=1), TypeError, "bidirectional: expected a bool"),
     (dict(device="tpu"), ValueError, "device"),
-    (dict(device="cuda"), RuntimeError, "CUDA"),
+    pytest.param(dict(device="cuda"), RuntimeError, "CUDA",
+                 marks=pytest.mark.skipif(fastlstm._backend.cuda_device_count() > 0, reason="a GPU is usable here")),
+    (dict(device="cuda:x"), ValueError, "device: expected 'cpu', 'cuda' or 'cuda:N', got 'cuda:x'"),
+    (dict(device=0), TypeError, "device: expected 'cpu', 'cuda' or 'cuda:N', got int"),
     (dict(seed=-3), TypeError, "seed"),
     (dict(proj_size=4), ValueError, r"proj_size: expected 0 \(none\) or less than hidden_size=4"),
 ])

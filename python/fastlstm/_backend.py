@@ -37,12 +37,36 @@ def device_of(a) -> str:
     return "cuda" if array_module(a) is not np else "cpu"
 
 
+def cuda_device_count() -> int:
+    """CUDA devices CuPy can use here (0 without CuPy, a driver or a GPU)."""
+    cp = cupy_or_none()
+    if cp is None:
+        return 0
+    try:
+        return int(cp.cuda.runtime.getDeviceCount())
+    except Exception:  # no driver, or a driver too old for CuPy's runtime
+        return 0
+
+
+def require_cuda(what: str) -> None:
+    """Raise a RuntimeError that says what is missing when `what` (e.g. "device='cuda'") cannot run here."""
+    if not _C.build_info()["cuda_compiled"]:
+        raise RuntimeError(f"{what}: this build of fastlstm has no CUDA kernels (no CUDA compiler was found when it "
+                           f"was built; fastlstm.build_info()['cuda_compiled'] is False)")
+    if cupy_or_none() is None:
+        raise RuntimeError(f"{what}: the CUDA layer takes CuPy arrays, and CuPy is not importable here "
+                           f"(pip install 'fastlstm[cuda]')")
+    if cuda_device_count() == 0:
+        raise RuntimeError(f"{what}: no usable CUDA GPU here (CuPy sees no device; "
+                           f"fastlstm.build_info()['cuda_devices'] is {_C.build_info()['cuda_devices']})")
+
+
 def module_for(device: str):
     if device == "cpu":
         return np
     cp = cupy_or_none()
     if cp is None:
-        raise RuntimeError(f"device={device!r} needs CuPy (pip install cupy-cuda12x), which is not importable here")
+        raise RuntimeError(f"device={device!r} needs CuPy (pip install 'fastlstm[cuda]'), which is not importable here")
     return cp
 
 
@@ -71,11 +95,12 @@ def scatter_add(target, indices, values) -> None:
 _GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def matmul(a, b, out=None, trans_a=False, trans_b=False, accumulate=False):
+def matmul(a, b, out=None, trans_a=False, trans_b=False, accumulate=False, m_rows=None, k_rows=None):
     """op(a) @ op(b) for 2-D arrays; into `out` (added to it when accumulate).
 
-    NumPy float arrays go through fastlstm's own GEMM (so its thread pool is the only one spinning);
-    anything else uses the array library's matmul.
+    NumPy float arrays go through fastlstm's own GEMM (so its thread pool is the only one spinning), which
+    also takes row selections (m_rows / k_rows: see lstm.h's GemmArgs); CuPy arrays go to cuBLAS through
+    CuPy's matmul; anything else to the array library's matmul.
     """
     xp = array_module(a, b)
     if xp is np and a.dtype == b.dtype and a.dtype in _GEMM_DTYPES:
@@ -85,13 +110,22 @@ def matmul(a, b, out=None, trans_a=False, trans_b=False, accumulate=False):
             out = np.empty((m, n), a.dtype)
             accumulate = False
         a, b = (x if x.strides[-1] == x.itemsize else np.ascontiguousarray(x) for x in (a, b))
-        _C.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate)
+        _C.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate, m_rows=m_rows, k_rows=k_rows)
         return out
-    r = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    if m_rows is not None or k_rows is not None:
+        raise NotImplementedError("matmul: row selections need NumPy float arrays")
+    opa, opb = (a.T if trans_a else a), (b.T if trans_b else b)
     if out is None:
-        return r
+        return opa @ opb
     if accumulate:
-        out += r
+        out += opa @ opb
+    elif xp is not np:
+        xp.matmul(opa, opb, out=out)
     else:
-        out[...] = r
+        out[...] = opa @ opb
     return out
+
+
+def current_stream() -> int:
+    """CuPy's current stream on the current device, as the integer handle the CUDA kernels take."""
+    return cupy_or_none().cuda.get_current_stream().ptr

@@ -62,17 +62,30 @@ def seed(value, name: str = "seed"):
     return int(value)
 
 
-def array(value, name: str, dtype: np.dtype, shape_doc: str) -> np.ndarray:
-    """A NumPy array of exactly `dtype` (shape is the caller's business)."""
-    if not isinstance(value, np.ndarray):
-        module = type(value).__module__.split(".")[0]
-        if module == "cupy":
-            raise TypeError(f"{name}: expected a numpy.ndarray for this CPU layer, got a cupy.ndarray "
-                            f"(a GPU array); move the layer with .to('cuda') or the array with cupy.asnumpy")
-        raise TypeError(f"{name}: expected a numpy.ndarray of {dtype} with shape {shape_doc}, got {describe(value)}")
+def array(value, name: str, dtype: np.dtype, shape_doc: str, device: str = "cpu"):
+    """An array of exactly `dtype` on the layer's `device`: a NumPy array for 'cpu', a CuPy array on
+    that GPU for 'cuda' / 'cuda:N' (shape is the caller's business). Never a silent copy between devices."""
+    module = type(value).__module__.split(".")[0]
+    if device == "cpu":
+        if not isinstance(value, np.ndarray):
+            if module == "cupy":
+                raise TypeError(f"{name}: expected a numpy.ndarray for this CPU layer, got a cupy.ndarray "
+                                f"(a GPU array); move the layer with .to('cuda') or the array with cupy.asnumpy")
+            raise TypeError(f"{name}: expected a numpy.ndarray of {dtype} with shape {shape_doc}, got {describe(value)}")
+    else:
+        if module != "cupy" or not hasattr(value, "__cuda_array_interface__"):
+            if isinstance(value, np.ndarray):
+                raise TypeError(f"{name}: expected a cupy.ndarray for this CUDA layer (device={device!r}), got a "
+                                f"numpy.ndarray (a CPU array); move the array with cupy.asarray or the layer "
+                                f"with .to('cpu')")
+            raise TypeError(f"{name}: expected a cupy.ndarray of {dtype} with shape {shape_doc} on {device!r}, "
+                            f"got {describe(value)}")
+        _, _, index = device.partition(":")
+        if index and value.device.id != int(index):
+            raise ValueError(f"{name}: expected an array on {device!r}, got one on 'cuda:{value.device.id}'")
     if value.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype} "
-                        f"(convert with .astype(numpy.{dtype.name}) or build the layer with dtype='{value.dtype}')")
+                        f"(convert with .astype('{dtype.name}') or build the layer with dtype='{value.dtype}')")
     return value
 
 

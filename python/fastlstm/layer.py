@@ -32,6 +32,7 @@ import warnings
 import numpy as np
 
 from . import _C
+from . import _backend
 from . import _validate as V
 
 __all__ = ["LSTM", "Parameter"]
@@ -42,6 +43,8 @@ __all__ = ["LSTM", "Parameter"]
 # buffers past _GX_CACHE_MAX are not kept.
 _gx_cache = threading.local()
 _GX_CACHE_MAX = 1 << 30
+
+_STRATEGIES = ("auto", "persistent", "streaming")
 
 
 def _live_rows(lengths, T, B, batch_first):
@@ -88,7 +91,7 @@ class Parameter:
     def data(self, value) -> None:
         if value is self._data:  # `p.data -= u` lands here with the same array
             return
-        value = np.asarray(value)
+        value = _backend.to_device(value, _backend.device_of(self._data))
         if value.shape != self._data.shape:
             raise ValueError(f"{self.name}: expected shape {self._data.shape}, got {value.shape}")
         self._data[...] = value
@@ -100,7 +103,7 @@ class Parameter:
     @grad.setter
     def grad(self, value) -> None:  # `p.grad += g` lands here with the same array; other values are copied in
         if value is not self._grad:
-            value = np.asarray(value)
+            value = _backend.to_device(value, _backend.device_of(self._grad))
             if value.shape != self._grad.shape:
                 raise ValueError(f"{self.name}.grad: expected shape {self._grad.shape}, got {value.shape}")
             self._grad[...] = value
@@ -131,6 +134,15 @@ class _LayerWeights:
         self.g_w_hh = np.zeros_like(self.w_hh)
         self.g_b_ih = None if self.b_ih is None else np.zeros_like(self.b_ih)
         self.g_b_hh = None if self.b_hh is None else np.zeros_like(self.b_hh)
+
+    _ARRAYS = ("w_ih", "w_hh", "w_hr", "b_ih", "b_hh", "g_w_ih", "g_w_hh", "g_w_hr", "g_b_ih", "g_b_hh")
+
+    def to(self, device: str) -> None:
+        """Move every array to `device` ('cpu' or 'cuda'), values and gradients alike."""
+        for name in self._ARRAYS:
+            a = getattr(self, name)
+            if a is not None:
+                setattr(self, name, _backend.to_device(a, device))
 
 
 class LSTM:
@@ -166,7 +178,7 @@ class LSTM:
         if proj_size >= self.hidden_size:
             raise ValueError(f"proj_size: expected 0 (none) or less than hidden_size={self.hidden_size}, got {proj_size}")
         self.proj_size = proj_size
-        self.device = self._check_device(device)
+        device = self._check_device(device)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout > 0 only acts between layers; with num_layers=1 it does nothing", stacklevel=2)
         self.stateful = V.boolean(stateful, "stateful")
@@ -196,6 +208,17 @@ class LSTM:
                       for l in range(self.num_layers))
         V.memory(2 * nparams * self.dtype.itemsize, "LSTM parameters and gradients")
         self._layers = [_LayerWeights(D, H, self._layer_input(l), self.dtype, self.bias, P) for l in range(self.num_layers)]
+        self.device = "cpu"
+        self._device_id = None
+        self._cuda_strategy = "auto"
+        self._bind_params()
+        self.reset_parameters()
+        if device != "cpu":
+            self.to(device)
+
+    def _bind_params(self) -> None:
+        """The Parameter views (PyTorch's names) into the stacked per-layer buffers."""
+        D, H, P = self.num_directions, self.hidden_size, self.proj_size
         self._params = {}
         for l, w in enumerate(self._layers):
             for d in range(D):
@@ -208,7 +231,6 @@ class LSTM:
                     self._params["bias_hh" + sfx] = Parameter("bias_hh" + sfx, w.b_hh[d], w.g_b_hh[d])
                 if P:
                     self._params["weight_hr" + sfx] = Parameter("weight_hr" + sfx, w.w_hr[d], w.g_w_hr[d])
-        self.reset_parameters()
 
     # ---- configuration -----------------------------------------------------------------------------
     @property
@@ -225,14 +247,41 @@ class LSTM:
 
     @staticmethod
     def _check_device(device) -> str:
+        """'cpu', 'cuda' or 'cuda:N' (N: a CuPy device id) -> the canonical name; raises if unusable here."""
         if not isinstance(device, str):
-            raise TypeError(f"device: expected 'cpu' or 'cuda', got {V.describe(device)}")
+            raise TypeError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {V.describe(device)}")
         if device == "cpu":
             return device
-        if device.split(":")[0] == "cuda":
-            raise RuntimeError("device='cuda': this build of fastlstm has no CUDA backend "
-                               "(fastlstm.build_info()['cuda_compiled'] is False)")
-        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or (index and not index.isdigit()):
+            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        _backend.require_cuda(f"device={device!r}")
+        if index:
+            count = _backend.cuda_device_count()
+            if int(index) >= count:
+                raise ValueError(f"device: {device!r} does not exist; this machine has {count} CUDA device(s)")
+        return device
+
+    def _cuda_device_id(self) -> int:
+        kind, _, index = self.device.partition(":")
+        return int(index) if index else _backend.cupy_or_none().cuda.Device().id
+
+    @property
+    def cuda_strategy(self) -> str:
+        """How the CUDA kernels run the recurrence: 'auto' (default: picked per problem, see
+        csrc/cuda/lstm_cuda.cu), 'persistent' (one cooperative kernel, weights in shared memory; an error
+        where they do not fit) or 'streaming' (one fused kernel per step). No effect on the CPU."""
+        return self._cuda_strategy
+
+    @cuda_strategy.setter
+    def cuda_strategy(self, value) -> None:
+        if value not in _STRATEGIES:
+            raise ValueError(f"cuda_strategy: expected one of {_STRATEGIES}, got {value!r}")
+        self._cuda_strategy = value
+
+    @property
+    def _xp(self):
+        return np if self.device == "cpu" else _backend.cupy_or_none()
 
     def reset_parameters(self) -> None:
         """PyTorch's default init: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), from the layer's seed.
@@ -241,8 +290,8 @@ class LSTM:
         which starts at 1 (in bias_ih; bias_hh is 0), so early training does not forget.
         """
         k = 1.0 / math.sqrt(self.hidden_size)
-        for p in self._params.values():
-            p.data[...] = self._rng.uniform(-k, k, size=p.shape)
+        for p in self._params.values():  # drawn on the host, so a seed means the same weights on every device
+            p.data[...] = self._xp.asarray(self._rng.uniform(-k, k, size=p.shape), dtype=self.dtype)
         if self.unit_forget_bias:
             H = self.hidden_size
             for name, p in self._params.items():
@@ -263,11 +312,12 @@ class LSTM:
         forward direction's list followed by the backward's. Gate order i, f, c, o: PyTorch's i, f, g, o."""
         self._check_layer_index(layer)
         w, H, out = self._layers[layer], self.hidden_size, []
+        host = _backend.to_numpy
         for d in range(self.num_directions):
-            out.append(np.ascontiguousarray(w.w_ih[d * 4 * H:(d + 1) * 4 * H].T))
-            out.append(np.ascontiguousarray(w.w_hh[d].T))
+            out.append(np.ascontiguousarray(host(w.w_ih[d * 4 * H:(d + 1) * 4 * H]).T))
+            out.append(np.ascontiguousarray(host(w.w_hh[d]).T))
             if self.bias:
-                out.append(w.b_ih[d] + w.b_hh[d])
+                out.append(host(w.b_ih[d] + w.b_hh[d]))
         return out
 
     def load_keras_weights(self, weights, layer: int = 0) -> None:
@@ -286,13 +336,14 @@ class LSTM:
         shapes = [(I, 4 * H), (H, 4 * H), (4 * H,)][:per] * D
         arrays = []
         for i, (a, shape) in enumerate(zip(weights, shapes)):
-            a = np.asarray(a)
+            a = _backend.to_numpy(a)
             if a.shape != shape:
                 raise ValueError(f"weights[{i}]: expected shape {shape}, got {a.shape}")
             if not np.issubdtype(a.dtype, np.floating):
                 raise TypeError(f"weights[{i}]: expected a floating-point array, got dtype {a.dtype}")
             arrays.append(a)
         w = self._layers[layer]
+        arrays = [self._xp.asarray(a) for a in arrays]
         for d in range(D):
             k = arrays[d * per:(d + 1) * per]
             w.w_ih[d * 4 * H:(d + 1) * 4 * H] = k[0].T
@@ -318,8 +369,39 @@ class LSTM:
         return self.train(False)
 
     def to(self, device) -> "LSTM":
-        self.device = self._check_device(device)
+        """Move the parameters, gradients and any carried state to `device` ('cpu', 'cuda' or 'cuda:N');
+        returns the layer. A saved training forward is dropped (call forward again before backward)."""
+        device = self._check_device(device)
+        if device != "cpu":
+            self._check_cuda_options()
+        if device == self.device:
+            return self
+        if device == "cpu":
+            self._move(device)
+        else:
+            cp = _backend.cupy_or_none()
+            kind, _, index = device.partition(":")
+            with cp.cuda.Device(int(index) if index else cp.cuda.Device().id):
+                self._move(device)
         return self
+
+    def _move(self, device) -> None:
+        for w in self._layers:
+            w.to(device)
+        self._bind_params()
+        if self.state is not None:
+            self.state = tuple(_backend.to_device(a, device) for a in self.state)
+        self._ctx = None
+        self._workspace.clear()
+        self.device = device
+
+    def _check_cuda_options(self) -> None:
+        """The options the CUDA kernels do not have yet (each raises before anything moves)."""
+        for name, on in (("proj_size", self.proj_size), ("zoneout", any(self.zoneout)),
+                         ("recurrent_dropout", self.recurrent_dropout)):
+            if on:
+                raise NotImplementedError(f"{name}: not supported on CUDA yet (the CPU layer has it); "
+                                          f"use device='cpu' or leave {name} at its default")
 
     # ---- parameters ----------------------------------------------------------------------------------
     def named_parameters(self):
@@ -336,8 +418,9 @@ class LSTM:
                     g.fill(0)
 
     def state_dict(self) -> dict:
-        """Copies of the parameters under PyTorch's names (loadable by torch.nn.LSTM after torch.from_numpy)."""
-        return {name: p.data.copy() for name, p in self._params.items()}
+        """NumPy copies of the parameters under PyTorch's names (loadable by torch.nn.LSTM after
+        torch.from_numpy), whatever the layer's device."""
+        return {name: np.array(_backend.to_numpy(p.data)) for name, p in self._params.items()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy values in (a PyTorch state_dict converted to NumPy loads unchanged); all-or-nothing."""
@@ -354,14 +437,14 @@ class LSTM:
             v = state[name]
             if hasattr(v, "detach"):  # a torch tensor
                 v = v.detach().cpu().numpy()
-            v = np.asarray(v)
+            v = _backend.to_numpy(v)  # NumPy or CuPy values load into a layer on either device
             if v.shape != self._params[name].shape:
                 raise ValueError(f"state[{name!r}]: expected shape {self._params[name].shape}, got {v.shape}")
             if not np.issubdtype(v.dtype, np.floating):
                 raise TypeError(f"state[{name!r}]: expected a floating-point array, got dtype {v.dtype}")
             values[name] = v
         for name, v in values.items():
-            self._params[name].data[...] = v
+            self._params[name].data[...] = self._xp.asarray(v, dtype=self.dtype)
 
     def __repr__(self) -> str:
         extra = [f"num_layers={self.num_layers}"] if self.num_layers != 1 else []
@@ -375,7 +458,7 @@ class LSTM:
     def _saved_buffer(self, key, shape):
         """Where forward saves what backward reads: reused across calls (one saved forward at a time), or
         fresh when several forwards wait for their backward (LSTMCell keeps a stack of them)."""
-        return np.empty(shape, self.dtype) if self._keep_every_forward else self._scratch(key, shape)
+        return self._xp.empty(shape, self.dtype) if self._keep_every_forward else self._scratch(key, shape)
 
     _keep_every_forward = False
 
@@ -383,7 +466,7 @@ class LSTM:
         """A training-mode buffer reused across calls (fresh pages cost a page fault each)."""
         buf = self._workspace.get(key)
         if buf is None or buf.shape != shape:
-            buf = np.empty(shape, self.dtype)
+            buf = self._xp.empty(shape, self.dtype)
             self._workspace[key] = buf
         return buf
 
@@ -402,7 +485,8 @@ class LSTM:
         """
         L, D, H, dt = self.num_layers, self.num_directions, self.hidden_size, self.dtype
         doc = f"(T, B, {self.input_size})" if not self.batch_first else f"(B, T, {self.input_size})"
-        x = V.array(x, "x", dt, doc + " or unbatched (T, %d)" % self.input_size)
+        xp, cuda = self._xp, self.device != "cpu"
+        x = V.array(x, "x", dt, doc + " or unbatched (T, %d)" % self.input_size, self.device)
         if x.ndim not in (2, 3):
             raise ValueError(f"x: expected 3 dimensions {doc} or 2 (T, {self.input_size}), got shape {x.shape}")
         if x.shape[-1] != self.input_size:
@@ -422,6 +506,9 @@ class LSTM:
             hx = self.state
         h0, c0 = self._check_state(hx, "hx", B, unbatched)
         lengths, order = self._check_lengths(lengths, B, T)
+        if cuda and lengths is not None:
+            raise NotImplementedError("lengths: not supported on CUDA yet (the CPU layer has it); pad the batch "
+                                      "or run this layer on device='cpu'")
         if order is not None:  # the kernels take sequences longest first: sort, and unsort the results
             x = np.take(x, order, axis=0 if bf else 1)
             h0 = None if h0 is None else _rows(h0, order)
@@ -432,20 +519,21 @@ class LSTM:
         per_layer = rows * D * (4 * H + H) + (rows * D * (4 * H + H) if training else 0) + rows * max(self.input_size, D * H)
         if training and any(self.zoneout):
             per_layer += 2 * rows * D * H  # the zoneout masks
-        V.memory(per_layer * dt.itemsize * (L if training else 1), "this forward call")
+        if not cuda:  # (CuPy raises OutOfMemoryError itself, before anything runs)
+            V.memory(per_layer * dt.itemsize * (L if training else 1), "this forward call")
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
         live = _live_rows(lengths, T, B, bf)
         Ho = self._hout
-        h_n = np.empty((L * D, B, Ho), dt)
-        c_n = np.empty((L * D, B, H), dt)
-        inp = np.ascontiguousarray(x)
+        h_n = xp.empty((L * D, B, Ho), dt)
+        c_n = xp.empty((L * D, B, H), dt)
+        inp = xp.ascontiguousarray(x)
         saved = []
         for l, w in enumerate(self._layers):
-            gx = _gx_buffer((rows, D * 4 * H), dt)
-            _C.gemm(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True, m_rows=live)
+            gx = xp.empty((rows, D * 4 * H), dt) if cuda else _gx_buffer((rows, D * 4 * H), dt)
+            _backend.matmul(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True, m_rows=live)
             bias = (w.b_ih + w.b_hh) if self.bias else None
-            y = np.empty(seq(D * Ho), dt)
+            y = xp.empty(seq(D * Ho), dt)
             keep = self._saved_buffer if training else (lambda key, shape: None)
             gates = keep(("gates", l), (D, T, B, 4 * H))
             cell = keep(("cell", l), (D, T, B, H))
@@ -454,13 +542,17 @@ class LSTM:
             h0l = None if h0 is None else h0[ks]
             c0l = None if c0 is None else c0[ks]
             reg = self._regularisation(training, D, T, B)
-            _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
-                            gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0,
-                            **reg, **proj)
+            if cuda:
+                _C.cuda_lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks], gates,
+                                     cell, bf, **self._cuda_launch())
+            else:
+                _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
+                                gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0,
+                                **reg, **proj)
             mask = None
             if training and self.dropout > 0 and l < L - 1:
-                kept = self._rng.random(y.shape, dtype=dt) >= self.dropout
-                mask = kept.astype(dt) * dt.type(1.0 / (1.0 - self.dropout))
+                kept = self._rng.random(y.shape, dtype=dt) >= self.dropout  # on the host: the same seed, the same
+                mask = xp.asarray(kept.astype(dt) * dt.type(1.0 / (1.0 - self.dropout)))  # masks on every device
             if training:
                 if self._keep_every_forward:  # several forwards wait: the caller may refill its buffers
                     inp, h0l, c0l = (None if a is None else a.copy() for a in (inp, h0l, c0l))
@@ -481,6 +573,10 @@ class LSTM:
             self.state = (h_n.copy(), c_n.copy())
             self._streamed += T
         return y, (h_n, c_n)
+
+    def _cuda_launch(self) -> dict:
+        """Where the CUDA kernels run: this layer's device, CuPy's current stream there, the strategy."""
+        return dict(device=self._cuda_device_id(), stream=_backend.current_stream(), strategy=self._cuda_strategy)
 
     def _regularisation(self, training, D, T, B) -> dict:
         """Zoneout and recurrent-dropout arguments of one layer's kernel call: fresh seeded masks in
@@ -538,9 +634,9 @@ class LSTM:
             if member is None and allow_none_members:
                 out.append(None)
                 continue
-            member = V.array(member, name + part, self.dtype, str(expected))
+            member = V.array(member, name + part, self.dtype, str(expected), self.device)
             V.shape(member, name + part, expected, doc)
-            member = np.ascontiguousarray(member)
+            member = self._xp.ascontiguousarray(member)
             out.append(member[:, None, :] if unbatched else member)
         return out[0], out[1]
 
@@ -561,9 +657,9 @@ class LSTM:
         y_shape = ctx["y_shape"]
         if dy is not None:
             shown = (y_shape[0], y_shape[2]) if unbatched else y_shape
-            dy = V.array(dy, "dy", dt, str(shown))
+            dy = V.array(dy, "dy", dt, str(shown), self.device)
             V.shape(dy, "dy", shown, "(the shape of y)")
-            dy = np.ascontiguousarray(dy[:, None, :] if unbatched else dy)
+            dy = self._xp.ascontiguousarray(dy[:, None, :] if unbatched else dy)
         dh_n, dc_n = self._check_state(dhx, "dhx", B, unbatched, allow_none_members=True)
         self._ctx = None
         lengths, order = ctx["lengths"], ctx["order"]
@@ -576,8 +672,9 @@ class LSTM:
         rows = T * B
         live = _live_rows(lengths, T, B, bf)
         Ho = self._hout
-        dh0 = np.empty((L * D, B, Ho), dt)
-        dc0 = np.empty((L * D, B, H), dt)
+        xp, cuda = self._xp, self.device != "cpu"
+        dh0 = xp.empty((L * D, B, Ho), dt)
+        dc0 = xp.empty((L * D, B, H), dt)
         dout = dy
         for l in reversed(range(L)):
             s, w = ctx["layers"][l], self._layers[l]
@@ -588,18 +685,25 @@ class LSTM:
             if self.proj_size:
                 dh_proj = self._scratch(("dh_proj", l), (D, T, B, self.proj_size))
                 proj = dict(w_hr=w.w_hr, h_raw=s["h_raw"], dh_proj=dh_proj)
-            _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout,
-                             None if dh_n is None else dh_n[ks], None if dc_n is None else dc_n[ks],
-                             dg, dh0[ks], dc0[ks], bf, db, lengths,
-                             **{k: v for k, v in s["reg"].items() if k in ("zoneout_h", "zoneout_c", "rec_mask")},
-                             **proj)
+            dh_nl = None if dh_n is None else dh_n[ks]
+            dc_nl = None if dc_n is None else dc_n[ks]
+            if cuda:
+                _C.cuda_lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks],
+                                      bf, **self._cuda_launch())
+                if db is not None:  # the bias gradient: dG summed over steps and sequences
+                    xp.sum(dg.reshape(rows, D, 4 * H), axis=0, out=db)
+            else:
+                _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks], bf,
+                                 db, lengths,
+                                 **{k: v for k, v in s["reg"].items() if k in ("zoneout_h", "zoneout_c", "rec_mask")},
+                                 **proj)
             if self.proj_size:  # dW_hr += sum over steps of dh_proj^T h_raw (both [T, B, ...] in the kernels' order)
                 live_tm = None if lengths is None else _live_rows(lengths, T, B, False)
                 for d in range(D):
                     _C.gemm(dh_proj[d].reshape(rows, -1), s["h_raw"][d].reshape(rows, H), w.g_w_hr[d], trans_a=True,
                             accumulate=True, k_rows=live_tm)
             dg2 = dg.reshape(rows, D * 4 * H)
-            _C.gemm(dg2, s["inp"].reshape(rows, -1), w.g_w_ih, trans_a=True, accumulate=True, k_rows=live)
+            _backend.matmul(dg2, s["inp"].reshape(rows, -1), w.g_w_ih, trans_a=True, accumulate=True, k_rows=live)
             for d in range(D):
                 rec_mask = s["reg"].get("rec_mask")
                 self._grad_w_hh(w.g_w_hh[d], dg, s["y"], s["h0"], d, T, B, bf, lengths, live,
@@ -607,8 +711,8 @@ class LSTM:
             if self.bias:
                 w.g_b_ih += db
                 w.g_b_hh += db
-            dx = (np.empty if live is None else np.zeros)((rows, self._layer_input(l)), dt)
-            _C.gemm(dg2, w.w_ih, dx, m_rows=live)
+            dx = (xp.empty if live is None else xp.zeros)((rows, self._layer_input(l)), dt)
+            _backend.matmul(dg2, w.w_ih, dx, m_rows=live)
             dx = dx.reshape(seq(self._layer_input(l)))
             if l > 0 and ctx["layers"][l - 1]["mask"] is not None:
                 dx *= ctx["layers"][l - 1]["mask"]
@@ -645,17 +749,18 @@ class LSTM:
                 k_rows = None
                 if live is not None:  # the rows of the sliced dG where a sequence exists
                     k_rows = live[live >= B] - B if d == 0 else live[live < (T - 1) * B]
-                _C.gemm(dg2[g_rows, gcols], y2[h_rows, hcols], g_w_hh, trans_a=True, accumulate=True, k_rows=k_rows)
+                _backend.matmul(dg2[g_rows, gcols], y2[h_rows, hcols], g_w_hh, trans_a=True, accumulate=True,
+                                k_rows=k_rows)
             if h0d is not None:
                 first = slice(None, B) if d == 0 else slice((T - 1) * B, None)
-                _C.gemm(dg2[first, gcols], h0d, g_w_hh, trans_a=True, accumulate=True)
+                _backend.matmul(dg2[first, gcols], h0d, g_w_hh, trans_a=True, accumulate=True)
             return
         # otherwise gather h[t-1] in processing order (and mask it)
         yt = y.swapaxes(0, 1) if bf else y            # [T, B, ...] views
-        hp = np.empty((B, T, H) if bf else (T, B, H), dt)
+        hp = self._xp.empty((B, T, H) if bf else (T, B, H), dt)
         hpt = hp.swapaxes(0, 1) if bf else hp
         first, rest, src = (0, slice(1, None), slice(None, -1)) if d == 0 else (T - 1, slice(None, -1), slice(1, None))
         hpt[first] = 0 if h0d is None else h0d
         hpt[rest] = yt[src, :, hcols] if mask is None else yt[src, :, hcols] * mask
-        _C.gemm(dg.reshape(T * B, -1)[:, gcols], hp.reshape(T * B, H), g_w_hh, trans_a=True, accumulate=True,
-                k_rows=live)
+        _backend.matmul(dg.reshape(T * B, -1)[:, gcols], hp.reshape(T * B, H), g_w_hh, trans_a=True, accumulate=True,
+                        k_rows=live)
