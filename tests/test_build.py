@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastlstm
@@ -74,3 +75,18 @@ def test_wider_vector_instructions_only_in_their_isa_namespace():
         assert seen_zmm_in_avx512, "the AVX-512 kernels use no zmm register: the check sees nothing"
     assert not offenders["zmm"], f"AVX-512 outside cpu_avx512: {sorted(offenders['zmm'])[:5]}"
     assert not offenders["ymm"], f"AVX outside cpu_avx2/cpu_avx512: {sorted(offenders['ymm'])[:5]}"
+
+
+@pytest.mark.skipif(not fastlstm.build_info()["cuda_compiled"], reason="no CUDA kernels in this build")
+def test_cuda_entry_points_check_their_arguments_without_a_gpu():
+    """The CUDA bindings reject host arrays by name, and with no GPU report the CUDA error (no crash)."""
+    z = np.zeros((1, 64, 16), np.float32)
+    args = [np.zeros((5, 1, 64), np.float32), z, None, None, None, np.zeros((5, 1, 16), np.float32),
+            np.zeros((1, 1, 16), np.float32), np.zeros((1, 1, 16), np.float32), None, None, False]
+    with pytest.raises(ValueError, match="w_hh: expected a CUDA array"):
+        _C.cuda_lstm_forward(*args, device=0, stream=0)
+    with pytest.raises(ValueError, match="strategy: expected 'auto', 'persistent' or 'streaming'"):
+        _C.cuda_lstm_forward(*args, device=0, stream=0, strategy="fast")
+    if fastlstm.build_info()["cuda_devices"] == 0:
+        with pytest.raises(RuntimeError, match="CUDA error"):
+            _C.cuda_strategy(1, 64, 1, False, False)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _backend
 from . import _validate as V
 from .layer import LSTM
 
@@ -35,16 +36,27 @@ class LSTMCell:
     def __init__(self, input_size, hidden_size, bias=True, dtype="float32", device="cpu", seed=None):
         self._core = LSTM(input_size, hidden_size, bias=bias, dtype=dtype, device=device, seed=seed)
         self._core._keep_every_forward = True  # every recorded call keeps its own gates and c
+        self._bind_params()
+        self._records = []  # one saved forward per training-mode call, newest last
+
+    def _bind_params(self) -> None:
         self._params = {_NAMES[k]: p for k, p in self._core.named_parameters()}
         for new, p in self._params.items():
             p.name = new
-        self._records = []  # one saved forward per training-mode call, newest last
 
     input_size = property(lambda self: self._core.input_size)
     hidden_size = property(lambda self: self._core.hidden_size)
     bias = property(lambda self: self._core.bias)
     dtype = property(lambda self: self._core.dtype)
     training = property(lambda self: self._core.training)
+    device = property(lambda self: self._core.device)
+
+    def to(self, device) -> "LSTMCell":
+        """Move the parameters to `device` ('cpu', 'cuda' or 'cuda:N'); recorded calls are dropped."""
+        self._core.to(device)
+        self._bind_params()
+        self._records.clear()
+        return self
 
     def train(self, mode: bool = True) -> "LSTMCell":
         self._core.train(mode)
@@ -65,7 +77,8 @@ class LSTMCell:
         self._core.zero_grad()
 
     def state_dict(self) -> dict:
-        return {k: p.data.copy() for k, p in self._params.items()}
+        """NumPy copies of the parameters under torch.nn.LSTMCell's names, whatever the device."""
+        return {k: np.array(_backend.to_numpy(p.data)) for k, p in self._params.items()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         if not hasattr(state, "keys"):
@@ -84,7 +97,7 @@ class LSTMCell:
 
     def forward(self, x, hx=None):
         """(h, c) after one step from state hx = (h, c) (zeros when None); shapes as torch.nn.LSTMCell."""
-        x = V.array(x, "x", self.dtype, f"(batch, {self.input_size}) or ({self.input_size},)")
+        x = V.array(x, "x", self.dtype, f"(batch, {self.input_size}) or ({self.input_size},)", self._core.device)
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected shape (batch, {self.input_size}) or ({self.input_size},), got {x.shape}")
         unbatched = x.ndim == 1
@@ -96,9 +109,9 @@ class LSTMCell:
                 raise TypeError(f"hx: expected a pair (h, c) of arrays or None, got {V.describe(hx)}")
             state = []
             for member, part in zip(hx, ("[0]", "[1]")):
-                member = V.array(member, "hx" + part, self.dtype, f"({B}, {H})")
+                member = V.array(member, "hx" + part, self.dtype, f"({B}, {H})", self._core.device)
                 V.shape(member, "hx" + part, (H,) if unbatched else (B, H), "(the batch of x, hidden_size)")
-                state.append(np.ascontiguousarray(member).reshape(1, B, H))
+                state.append(self._core._xp.ascontiguousarray(member).reshape(1, B, H))
         y, (h_n, c_n) = self._core(xb[None], None if state is None else tuple(state))
         if self._core.training:
             self._records.append((self._core._ctx, unbatched))
@@ -117,9 +130,9 @@ class LSTMCell:
         grads = []
         for g, name in ((dh, "dh"), (dc, "dc")):
             if g is not None:
-                g = V.array(g, name, self.dtype, f"({B}, {H})")
+                g = V.array(g, name, self.dtype, f"({B}, {H})", self._core.device)
                 V.shape(g, name, (H,) if unbatched else (B, H), "(the shape of h)")
-                g = np.ascontiguousarray(g).reshape(1, B, H)
+                g = self._core._xp.ascontiguousarray(g).reshape(1, B, H)
             grads.append(g)
         self._core._ctx = ctx
         dx, (dh0, dc0) = self._core.backward(None, tuple(grads))
