@@ -15,3 +15,15 @@ def test_bench_quick_smoke(tmp_path):
     assert "fastlstm" in out.stdout and "GFLOP/s" in out.stdout
     lines = csv_path.read_text().splitlines()
     assert len(lines) == 1 + 2 * 2, "header + (2 quick configs x 2 modes)"
+
+
+def test_bench_cuda_without_a_gpu_exits_with_status_2_and_says_why():
+    import fastlstm
+    from fastlstm import _backend
+    if fastlstm.build_info()["cuda_compiled"] and _backend.cuda_device_count() > 0:
+        import pytest
+        pytest.skip("a GPU is usable here: bench/gpu_check.sh runs the CUDA benchmark")
+    out = subprocess.run([sys.executable, str(BENCH), "--device", "cuda", "--quick", "--csv", ""],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "--device cpu" in out.stderr

@@ -22,9 +22,9 @@ untimed runs (at least one, at least 10 ms) after a short pause, so the thread p
 and fastlstm's pool spin for a moment after their work) do not bill the next one. The reported time is
 the median over all reps of both rounds.
 
-What it is not: a test (it never fails on slowness), a GPU benchmark (``--device cuda`` exits with
-status 2 until fastlstm has a CUDA backend; a device gets its own timer class, see ``make_timer``), or
-a multi-layer / bidirectional / float64 sweep.
+What it is not: a test (it never fails on slowness), or a multi-layer / bidirectional / float64 sweep.
+``--device cuda`` runs the GPU benchmark instead (fastlstm/bench_cuda.py: CUDA events, cuDNN through
+torch as the baseline); it exits with status 2 where the build has no CUDA kernels or no GPU is usable.
 
 How to run (with fastlstm installed; ``python bench/bench_lstm.py`` in the repository is the same
 program, writing its CSV under bench/results/)::
@@ -159,7 +159,10 @@ def device_unavailable(device: str, build_info: dict) -> Optional[str]:
     if not build_info.get("cuda_compiled"):
         return ("bench_lstm: the CUDA backend is not available in this build of fastlstm "
                 "(fastlstm.build_info()['cuda_compiled'] is False); use --device cpu")
-    return "bench_lstm: fastlstm has CUDA, but this benchmark has no CUDA timing path yet; use --device cpu"
+    from . import _backend
+    if _backend.cupy_or_none() is None or _backend.cuda_device_count() == 0:
+        return "bench_lstm: --device cuda needs CuPy and a usable GPU, and this machine has none; use --device cpu"
+    return None
 
 
 def make_timer(device: str) -> CpuTimer:
@@ -838,7 +841,8 @@ def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) 
         prog=prog,
         description="Time fastlstm.LSTM (forward, fwd+bwd) against torch.nn.LSTM and the NumPy reference.")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="where to run (default cpu; cuda exits with status 2 until fastlstm has a CUDA backend)")
+                   help="where to run (default cpu; cuda times the GPU sweep against cuDNN, and exits with status 2 "
+                        "where there is no GPU)")
     p.add_argument("--configs", nargs="+", type=parse_config, metavar="T,B,I,H",
                    help="problems to time (default: " + " ".join(Config(*c).label for c in DEFAULT_CONFIGS) + ")")
     p.add_argument("--quick", action="store_true",
@@ -939,6 +943,12 @@ def main(argv=None, prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CS
         print(reason, file=sys.stderr)
         return EXIT_UNAVAILABLE
     torch = load_torch(not args.no_torch)
+    if args.device == "cuda":
+        from .bench_cuda import run as run_cuda
+        csv_path = None
+        if args.csv:  # the default CPU file name becomes its CUDA twin
+            csv_path = str(default_csv).replace("cpu", "cuda") if args.csv == str(default_csv) else args.csv
+        return run_cuda(args, fastlstm, torch, csv_path)
     fastlstm_threads = fastlstm.get_num_threads()
     torch_threads = torch.get_num_threads() if torch else None
     try:
