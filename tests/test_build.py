@@ -25,7 +25,7 @@ def test_build_info_fields():
     assert isinstance(info["cuda_devices"], int) and info["cuda_devices"] >= 0
     assert len(info["cuda_device_names"]) == info["cuda_devices"]
     if info["cuda_compiled"]:  # CMake found nvcc: machine code (sm_NN) and/or PTX (compute_NN) per architecture
-        assert info["cuda_archs"] and all(re.fullmatch(r"(sm|compute)_\d+", a) for a in info["cuda_archs"])
+        assert info["cuda_archs"] and all(re.fullmatch(r"(sm|compute)_\d+|native|all|all-major", a) for a in info["cuda_archs"])
     else:
         assert info["cuda_archs"] == [] and info["cuda_devices"] == 0
 

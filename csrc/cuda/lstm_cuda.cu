@@ -37,6 +37,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -136,15 +138,25 @@ __device__ __forceinline__ void warp_dot(const Real* A, const Real* X, int64_t k
 }
 
 // ---- the epilogues (shared by both strategies) ----------------------------------------------------------
-// Forward cell update of unit j of sequence b at step s (time t), given z's GEMM part for i, f, g, o.
+// z's input part for unit j of sequence b at time t: gx[t][b] + bias, gates i, f, g, o. Loaded before
+// the step's GEMM where possible, so its latency hides behind the dot products.
 template <typename Real>
-__device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int64_t s, int64_t t, int64_t b,
-                                             int64_t j, const Real (&rec)[4]) {
+__device__ __forceinline__ void input_part(const LstmForwardArgs<Real>& a, int64_t t, int64_t b, int64_t j,
+                                           Real (&in)[4]) {
   const int64_t H = a.H;
   const Real* gxr = a.gx + t * a.gx_st + b * a.gx_sb;
+#pragma unroll
+  for (int g = 0; g < 4; ++g) in[g] = __ldg(gxr + g * H + j) + (a.bias ? __ldg(a.bias + g * H + j) : Real(0));
+}
+
+// Forward cell update of unit j of sequence b at step s (time t), given z's input part and GEMM part.
+template <typename Real>
+__device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int64_t s, int64_t t, int64_t b,
+                                             int64_t j, const Real (&in)[4], const Real (&rec)[4]) {
+  const int64_t H = a.H;
   Real z[4];
 #pragma unroll
-  for (int g = 0; g < 4; ++g) z[g] = __ldg(gxr + g * H + j) + (a.bias ? __ldg(a.bias + g * H + j) : Real(0)) + rec[g];
+  for (int g = 0; g < 4; ++g) z[g] = in[g] + rec[g];
   const Real i = sigmoid_(z[0]), f = sigmoid_(z[1]), gg = tanh_(z[2]), o = sigmoid_(z[3]);
   const Real c_prev = s == 0 ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.c_n[b * H + j];
   const Real c = f * c_prev + i * gg;
@@ -245,6 +257,10 @@ forward_persistent(const Dirs<LstmForwardArgs<Real>> p, int U, int64_t kp) {
       }
       __syncthreads();
       for (int u = warp; u < nu; u += nwarps) {
+        // the lanes that will run the epilogue: the first of each group holding gate i of a sequence
+        const bool owner = vidx < BT && (lane & ((1 << shift) - 1)) == 0 && b0 + vb < B;
+        Real in[4] = {Real(0), Real(0), Real(0), Real(0)};
+        if (owner) input_part(a, t, b0 + vb, u0 + u, in);
         Real acc[N];
 #pragma unroll
         for (int v = 0; v < N; ++v) acc[v] = Real(0);
@@ -253,7 +269,7 @@ forward_persistent(const Dirs<LstmForwardArgs<Real>> p, int U, int64_t kp) {
         Real rec[4];
 #pragma unroll
         for (int g = 0; g < 4; ++g) rec[g] = __shfl_sync(0xffffffffu, sum, (g * BT + vb) << shift);
-        if (vidx < BT && (lane & ((1 << shift) - 1)) == 0 && b0 + vb < B) forward_cell(a, s, t, b0 + vb, u0 + u, rec);
+        if (owner) forward_cell(a, s, t, b0 + vb, u0 + u, in, rec);
       }
     }
     if (s + 1 < T) grid.sync();  // every block's h[t] is in global memory before anyone reads it
@@ -390,7 +406,11 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
 #pragma unroll
     for (int q = 0; q < TU; ++q) {
       const int64_t b = b0 + ty + m * NY, j = j0 + tx + q * NX;
-      if (b < B && j < H) forward_cell(a, s, t, b, j, acc[m][q]);
+      if (b < B && j < H) {
+        Real in[4];
+        input_part(a, t, b, j, in);
+        forward_cell(a, s, t, b, j, in, acc[m][q]);
+      }
     }
 }
 
@@ -455,11 +475,27 @@ struct Device {
   int id = 0, sms = 0, smem_optin = 0, cooperative = 0;
 };
 
-Device use_device(int id) {
-  int count = 0;
-  FASTLSTM_CUDA_CHECK(cudaGetDeviceCount(&count));
-  FASTLSTM_CHECK(id >= 0 && id < count, "device: expected a CUDA device in [0, " << count << "), got " << id);
-  FASTLSTM_CUDA_CHECK(cudaSetDevice(id));
+// Makes `id` this thread's current device for the guard's lifetime and then restores the previous one,
+// so a call never changes the device the caller (CuPy) works on.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int id) {
+    int count = 0;
+    FASTLSTM_CUDA_CHECK(cudaGetDeviceCount(&count));
+    FASTLSTM_CHECK(id >= 0 && id < count, "device: expected a CUDA device in [0, " << count << "), got " << id);
+    FASTLSTM_CUDA_CHECK(cudaGetDevice(&previous_));
+    FASTLSTM_CUDA_CHECK(cudaSetDevice(id));
+  }
+  ~DeviceGuard() { cudaSetDevice(previous_); }  // cannot fail: previous_ was current a moment ago
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+// The properties of device `id` (the current device, under a DeviceGuard).
+Device describe_device(int id) {
   Device d;
   d.id = id;
   FASTLSTM_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, d.id));
@@ -512,11 +548,20 @@ Persistent plan_persistent(const Device& dev, int64_t B, int64_t H, int ndirs, b
   return pl;
 }
 
-// Sets the kernel's shared-memory limit and checks that the whole grid can be resident at once (a
-// cooperative launch's precondition).
+// Checks that the whole grid can be resident at once (a cooperative launch's precondition). The
+// kernel's dynamic shared-memory limit is raised to the device's maximum once per device and kernel
+// (a limit, not a size: concurrent calls with different sizes all fit under it).
 bool fits_cooperatively(const void* kernel, const Device& dev, const Persistent& pl, int ndirs) {
-  FASTLSTM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(pl.smem)));
+  static std::mutex mutex;
+  static std::set<std::pair<int, const void*>> raised;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (raised.insert({dev.id, kernel}).second) {
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dev.smem_optin);
+      if (err != cudaSuccess) raised.erase({dev.id, kernel});
+      FASTLSTM_CUDA_CHECK(err);
+    }
+  }
   int per_sm = 0;
   FASTLSTM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, pl.threads, pl.smem));
   return static_cast<int64_t>(per_sm) * dev.sms >= static_cast<int64_t>(pl.blocks) * ndirs;
@@ -552,6 +597,8 @@ Strategy resolve(Strategy requested, const Device& dev, int64_t B, int64_t H, in
     fits = fits_cooperatively(k, dev, pl, ndirs);
   }
   if (requested == Strategy::Persistent) {
+    FASTLSTM_CHECK(dev.cooperative, "strategy='persistent': this GPU does not support cooperative launches; use "
+                                    "'auto' or 'streaming'");
     FASTLSTM_CHECK(fits, "strategy='persistent': this problem (B=" << B << ", H=" << H << ", " << ndirs
                                                                   << " direction(s), " << sizeof(Real) * 8
                                                                   << "-bit) does not fit on chip on this GPU; "
@@ -607,7 +654,8 @@ void check_common(const Args* dirs, int ndirs, const char* what) {
     const Args& a = dirs[d];
     FASTLSTM_CHECK(a.T > 0 && a.B > 0 && a.H > 0, what << ": expected T, B, H > 0");
     FASTLSTM_CHECK(a.T == dirs[0].T && a.B == dirs[0].B && a.H == dirs[0].H, what << ": directions differ in shape");
-    FASTLSTM_CHECK(a.B <= INT32_MAX / 4 && 4 * a.H <= INT32_MAX, what << ": B or H too large");
+    FASTLSTM_CHECK(a.B <= (1 << 22) && a.H <= (1 << 26), what << ": B (at most 2^22 on the GPU) or H (2^26) too large, got B="
+                                                               << a.B << ", H=" << a.H);
     FASTLSTM_CHECK(a.lengths == nullptr, what << ": lengths are not supported on the GPU yet");
     FASTLSTM_CHECK(a.P == 0, what << ": projections (proj_size) are not supported on the GPU yet");
     FASTLSTM_CHECK(a.zoneout_h == nullptr && a.zoneout_c == nullptr && a.rec_mask == nullptr,
@@ -634,23 +682,27 @@ const char* strategy_name(Strategy s) {
   }
 }
 
-// FASTLSTM_CUDA_ARCHS is CMake's CUDA_ARCHITECTURES, comma-separated: "80-real,90" -> sm_80, sm_90,
-// compute_90 ("NN" alone is machine code and PTX, "-virtual" PTX only).
+// FASTLSTM_CUDA_ARCHS is CMake's CUDA_ARCHITECTURES joined by '+': "80-real+90" -> sm_80, sm_90,
+// compute_90 ("NN" alone is machine code and PTX, "-real" machine code only, "-virtual" PTX only).
 std::vector<std::string> archs_compiled() {
   std::vector<std::string> out;
 #ifdef FASTLSTM_CUDA_ARCHS
-  const std::string all = std::string(FASTLSTM_CUDA_ARCHS) + ",";
+  const std::string all = std::string(FASTLSTM_CUDA_ARCHS) + "+";
   std::string cur;
   for (char ch : all) {
-    if (ch != ',' && ch != ';' && ch != ' ') {
+    if (ch != '+') {
       cur += ch;
       continue;
     }
     if (cur.empty()) continue;
     const auto dash = cur.find('-');
     const std::string num = cur.substr(0, dash), kind = dash == std::string::npos ? "" : cur.substr(dash + 1);
-    if (kind != "virtual") out.push_back("sm_" + num);
-    if (kind != "real") out.push_back("compute_" + num);
+    if (num.find_first_not_of("0123456789") != std::string::npos) {  // "native", "all", "all-major": as given
+      out.push_back(cur);
+    } else {
+      if (kind != "virtual") out.push_back("sm_" + num);
+      if (kind != "real") out.push_back("compute_" + num);
+    }
     cur.clear();
   }
 #endif
@@ -678,8 +730,9 @@ std::string device_name(int device) {
 template <typename Real>
 Strategy choose_strategy(int64_t B, int64_t H, int ndirs, bool backward, int device) {
   FASTLSTM_CHECK(B > 0 && H > 0 && (ndirs == 1 || ndirs == 2), "choose_strategy: expected B, H > 0 and 1 or 2 directions");
+  const DeviceGuard guard(device);
   Persistent pl;
-  return resolve<Real>(Strategy::Auto, use_device(device), B, H, ndirs, backward, pl);
+  return resolve<Real>(Strategy::Auto, describe_device(device), B, H, ndirs, backward, pl);
 }
 
 template <typename Real>
@@ -691,7 +744,8 @@ void lstm_forward(const LstmForwardArgs<Real>* dirs, int ndirs, int device, std:
     FASTLSTM_CHECK((dirs[d].gates == nullptr) == (dirs[d].cell == nullptr), "lstm_forward: gates and cell go together");
   }
   const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  const Device dev = use_device(device);
+  const DeviceGuard guard(device);
+  const Device dev = describe_device(device);
   Dirs<LstmForwardArgs<Real>> p{};
   for (int d = 0; d < ndirs; ++d) p.d[d] = dirs[d];
   const int64_t B = dirs[0].B, H = dirs[0].H;
@@ -721,7 +775,8 @@ void lstm_backward(const LstmBackwardArgs<Real>* dirs, int ndirs, int device, st
     FASTLSTM_CHECK(dirs[d].dbias == nullptr, "lstm_backward: dbias is summed by the caller on the GPU");
   }
   const auto stream = reinterpret_cast<cudaStream_t>(stream_handle);
-  const Device dev = use_device(device);
+  const DeviceGuard guard(device);
+  const Device dev = describe_device(device);
   Dirs<LstmBackwardArgs<Real>> p{};
   for (int d = 0; d < ndirs; ++d) p.d[d] = dirs[d];
   const int64_t B = dirs[0].B, H = dirs[0].H;

@@ -59,6 +59,10 @@ def require_cuda(what: str) -> None:
     if cuda_device_count() == 0:
         raise RuntimeError(f"{what}: no usable CUDA GPU here (CuPy sees no device; "
                            f"fastlstm.build_info()['cuda_devices'] is {_C.build_info()['cuda_devices']})")
+    if _C.build_info()["cuda_devices"] == 0:  # CuPy sees a GPU, fastlstm's static CUDA runtime does not
+        raise RuntimeError(f"{what}: CuPy sees a GPU but fastlstm's CUDA runtime does not: the NVIDIA driver is "
+                           f"probably older than the CUDA version fastlstm was built with (CUDA 13 needs driver "
+                           f">= 580); update the driver or build fastlstm from source with your CUDA toolkit")
 
 
 def module_for(device: str):

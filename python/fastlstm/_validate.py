@@ -64,7 +64,7 @@ def seed(value, name: str = "seed"):
 
 def array(value, name: str, dtype: np.dtype, shape_doc: str, device: str = "cpu"):
     """An array of exactly `dtype` on the layer's `device`: a NumPy array for 'cpu', a CuPy array on
-    that GPU for 'cuda' / 'cuda:N' (shape is the caller's business). Never a silent copy between devices."""
+    GPU N for 'cuda:N' (shape is the caller's business). Never a silent copy between devices."""
     module = type(value).__module__.split(".")[0]
     if device == "cpu":
         if not isinstance(value, np.ndarray):
@@ -81,7 +81,7 @@ def array(value, name: str, dtype: np.dtype, shape_doc: str, device: str = "cpu"
             raise TypeError(f"{name}: expected a cupy.ndarray of {dtype} with shape {shape_doc} on {device!r}, "
                             f"got {describe(value)}")
         _, _, index = device.partition(":")
-        if index and value.device.id != int(index):
+        if value.device.id != int(index):
             raise ValueError(f"{name}: expected an array on {device!r}, got one on 'cuda:{value.device.id}'")
     if value.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype} "

@@ -25,6 +25,7 @@ tests/test_lengths.py, test_regularisation.py, test_projection.py, test_cell.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import warnings
@@ -247,7 +248,7 @@ class LSTM:
 
     @staticmethod
     def _check_device(device) -> str:
-        """'cpu', 'cuda' or 'cuda:N' (N: a CuPy device id) -> the canonical name; raises if unusable here."""
+        """'cpu', 'cuda' (CuPy's current device) or 'cuda:N' -> 'cpu' or 'cuda:N'; raises if unusable here."""
         if not isinstance(device, str):
             raise TypeError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {V.describe(device)}")
         if device == "cpu":
@@ -256,15 +257,21 @@ class LSTM:
         if kind != "cuda" or (index and not index.isdigit()):
             raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         _backend.require_cuda(f"device={device!r}")
-        if index:
-            count = _backend.cuda_device_count()
-            if int(index) >= count:
-                raise ValueError(f"device: {device!r} does not exist; this machine has {count} CUDA device(s)")
-        return device
+        if not index:
+            return f"cuda:{_backend.cupy_or_none().cuda.Device().id}"
+        count = _backend.cuda_device_count()
+        if int(index) >= count:
+            raise ValueError(f"device: {device!r} does not exist; this machine has {count} CUDA device(s)")
+        return f"cuda:{int(index)}"
 
     def _cuda_device_id(self) -> int:
-        kind, _, index = self.device.partition(":")
-        return int(index) if index else _backend.cupy_or_none().cuda.Device().id
+        return int(self.device.partition(":")[2])
+
+    def _device_scope(self):
+        """A with-block in which CuPy allocates, multiplies and streams on this layer's GPU (nothing on the CPU)."""
+        if self.device == "cpu":
+            return contextlib.nullcontext()
+        return _backend.cupy_or_none().cuda.Device(self._cuda_device_id())
 
     @property
     def cuda_strategy(self) -> str:
@@ -379,9 +386,7 @@ class LSTM:
         if device == "cpu":
             self._move(device)
         else:
-            cp = _backend.cupy_or_none()
-            kind, _, index = device.partition(":")
-            with cp.cuda.Device(int(index) if index else cp.cuda.Device().id):
+            with _backend.cupy_or_none().cuda.Device(int(device.partition(":")[2])):
                 self._move(device)
         return self
 
@@ -483,6 +488,10 @@ class LSTM:
         without packing. y is 0 past each sequence's length, h_n/c_n come from its last valid step, the
         reverse direction starts at its own end; the kernels skip the missing steps.
         """
+        with self._device_scope():
+            return self._forward(x, hx, lengths)
+
+    def _forward(self, x, hx=None, lengths=None):
         L, D, H, dt = self.num_layers, self.num_directions, self.hidden_size, self.dtype
         doc = f"(T, B, {self.input_size})" if not self.batch_first else f"(B, T, {self.input_size})"
         xp, cuda = self._xp, self.device != "cpu"
@@ -648,6 +657,10 @@ class LSTM:
         (gradients w.r.t. h_n and c_n) may be None. Adds the parameter gradients into ``p.grad`` and
         releases what the forward saved (a second backward needs a new forward).
         """
+        with self._device_scope():
+            return self._backward(dy, dhx)
+
+    def _backward(self, dy, dhx=None):
         ctx = self._ctx
         if ctx is None:
             raise ValueError("backward: no saved forward to differentiate; call the layer in training mode "
@@ -690,8 +703,8 @@ class LSTM:
             if cuda:
                 _C.cuda_lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks],
                                       bf, **self._cuda_launch())
-                if db is not None:  # the bias gradient: dG summed over steps and sequences
-                    xp.sum(dg.reshape(rows, D, 4 * H), axis=0, out=db)
+                if db is not None:  # the bias gradient: dG summed over steps and sequences (in double, as the CPU)
+                    db[...] = xp.sum(dg.reshape(rows, D, 4 * H), axis=0, dtype=xp.float64)
             else:
                 _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks], bf,
                                  db, lengths,
