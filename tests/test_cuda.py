@@ -79,6 +79,15 @@ def test_larger_shapes_against_reference(strategy, T, B, H):
     run_against_reference(strategy, T, B, 11, H, 1, True, False, np.float32, seed=2)
 
 
+@pytest.mark.parametrize("tile", range(5))
+def test_every_streaming_tile_against_reference(tile, monkeypatch):
+    """The streaming kernels' tile shapes (largest first; the heuristic picks one per problem size),
+    each forced at sizes that leave partial tiles in both dimensions."""
+    monkeypatch.setenv("FASTLSTM_CUDA_TILE", str(tile))
+    run_against_reference("streaming", 3, 37, 6, 45, 1, True, False, np.float64)
+    run_against_reference("streaming", 2, 5, 6, 70, 1, False, True, np.float32, seed=3)
+
+
 def test_auto_picks_persistent_for_small_batches_and_streaming_for_large():
     assert _C.cuda_strategy(1, 256, 1, False, False) == "persistent"
     assert _C.cuda_strategy(8, 1024, 1, True, False) == "persistent"

@@ -37,6 +37,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -330,7 +331,7 @@ backward_persistent(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int U,
 }
 
 // ---- streaming kernels -----------------------------------------------------------------------------------
-constexpr int kStreamThreads = 256;
+constexpr int kStreamMaxThreads = 256;  // a tile's threads: (BU / TU) x (BM / TM), at most this
 constexpr int kStreamBK = 16;
 
 // The four gates' weights of a unit for one k, adjacent in a shared-memory row: one 16-byte load for
@@ -353,10 +354,11 @@ __device__ __forceinline__ void load_gates(const Real* p, Real (&w)[4]) {
 // tile is ws[k][4u + g] = w_hh[g*H + j0 + u][k0 + k], read in place (each (g, u) row segment is BK
 // consecutive values); rows are padded by 16 bytes (fewer bank conflicts when storing), xs by one.
 template <typename Real, int BM, int BU, int TM, int TU>
-__global__ void __launch_bounds__(kStreamThreads)
+__global__ void __launch_bounds__(kStreamMaxThreads)
 forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
   constexpr int NX = BU / TU, NY = BM / TM, BK = kStreamBK, WROW = 4 * BU + 16 / sizeof(Real);
-  static_assert(NX * NY == kStreamThreads, "tile shape must use every thread");
+  constexpr int NT = NX * NY;
+  static_assert(NT <= kStreamMaxThreads && NT % 32 == 0, "a tile takes whole warps, at most kStreamMaxThreads");
   __shared__ Real xs[BK][BM + 1];
   __shared__ __align__(16) Real ws[BK][WROW];
   const LstmForwardArgs<Real>& a = p.d[blockIdx.z];
@@ -375,11 +377,11 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
       for (int g = 0; g < 4; ++g) acc[m][q][g] = Real(0);
   if (hprev) {
     for (int64_t k0 = 0; k0 < H; k0 += BK) {
-      for (int e = threadIdx.x; e < BM * BK; e += kStreamThreads) {
+      for (int e = threadIdx.x; e < BM * BK; e += NT) {
         const int bb = e / BK, kk = e % BK;
         xs[kk][bb] = (b0 + bb < B && k0 + kk < H) ? hprev[(b0 + bb) * hsb + k0 + kk] : Real(0);
       }
-      for (int e = threadIdx.x; e < BK * 4 * BU; e += kStreamThreads) {
+      for (int e = threadIdx.x; e < BK * 4 * BU; e += NT) {
         const int kk = e % BK, c = e / BK, u = c / 4, g = c % 4;
         ws[kk][c] = (k0 + kk < H && j0 + u < H) ? a.w_hh[(g * H + j0 + u) * H + k0 + kk] : Real(0);
       }
@@ -417,10 +419,11 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
 // Backward step s (s == T: dh0 and dc0). Grid (unit tiles of BU, sequence tiles of BM, directions);
 // dh[b][j] over K = 4H from the dG of the step differentiated before and W_hh read in place.
 template <typename Real, int BM, int BU, int TM, int TU>
-__global__ void __launch_bounds__(kStreamThreads)
+__global__ void __launch_bounds__(kStreamMaxThreads)
 backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int64_t s) {
   constexpr int NX = BU / TU, NY = BM / TM, BK = kStreamBK;
-  static_assert(NX * NY == kStreamThreads, "tile shape must use every thread");
+  constexpr int NT = NX * NY;
+  static_assert(NT <= kStreamMaxThreads && NT % 32 == 0, "a tile takes whole warps, at most kStreamMaxThreads");
   __shared__ Real xs[BK][BM + 1];
   __shared__ Real ws[BK][BU];
   const LstmBackwardArgs<Real>& a = p.d[blockIdx.z];
@@ -437,11 +440,11 @@ backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int64_t s) {
     for (int q = 0; q < TU; ++q) acc[m][q] = Real(0);
   if (src) {
     for (int64_t k0 = 0; k0 < G; k0 += BK) {
-      for (int e = threadIdx.x; e < BM * BK; e += kStreamThreads) {
+      for (int e = threadIdx.x; e < BM * BK; e += NT) {
         const int bb = e / BK, kk = e % BK;
         xs[kk][bb] = (b0 + bb < B && k0 + kk < G) ? src[(b0 + bb) * a.dg_sb + k0 + kk] : Real(0);
       }
-      for (int e = threadIdx.x; e < BK * BU; e += kStreamThreads) {
+      for (int e = threadIdx.x; e < BK * BU; e += NT) {
         const int kk = e / BU, c = e % BU;
         ws[kk][c] = (k0 + kk < G && j0 + c < H) ? a.w_hh[(k0 + kk) * H + j0 + c] : Real(0);
       }
@@ -626,12 +629,38 @@ class Scratch {
   cudaStream_t stream_;
 };
 
+// The streaming tiles, largest first (sequences BM x units BU per block, TM x TU per thread). A step
+// is one launch whose blocks each do a small GEMM, so the grid must fill the GPU: pick_tile takes the
+// largest tile that still gives every multiprocessor a block (and does not waste most of its rows on
+// a small batch), else the smallest.
+struct Tile {
+  int BM, BU;
+};
+constexpr Tile kForwardTiles[] = {{64, 32}, {32, 32}, {16, 16}, {8, 16}, {8, 8}};
+constexpr Tile kBackwardTiles[] = {{64, 64}, {32, 64}, {16, 32}, {8, 32}, {8, 16}};
+
+// FASTLSTM_CUDA_TILE=i forces tile i of both tables (tests cover every tile at small sizes with it).
+template <size_t N>
+int pick_tile(const Tile (&tiles)[N], int64_t B, int64_t H, int ndirs, int sms) {
+  if (const char* forced = std::getenv("FASTLSTM_CUDA_TILE")) {
+    const int i = std::atoi(forced);
+    FASTLSTM_CHECK(i >= 0 && i < static_cast<int>(N), "FASTLSTM_CUDA_TILE: expected 0.." << N - 1 << ", got '" << forced << "'");
+    return i;
+  }
+  for (size_t i = 0; i < N; ++i) {
+    if (tiles[i].BM > 2 * B && tiles[i].BM > 8) continue;
+    if (ceil_div(H, tiles[i].BU) * ceil_div(B, tiles[i].BM) * ndirs >= sms) return static_cast<int>(i);
+  }
+  return static_cast<int>(N) - 1;
+}
+
 template <typename Real, int BM, int BU, int TM, int TU>
 void launch_forward_steps(const Dirs<LstmForwardArgs<Real>>& p, int ndirs, cudaStream_t stream) {
   const LstmForwardArgs<Real>& a = p.d[0];
   const dim3 grid(static_cast<unsigned>(ceil_div(a.H, BU)), static_cast<unsigned>(ceil_div(a.B, BM)), ndirs);
+  constexpr int threads = (BU / TU) * (BM / TM);
   for (int64_t s = 0; s < a.T; ++s) {
-    forward_step<Real, BM, BU, TM, TU><<<grid, kStreamThreads, 0, stream>>>(p, s);
+    forward_step<Real, BM, BU, TM, TU><<<grid, threads, 0, stream>>>(p, s);
     FASTLSTM_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -640,8 +669,9 @@ template <typename Real, int BM, int BU, int TM, int TU>
 void launch_backward_steps(const Dirs<LstmBackwardArgs<Real>>& p, Real* carry, int ndirs, cudaStream_t stream) {
   const LstmBackwardArgs<Real>& a = p.d[0];
   const dim3 grid(static_cast<unsigned>(ceil_div(a.H, BU)), static_cast<unsigned>(ceil_div(a.B, BM)), ndirs);
+  constexpr int threads = (BU / TU) * (BM / TM);
   for (int64_t s = 0; s <= a.T; ++s) {
-    backward_step<Real, BM, BU, TM, TU><<<grid, kStreamThreads, 0, stream>>>(p, carry, s);
+    backward_step<Real, BM, BU, TM, TU><<<grid, threads, 0, stream>>>(p, carry, s);
     FASTLSTM_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -760,9 +790,13 @@ void lstm_forward(const LstmForwardArgs<Real>* dirs, int ndirs, int device, std:
     FASTLSTM_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  if (B <= 8) launch_forward_steps<Real, 8, 64, 1, 2>(p, ndirs, stream);
-  else if (B <= 32) launch_forward_steps<Real, 32, 32, 2, 2>(p, ndirs, stream);
-  else launch_forward_steps<Real, 64, 32, 4, 2>(p, ndirs, stream);
+  switch (pick_tile(kForwardTiles, B, H, ndirs, dev.sms)) {  // (TM, TU) make 256, 256, 256, 128, 64 threads
+    case 0: launch_forward_steps<Real, 64, 32, 4, 2>(p, ndirs, stream); break;
+    case 1: launch_forward_steps<Real, 32, 32, 2, 2>(p, ndirs, stream); break;
+    case 2: launch_forward_steps<Real, 16, 16, 1, 1>(p, ndirs, stream); break;
+    case 3: launch_forward_steps<Real, 8, 16, 1, 1>(p, ndirs, stream); break;
+    default: launch_forward_steps<Real, 8, 8, 1, 1>(p, ndirs, stream); break;
+  }
 }
 
 template <typename Real>
@@ -793,9 +827,13 @@ void lstm_backward(const LstmBackwardArgs<Real>* dirs, int ndirs, int device, st
     FASTLSTM_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  if (B <= 8) launch_backward_steps<Real, 8, 128, 1, 4>(p, carry, ndirs, stream);
-  else if (B <= 32) launch_backward_steps<Real, 32, 64, 2, 4>(p, carry, ndirs, stream);
-  else launch_backward_steps<Real, 64, 64, 4, 4>(p, carry, ndirs, stream);
+  switch (pick_tile(kBackwardTiles, B, H, ndirs, dev.sms)) {  // (TM, TU) make 256, 256, 256, 256, 128 threads
+    case 0: launch_backward_steps<Real, 64, 64, 4, 4>(p, carry, ndirs, stream); break;
+    case 1: launch_backward_steps<Real, 32, 64, 2, 4>(p, carry, ndirs, stream); break;
+    case 2: launch_backward_steps<Real, 16, 32, 1, 2>(p, carry, ndirs, stream); break;
+    case 3: launch_backward_steps<Real, 8, 32, 1, 1>(p, carry, ndirs, stream); break;
+    default: launch_backward_steps<Real, 8, 16, 1, 1>(p, carry, ndirs, stream); break;
+  }
 }
 
 template Strategy choose_strategy<float>(int64_t, int64_t, int, bool, int);

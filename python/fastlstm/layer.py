@@ -458,6 +458,8 @@ class LSTM:
                 extra.append(f"{key}={getattr(self, key)}")
         if self.dtype != np.float32:
             extra.append(f"dtype='{self.dtype.name}'")
+        if self.device != "cpu":
+            extra.append(f"device='{self.device}'")
         return f"LSTM({', '.join([str(self.input_size), str(self.hidden_size)] + extra)})"
 
     def _saved_buffer(self, key, shape):
