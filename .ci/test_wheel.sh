@@ -13,8 +13,10 @@ trap 'rm -rf "$env_dir"' EXIT
 python3 -m venv "$env_dir/venv"
 py="$env_dir/venv/bin/python"
 "$py" -m pip install -q --upgrade pip
-# binaries only: a wheel install must never reach for a compiler
-"$py" -m pip install -q --only-binary=:all: "$wheel" pytest
+# binaries only, with no compiler in sight (PATH holds the venv alone): a wheel install must never build
+PATH="$env_dir/venv/bin" CC=/bin/false CXX=/bin/false CUDACXX=/bin/false \
+  "$py" -m pip install -q --only-binary=:all: "$wheel" pytest
+PATH="$env_dir/venv/bin" "$py" -c "import shutil; assert not any(map(shutil.which, ('gcc', 'g++', 'cc', 'nvcc', 'cmake')))"
 # run from a directory outside the checkout: `import fastlstm` must find the venv's copy
 cd "$env_dir"
 "$py" - "$repo" <<'PY'
