@@ -9,6 +9,7 @@
 #include <pybind11/stl.h>
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "check.h"
@@ -102,9 +103,8 @@ struct DeviceArrays {
   template <typename T>
   static T* get(const py::object& obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
     const View v = view(obj, name);
-    const char* want = sizeof(T) == 8 ? "<f8" : "<f4";
-    FASTLSTM_CHECK(v.typestr == want, name << ": expected typestr " << want << " (float" << 8 * sizeof(T) << "), got "
-                                           << v.typestr);
+    const char* want = std::is_same_v<T, int64_t> ? "<i8" : sizeof(T) == 8 ? "<f8" : "<f4";
+    FASTLSTM_CHECK(v.typestr == want, name << ": expected typestr " << want << ", got " << v.typestr);
     auto str = [](const std::vector<int64_t>& s) {
       std::string out = "(";
       for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -215,8 +215,8 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
   const T* pwr = optional<A, T>(proj.w_hr, "w_hr", {D, P, H}, false);
   T* phr = optional<A, T>(proj.h_raw, "h_raw", {D, T_, B, H}, true);
   FASTLSTM_CHECK(P ? (phr != nullptr) == (pg != nullptr) : !phr, "h_raw: pass it in training with a projection (w_hr) only");
-  FASTLSTM_CHECK(!A::device || lengths.is_none(), "lengths: not supported on the GPU yet");
-  const int64_t* plen = lengths_arg(lengths, B, T_);
+  // (on the GPU the layer has checked and sorted lengths on the host; the kernels read a device copy)
+  const int64_t* plen = A::device ? optional<A, int64_t>(lengths, "lengths", {B}, false) : lengths_arg(lengths, B, T_);
   const T* pzh = optional<A, T>(reg.zoneout_h, "zoneout_h", {D, T_, B, KP}, false);
   const T* pzc = optional<A, T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
   const T* prm = optional<A, T>(reg.rec_mask, "rec_mask", {D, B, KP}, false);
@@ -294,8 +294,8 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
   T* pdh0 = A::template get<T>(dh0, "dh0", {D, B, KP}, true);
   T* pdc0 = A::template get<T>(dc0, "dc0", {D, B, H}, true);
   T* pdb = optional<A, T>(dbias, "dbias", {D, 4 * H}, true);
-  FASTLSTM_CHECK(!A::device || lengths.is_none(), "lengths: not supported on the GPU yet");
-  const int64_t* plen = lengths_arg(lengths, B, T_);
+  // (on the GPU the layer has checked and sorted lengths on the host; the kernels read a device copy)
+  const int64_t* plen = A::device ? optional<A, int64_t>(lengths, "lengths", {B}, false) : lengths_arg(lengths, B, T_);
   const T* pzh = optional<A, T>(reg.zoneout_h, "zoneout_h", {D, T_, B, KP}, false);
   const T* pzc = optional<A, T>(reg.zoneout_c, "zoneout_c", {D, T_, B, H}, false);
   const T* prm = optional<A, T>(reg.rec_mask, "rec_mask", {D, B, KP}, false);
@@ -497,33 +497,33 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_lstm_forward",
         [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
            py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int device,
-           std::uintptr_t stream, const std::string& strategy) {
+           std::uintptr_t stream, const std::string& strategy, py::object lengths) {
           const Launch launch{0, device, stream, cuda::strategy_from_name(strategy)};
           if (DeviceArrays::is_f64(w_hh))
-            forward_impl<double, DeviceArrays>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, py::none(),
+            forward_impl<double, DeviceArrays>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths,
                                                0, Regularisation{}, Projection{}, launch);
           else
-            forward_impl<float, DeviceArrays>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, py::none(),
+            forward_impl<float, DeviceArrays>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths,
                                               0, Regularisation{}, Projection{}, launch);
         },
         py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"),
         py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"), py::arg("device"),
-        py::arg("stream"), py::arg("strategy") = "auto");
+        py::arg("stream"), py::arg("strategy") = "auto", py::arg("lengths") = py::none());
   m.def("cuda_lstm_backward",
         [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
            py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, int device,
-           std::uintptr_t stream, const std::string& strategy) {
+           std::uintptr_t stream, const std::string& strategy, py::object lengths) {
           const Launch launch{0, device, stream, cuda::strategy_from_name(strategy)};
           if (DeviceArrays::is_f64(w_hh))
             backward_impl<double, DeviceArrays>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, py::none(),
-                                                batch_first, py::none(), Regularisation{}, Projection{}, launch);
+                                                batch_first, lengths, Regularisation{}, Projection{}, launch);
           else
             backward_impl<float, DeviceArrays>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, py::none(),
-                                               batch_first, py::none(), Regularisation{}, Projection{}, launch);
+                                               batch_first, lengths, Regularisation{}, Projection{}, launch);
         },
         py::arg("w_hh"), py::arg("gates"), py::arg("cell"), py::arg("c0"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dg"), py::arg("dh0"), py::arg("dc0"), py::arg("batch_first"), py::arg("device"),
-        py::arg("stream"), py::arg("strategy") = "auto");
+        py::arg("stream"), py::arg("strategy") = "auto", py::arg("lengths") = py::none());
   m.def("cuda_strategy",
         [](int64_t B, int64_t H, int ndirs, bool backward, bool f64, int device) {
           const cuda::Strategy s = f64 ? cuda::choose_strategy<double>(B, H, ndirs, backward, device)

@@ -31,7 +31,7 @@ def host(a):
     return None if a is None else cp.asnumpy(a)
 
 
-def run_against_reference(strategy, T, B, I, H, L, bidirectional, batch_first, dtype, seed=0):
+def run_against_reference(strategy, T, B, I, H, L, bidirectional, batch_first, dtype, seed=0, lengths=None):
     """Training forward + backward of a CUDA layer against fastlstm.reference (float64)."""
     rng = np.random.default_rng(seed)
     params = random_state_dict(rng, I, H, L, bidirectional)
@@ -46,12 +46,14 @@ def run_against_reference(strategy, T, B, I, H, L, bidirectional, batch_first, d
     lstm.load_state_dict(params)
     sw = (lambda a: a.swapaxes(0, 1)) if batch_first else (lambda a: a)
     cast = lambda a: gpu(np.ascontiguousarray(a.astype(dtype)))
-    y, (hn, cn) = lstm(cast(sw(x)), (cast(h0), cast(c0)))
+    y, (hn, cn) = lstm(cast(sw(x)), (cast(h0), cast(c0)), lengths=lengths)
     assert isinstance(y, cp.ndarray) and isinstance(hn, cp.ndarray) and y.dtype == dtype
     dx, (dh0, dc0) = lstm.backward(cast(sw(dy)), (cast(dh_n), cast(dc_n)))
-    yr, (hr, cr), cache = fastlstm.reference.lstm_forward(x, params, L, bidirectional, h0, c0)
-    dxr, dh0r, dc0r, gr = fastlstm.reference.lstm_backward(dy, dh_n, dc_n, cache)
-    what = f"{strategy} T={T} B={B} I={I} H={H} L={L} D={D} bf={batch_first} {np.dtype(dtype).name}"
+    yr, (hr, cr), cache = fastlstm.reference.lstm_forward(x, params, L, bidirectional, h0, c0, None, lengths)
+    live = 1 if lengths is None else (np.arange(T)[:, None] < np.asarray(lengths)[None, :])[:, :, None]
+    dxr, dh0r, dc0r, gr = fastlstm.reference.lstm_backward(dy * live, dh_n, dc_n, cache)
+    what = (f"{strategy} T={T} B={B} I={I} H={H} L={L} D={D} bf={batch_first} {np.dtype(dtype).name} "
+            f"lengths={lengths}")
     got = dict(y=sw(host(y)), hn=host(hn), cn=host(cn), dx=sw(host(dx)), dh0=host(dh0), dc0=host(dc0),
                **{k: host(p.grad) for k, p in lstm.named_parameters()})
     ref = dict(y=yr, hn=hr, cn=cr, dx=dxr, dh0=dh0r, dc0=dc0r, **gr)
@@ -85,7 +87,19 @@ def test_every_streaming_tile_against_reference(tile, monkeypatch):
     each forced at sizes that leave partial tiles in both dimensions."""
     monkeypatch.setenv("FASTLSTM_CUDA_TILE", str(tile))
     run_against_reference("streaming", 3, 37, 6, 45, 1, True, False, np.float64)
+    lengths = np.random.default_rng(tile).integers(1, 4, 37).tolist()
+    run_against_reference("streaming", 3, 37, 6, 45, 1, True, False, np.float64, lengths=lengths)
     run_against_reference("streaming", 2, 5, 6, 70, 1, False, True, np.float32, seed=3)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_lengths_against_reference(strategy):
+    """Variable lengths (unsorted, some full, one of 1): y is 0 past each length, h_n/c_n from the last
+    valid step, the reverse direction starts at its own end, gradients flow only where sequences exist."""
+    lengths = [3, 7, 1, 7, 5]
+    run_against_reference(strategy, 7, 5, 4, 19, 2, True, False, np.float64, lengths=lengths)
+    run_against_reference(strategy, 7, 5, 4, 19, 1, True, True, np.float32, seed=4, lengths=lengths)
+    run_against_reference(strategy, 6, 3, 4, 8, 1, False, False, np.float64, seed=5, lengths=[6, 2, 4])
 
 
 def test_auto_picks_persistent_for_small_batches_and_streaming_for_large():
@@ -216,9 +230,8 @@ def test_options_the_gpu_lacks_are_clear_errors():
         fastlstm.LSTM(3, 4, proj_size=2, device="cuda")
     with pytest.raises(NotImplementedError, match="zoneout"):
         fastlstm.LSTM(3, 4, zoneout=0.1).to("cuda")
-    lstm = fastlstm.LSTM(3, 4, device="cuda")
-    with pytest.raises(NotImplementedError, match="lengths: not supported on CUDA"):
-        lstm(cp.zeros((3, 2, 3), cp.float32), lengths=[3, 1])
+    with pytest.raises(NotImplementedError, match="recurrent_dropout"):
+        fastlstm.LSTM(3, 4, recurrent_dropout=0.2, device="cuda")
 
 
 def test_state_dict_and_to_round_trips():

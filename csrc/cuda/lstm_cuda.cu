@@ -138,6 +138,26 @@ __device__ __forceinline__ void warp_dot(const Real* A, const Real* X, int64_t k
   }
 }
 
+// ---- variable lengths (lstm.h: sequence b exists at t < lengths[b]; lengths non-increasing) -------------
+// A sequence's first step in processing order starts from h0 / c0: step 0 of a forward direction, time
+// lengths[b]-1 of a reverse one (whose later times do not exist). Where it does not exist, y is 0 and
+// backward's dG is 0; the state carries (the forward reads h[t-1] from y only while the sequence exists).
+template <typename Args>
+__device__ __forceinline__ int64_t length_of(const Args& a, int64_t b) { return a.lengths ? a.lengths[b] : a.T; }
+
+template <typename Args>
+__device__ __forceinline__ bool first_step(const Args& a, int64_t s, int64_t t, int64_t b) {
+  return a.reverse ? t == length_of(a, b) - 1 : s == 0;
+}
+
+// Row b of h[t-1] for forward step s (time t): h0's row (nullptr: zeros) on the sequence's first step,
+// else y at the previous step.
+template <typename Real>
+__device__ __forceinline__ const Real* previous_h(const LstmForwardArgs<Real>& a, int64_t s, int64_t t, int64_t b) {
+  if (first_step(a, s, t, b)) return a.h0 ? a.h0 + b * a.H : nullptr;
+  return a.y + (a.reverse ? t + 1 : t - 1) * a.y_st + b * a.y_sb;
+}
+
 // ---- the epilogues (shared by both strategies) ----------------------------------------------------------
 // z's input part for unit j of sequence b at time t: gx[t][b] + bias, gates i, f, g, o. Loaded before
 // the step's GEMM where possible, so its latency hides behind the dot products.
@@ -154,12 +174,16 @@ __device__ __forceinline__ void input_part(const LstmForwardArgs<Real>& a, int64
 template <typename Real>
 __device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int64_t s, int64_t t, int64_t b,
                                              int64_t j, const Real (&in)[4], const Real (&rec)[4]) {
-  const int64_t H = a.H;
+  const int64_t H = a.H, len = length_of(a, b);
+  if (t >= len) {  // the sequence has ended (forward) or not begun (reverse): y = 0, the state carries
+    a.y[t * a.y_st + b * a.y_sb + j] = Real(0);
+    return;
+  }
   Real z[4];
 #pragma unroll
   for (int g = 0; g < 4; ++g) z[g] = in[g] + rec[g];
   const Real i = sigmoid_(z[0]), f = sigmoid_(z[1]), gg = tanh_(z[2]), o = sigmoid_(z[3]);
-  const Real c_prev = s == 0 ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.c_n[b * H + j];
+  const Real c_prev = first_step(a, s, t, b) ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.c_n[b * H + j];
   const Real c = f * c_prev + i * gg;
   const Real h = o * tanh_(c);
   a.y[t * a.y_st + b * a.y_sb + j] = h;
@@ -172,24 +196,37 @@ __device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int
     gr[3 * H + j] = o;
     a.cell[(t * a.B + b) * H + j] = c;
   }
-  if (s == a.T - 1) a.h_n[b * H + j] = h;
+  if (t == (a.reverse ? 0 : len - 1)) a.h_n[b * H + j] = h;  // the sequence's last step
 }
 
 // Backward of unit j of sequence b at backward step s (time t), given dG[t+1] W_hh's entry `rec`;
 // dc_carry [B, H] holds dL/dc[t] flowing from later steps (only this thread touches entry (b, j)).
-// At s == T it stores dh0 = rec and dc0 instead.
+// dh0 = rec and dc0 are stored once the sequence's first step has been differentiated: at s == T, or,
+// for a reverse direction's shorter sequence, at the (absent) step t = length right after it.
 template <typename Real>
 __device__ __forceinline__ void backward_cell(const LstmBackwardArgs<Real>& a, Real* dc_carry, int64_t s, int64_t t,
                                               int64_t b, int64_t j, Real rec) {
-  const int64_t H = a.H, T = a.T;
+  const int64_t H = a.H, T = a.T, len = length_of(a, b);
   if (s == T) {
-    a.dh0[b * H + j] = rec;
-    a.dc0[b * H + j] = dc_carry[b * H + j];
+    if (!a.reverse || len == T) {
+      a.dh0[b * H + j] = rec;
+      a.dc0[b * H + j] = dc_carry[b * H + j];
+    }
+    return;
+  }
+  if (t >= len) {  // no such step: dG = 0 (the weight-gradient GEMMs read it)
+    Real* dg = a.dg + t * a.dg_st + b * a.dg_sb;
+#pragma unroll
+    for (int g = 0; g < 4; ++g) dg[g * H + j] = Real(0);
+    if (a.reverse && t == len) {
+      a.dh0[b * H + j] = rec;
+      a.dc0[b * H + j] = dc_carry[b * H + j];
+    }
     return;
   }
   Real dh = rec + (a.dy ? a.dy[t * a.dy_st + b * a.dy_sb + j] : Real(0));
   Real dc_in;
-  if (s == 0) {
+  if (a.reverse ? s == 0 : t == len - 1) {  // the sequence's last step: h_n and c_n came from here
     dh += a.dh_n ? a.dh_n[b * H + j] : Real(0);
     dc_in = a.dc_n ? a.dc_n[b * H + j] : Real(0);
   } else {
@@ -198,7 +235,7 @@ __device__ __forceinline__ void backward_cell(const LstmBackwardArgs<Real>& a, R
   const Real* gr = a.gates + (t * a.B + b) * 4 * H;
   const Real i = gr[j], f = gr[H + j], gg = gr[2 * H + j], o = gr[3 * H + j];
   const Real c = a.cell[(t * a.B + b) * H + j];
-  const bool first = a.reverse ? t == T - 1 : t == 0;  // the first step in processing order
+  const bool first = a.reverse ? t == len - 1 : t == 0;  // the sequence's first step in processing order
   const int64_t tp = a.reverse ? t + 1 : t - 1;
   const Real c_prev = first ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.cell[(tp * a.B + b) * H + j];
   const Real tc = tanh_(c);
@@ -248,13 +285,12 @@ forward_persistent(const Dirs<LstmForwardArgs<Real>> p, int U, int64_t kp) {
   const int vidx = lane >> shift, vb = vidx % BT;  // after the sum: this lane's value is gate vidx / BT of sequence vb
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = forward_time(a, s);
-    const Real* hprev = s == 0 ? a.h0 : a.y + forward_time(a, s - 1) * a.y_st;
-    const int64_t hsb = s == 0 ? H : a.y_sb;
     for (int64_t b0 = 0; b0 < B; b0 += BT) {
       __syncthreads();  // the last tile's readers are done with xs (and ws is complete on the first pass)
       for (int64_t e = threadIdx.x; e < BT * kp; e += blockDim.x) {
         const int64_t bb = e / kp, k = e % kp;
-        xs[e] = (hprev && b0 + bb < B && k < H) ? load_l2(hprev + (b0 + bb) * hsb + k) : Real(0);
+        const Real* hrow = (b0 + bb < B && k < H) ? previous_h(a, s, t, b0 + bb) : nullptr;
+        xs[e] = hrow ? load_l2(hrow + k) : Real(0);
       }
       __syncthreads();
       for (int u = warp; u < nu; u += nwarps) {
@@ -366,8 +402,6 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BU, b0 = static_cast<int64_t>(blockIdx.y) * BM;
   const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
   const int64_t t = forward_time(a, s);
-  const Real* hprev = s == 0 ? a.h0 : a.y + forward_time(a, s - 1) * a.y_st;
-  const int64_t hsb = s == 0 ? H : a.y_sb;
   Real acc[TM][TU][4];
 #pragma unroll
   for (int m = 0; m < TM; ++m)
@@ -375,11 +409,12 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
     for (int q = 0; q < TU; ++q)
 #pragma unroll
       for (int g = 0; g < 4; ++g) acc[m][q][g] = Real(0);
-  if (hprev) {
+  if (s > 0 || a.h0 || a.lengths) {  // (else h[t-1] is all zeros)
     for (int64_t k0 = 0; k0 < H; k0 += BK) {
       for (int e = threadIdx.x; e < BM * BK; e += NT) {
         const int bb = e / BK, kk = e % BK;
-        xs[kk][bb] = (b0 + bb < B && k0 + kk < H) ? hprev[(b0 + bb) * hsb + k0 + kk] : Real(0);
+        const Real* hrow = (b0 + bb < B && k0 + kk < H) ? previous_h(a, s, t, b0 + bb) : nullptr;
+        xs[kk][bb] = hrow ? hrow[k0 + kk] : Real(0);
       }
       for (int e = threadIdx.x; e < BK * 4 * BU; e += NT) {
         const int kk = e % BK, c = e / BK, u = c / 4, g = c % 4;
@@ -686,7 +721,6 @@ void check_common(const Args* dirs, int ndirs, const char* what) {
     FASTLSTM_CHECK(a.T == dirs[0].T && a.B == dirs[0].B && a.H == dirs[0].H, what << ": directions differ in shape");
     FASTLSTM_CHECK(a.B <= (1 << 22) && a.H <= (1 << 26), what << ": B (at most 2^22 on the GPU) or H (2^26) too large, got B="
                                                                << a.B << ", H=" << a.H);
-    FASTLSTM_CHECK(a.lengths == nullptr, what << ": lengths are not supported on the GPU yet");
     FASTLSTM_CHECK(a.P == 0, what << ": projections (proj_size) are not supported on the GPU yet");
     FASTLSTM_CHECK(a.zoneout_h == nullptr && a.zoneout_c == nullptr && a.rec_mask == nullptr,
                    what << ": zoneout and recurrent dropout are not supported on the GPU yet");

@@ -56,9 +56,15 @@ def _live_rows(lengths, T, B, batch_first):
     return np.flatnonzero(live.T if batch_first else live).astype(np.int64)
 
 
-def _rows(state: np.ndarray, order: np.ndarray) -> np.ndarray:
+def _take(a, order, axis):
+    """a with its entries along `axis` in `order` (a host index array), on a's device, C-contiguous."""
+    xp = _backend.array_module(a)
+    return xp.ascontiguousarray(xp.take(a, xp.asarray(order), axis=axis))
+
+
+def _rows(state, order):
     """A [L*D, B, H] state with its sequences (axis 1) in `order`, C-contiguous."""
-    return np.ascontiguousarray(np.take(state, order, axis=1))
+    return _take(state, order, 1)
 
 
 def _gx_buffer(shape, dtype) -> np.ndarray:
@@ -517,11 +523,8 @@ class LSTM:
             hx = self.state
         h0, c0 = self._check_state(hx, "hx", B, unbatched)
         lengths, order = self._check_lengths(lengths, B, T)
-        if cuda and lengths is not None:
-            raise NotImplementedError("lengths: not supported on CUDA yet (the CPU layer has it); pad the batch "
-                                      "or run this layer on device='cpu'")
         if order is not None:  # the kernels take sequences longest first: sort, and unsort the results
-            x = np.take(x, order, axis=0 if bf else 1)
+            x = _take(x, order, 0 if bf else 1)
             h0 = None if h0 is None else _rows(h0, order)
             c0 = None if c0 is None else _rows(c0, order)
 
@@ -534,7 +537,8 @@ class LSTM:
             V.memory(per_layer * dt.itemsize * (L if training else 1), "this forward call")
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
-        live = _live_rows(lengths, T, B, bf)
+        live = None if cuda else _live_rows(lengths, T, B, bf)  # (cuBLAS computes the padding rows too)
+        kernel_lengths = None if lengths is None else xp.asarray(lengths)
         Ho = self._hout
         h_n = xp.empty((L * D, B, Ho), dt)
         c_n = xp.empty((L * D, B, H), dt)
@@ -555,7 +559,7 @@ class LSTM:
             reg = self._regularisation(training, D, T, B)
             if cuda:
                 _C.cuda_lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks], gates,
-                                     cell, bf, **self._cuda_launch())
+                                     cell, bf, lengths=kernel_lengths, **self._cuda_launch())
             else:
                 _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
                                 gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0,
@@ -573,10 +577,10 @@ class LSTM:
         y = inp
         if training:
             self._ctx = dict(layers=saved, T=T, B=B, bf=bf, unbatched=unbatched, y_shape=y.shape, lengths=lengths,
-                             order=order)
+                             order=order, kernel_lengths=kernel_lengths)
         if order is not None:
             inverse = np.argsort(order)
-            y = np.take(y, inverse, axis=0 if bf else 1)
+            y = _take(y, inverse, 0 if bf else 1)
             h_n, c_n = _rows(h_n, inverse), _rows(c_n, inverse)
         if unbatched:
             y, h_n, c_n = y[:, 0, :], h_n[:, 0, :], c_n[:, 0, :]
@@ -679,15 +683,15 @@ class LSTM:
         self._ctx = None
         lengths, order = ctx["lengths"], ctx["order"]
         if order is not None:  # into the forward's longest-first order
-            dy = None if dy is None else np.take(dy, order, axis=0 if bf else 1)
+            dy = None if dy is None else _take(dy, order, 0 if bf else 1)
             dh_n = None if dh_n is None else _rows(dh_n, order)
             dc_n = None if dc_n is None else _rows(dc_n, order)
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
         rows = T * B
-        live = _live_rows(lengths, T, B, bf)
-        Ho = self._hout
         xp, cuda = self._xp, self.device != "cpu"
+        live = None if cuda else _live_rows(lengths, T, B, bf)
+        Ho = self._hout
         dh0 = xp.empty((L * D, B, Ho), dt)
         dc0 = xp.empty((L * D, B, H), dt)
         dout = dy
@@ -704,7 +708,7 @@ class LSTM:
             dc_nl = None if dc_n is None else dc_n[ks]
             if cuda:
                 _C.cuda_lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks],
-                                      bf, **self._cuda_launch())
+                                      bf, lengths=ctx["kernel_lengths"], **self._cuda_launch())
                 if db is not None:  # the bias gradient: dG summed over steps and sequences (in double, as the CPU)
                     db[...] = xp.sum(dg.reshape(rows, D, 4 * H), axis=0, dtype=xp.float64)
             else:
@@ -734,7 +738,7 @@ class LSTM:
             dout = dx
         if order is not None:
             inverse = np.argsort(order)
-            dout = np.take(dout, inverse, axis=0 if bf else 1)
+            dout = _take(dout, inverse, 0 if bf else 1)
             dh0, dc0 = _rows(dh0, inverse), _rows(dc0, inverse)
         if unbatched:
             return dout[:, 0, :], (dh0[:, 0, :], dc0[:, 0, :])
@@ -751,9 +755,11 @@ class LSTM:
             # a shorter sequence's reverse direction starts at its own end, from h0 (y there is 0)
             short = np.nonzero(lengths < T)[0]
             if short.size:
+                xp = self._xp
                 dg3 = dg if not bf else dg.swapaxes(0, 1)  # [T, B, ...]
-                g_first = np.ascontiguousarray(dg3[lengths[short] - 1, short][:, gcols])
-                _C.gemm(g_first, np.ascontiguousarray(h0d[short]), g_w_hh, trans_a=True, accumulate=True)
+                first, rows = xp.asarray(lengths[short] - 1), xp.asarray(short)
+                g_first = xp.ascontiguousarray(dg3[first, rows][:, gcols])
+                _backend.matmul(g_first, xp.ascontiguousarray(h0d[rows]), g_w_hh, trans_a=True, accumulate=True)
         if not bf and mask is None:
             # time-major: the rows of step t and of step t-1 (d=0) or t+1 (d=1) are B rows apart, so
             # both products read y and dG in place
