@@ -151,10 +151,13 @@ __device__ __forceinline__ bool first_step(const Args& a, int64_t s, int64_t t, 
 }
 
 // Row b of h[t-1] for forward step s (time t): h0's row (nullptr: zeros) on the sequence's first step,
-// else y at the previous step.
+// else y at the previous step; nullptr where the sequence has no step t (nothing is read: a reverse
+// direction's t+1 may be T, past the end of y).
 template <typename Real>
 __device__ __forceinline__ const Real* previous_h(const LstmForwardArgs<Real>& a, int64_t s, int64_t t, int64_t b) {
-  if (first_step(a, s, t, b)) return a.h0 ? a.h0 + b * a.H : nullptr;
+  const int64_t len = length_of(a, b);
+  if (t >= len) return nullptr;
+  if (a.reverse ? t == len - 1 : s == 0) return a.h0 ? a.h0 + b * a.H : nullptr;
   return a.y + (a.reverse ? t + 1 : t - 1) * a.y_st + b * a.y_sb;
 }
 
