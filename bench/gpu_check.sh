@@ -26,7 +26,7 @@ for step in "${steps[@]}"; do
     test)
       python3 -m pytest -q tests 2>&1 | tee "$OUT/pytest.log" | tail -40 || status=1 ;;
     sanitize)
-      sel="odd_sizes and float64 and (H-7 or H-33) or larger_shapes or non_default_stream"
+      sel="(odd_sizes and float64) or larger_shapes or lengths or every_streaming_tile or non_default_stream"
       for tool in memcheck racecheck; do
         compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider \
           tests/test_cuda.py -k "$sel" 2>&1 | tee -a "$OUT/sanitize.log" | tail -15 || status=1

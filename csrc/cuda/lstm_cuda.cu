@@ -43,6 +43,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../check.h"
@@ -608,24 +609,26 @@ bool fits_cooperatively(const void* kernel, const Device& dev, const Persistent&
   return static_cast<int64_t>(per_sm) * dev.sms >= static_cast<int64_t>(pl.blocks) * ndirs;
 }
 
-template <typename Real>
-const void* forward_persistent_kernel(int BT) {
-  switch (BT) {
-    case 1: return reinterpret_cast<const void*>(&forward_persistent<Real, 1>);
-    case 2: return reinterpret_cast<const void*>(&forward_persistent<Real, 2>);
-    case 4: return reinterpret_cast<const void*>(&forward_persistent<Real, 4>);
-    default: return reinterpret_cast<const void*>(&forward_persistent<Real, 8>);
-  }
+// The persistent kernel instantiated for sequence tile BT (1, 2, 4 or 8), as cudaLaunchCooperativeKernel
+// and the occupancy API take it.
+template <typename Real, bool Backward, int BT>
+const void* persistent_entry() {
+  if constexpr (Backward) return reinterpret_cast<const void*>(&backward_persistent<Real, BT>);
+  else return reinterpret_cast<const void*>(&forward_persistent<Real, BT>);
 }
 
 template <typename Real>
-const void* backward_persistent_kernel(int BT) {
-  switch (BT) {
-    case 1: return reinterpret_cast<const void*>(&backward_persistent<Real, 1>);
-    case 2: return reinterpret_cast<const void*>(&backward_persistent<Real, 2>);
-    case 4: return reinterpret_cast<const void*>(&backward_persistent<Real, 4>);
-    default: return reinterpret_cast<const void*>(&backward_persistent<Real, 8>);
-  }
+const void* persistent_kernel(bool backward, int BT) {
+  auto pick = [BT](auto tag) {
+    constexpr bool bwd = decltype(tag)::value;
+    switch (BT) {
+      case 1: return persistent_entry<Real, bwd, 1>();
+      case 2: return persistent_entry<Real, bwd, 2>();
+      case 4: return persistent_entry<Real, bwd, 4>();
+      default: return persistent_entry<Real, bwd, 8>();
+    }
+  };
+  return backward ? pick(std::true_type{}) : pick(std::false_type{});
 }
 
 template <typename Real>
@@ -634,8 +637,7 @@ Strategy resolve(Strategy requested, const Device& dev, int64_t B, int64_t H, in
   pl = plan_persistent<Real>(dev, B, H, ndirs, backward);
   bool fits = pl.ok;
   if (fits) {
-    const void* k = backward ? backward_persistent_kernel<Real>(pl.BT) : forward_persistent_kernel<Real>(pl.BT);
-    fits = fits_cooperatively(k, dev, pl, ndirs);
+    fits = fits_cooperatively(persistent_kernel<Real>(backward, pl.BT), dev, pl, ndirs);
   }
   if (requested == Strategy::Persistent) {
     FASTLSTM_CHECK(dev.cooperative, "strategy='persistent': this GPU does not support cooperative launches; use "
@@ -818,7 +820,7 @@ void lstm_forward(const LstmForwardArgs<Real>* dirs, int ndirs, int device, std:
   const int64_t B = dirs[0].B, H = dirs[0].H;
   Persistent pl;
   if (resolve<Real>(strategy, dev, B, H, ndirs, false, pl) == Strategy::Persistent) {
-    const void* kernel = forward_persistent_kernel<Real>(pl.BT);
+    const void* kernel = persistent_kernel<Real>(false, pl.BT);
     int U = pl.U;
     int64_t kp = pl.kp;
     void* args[] = {&p, &U, &kp};
@@ -855,7 +857,7 @@ void lstm_backward(const LstmBackwardArgs<Real>* dirs, int ndirs, int device, st
   Real* carry = carry_buf.get<Real>();
   Persistent pl;
   if (resolve<Real>(strategy, dev, B, H, ndirs, true, pl) == Strategy::Persistent) {
-    const void* kernel = backward_persistent_kernel<Real>(pl.BT);
+    const void* kernel = persistent_kernel<Real>(true, pl.BT);
     int U = pl.U;
     int64_t kp = pl.kp;
     void* args[] = {&p, &carry, &U, &kp};
