@@ -82,6 +82,30 @@ __device__ __forceinline__ double tanh_(double x) { return tanh(x); }
 template <typename Real>
 __device__ __forceinline__ Real load_l2(const Real* p) { return __ldcg(p); }
 
+// Fills xs [rows][kp] (shared) with `rows` rows of `len` values from global memory, zero past len
+// and for rows whose pointer is nullptr; row_of(r) gives row r's pointer. The block's threads share
+// the work a 16-byte vector each (read past L1, see load_l2) where the row is aligned for it.
+template <typename Real, typename RowOf>
+__device__ __forceinline__ void load_tile(Real* xs, int64_t kp, int rows, int64_t len, RowOf row_of) {
+  using V = typename Vec<Real>::type;
+  constexpr int VW = Vec<Real>::n;
+  const int64_t nv = kp / VW;
+  for (int64_t e = threadIdx.x; e < rows * nv; e += blockDim.x) {
+    const int r = static_cast<int>(e / nv);
+    const int64_t k = (e % nv) * VW;
+    const Real* p = row_of(r);
+    V v;
+    Real* vr = reinterpret_cast<Real*>(&v);
+    if (p && k + VW <= len && (reinterpret_cast<std::uintptr_t>(p + k) & 15) == 0) {
+      v = __ldcg(reinterpret_cast<const V*>(p + k));
+    } else {
+#pragma unroll
+      for (int i = 0; i < VW; ++i) vr[i] = (p && k + i < len) ? load_l2(p + k + i) : Real(0);
+    }
+    reinterpret_cast<V*>(xs + r * kp)[e % nv] = v;
+  }
+}
+
 __host__ __device__ constexpr int log2_of(int n) { return n <= 1 ? 0 : 1 + log2_of(n / 2); }
 
 // One stage of the transposing butterfly: lanes whose bit `O` is set keep the upper half of the
@@ -291,11 +315,7 @@ forward_persistent(const Dirs<LstmForwardArgs<Real>> p, int U, int64_t kp) {
     const int64_t t = forward_time(a, s);
     for (int64_t b0 = 0; b0 < B; b0 += BT) {
       __syncthreads();  // the last tile's readers are done with xs (and ws is complete on the first pass)
-      for (int64_t e = threadIdx.x; e < BT * kp; e += blockDim.x) {
-        const int64_t bb = e / kp, k = e % kp;
-        const Real* hrow = (b0 + bb < B && k < H) ? previous_h(a, s, t, b0 + bb) : nullptr;
-        xs[e] = hrow ? load_l2(hrow + k) : Real(0);
-      }
+      load_tile(xs, kp, BT, H, [&](int r) { return b0 + r < B ? previous_h(a, s, t, b0 + r) : nullptr; });
       __syncthreads();
       for (int u = warp; u < nu; u += nwarps) {
         // the lanes that will run the epilogue: the first of each group holding gate i of a sequence
@@ -345,12 +365,7 @@ backward_persistent(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int U,
     const Real* src = s == 0 ? nullptr : a.dg + backward_time(a, s - 1) * a.dg_st;  // dG of the step after t
     for (int64_t b0 = 0; b0 < B; b0 += BT) {
       __syncthreads();
-      if (src) {
-        for (int64_t e = threadIdx.x; e < BT * kp; e += blockDim.x) {
-          const int64_t bb = e / kp, r = e % kp;
-          xs[e] = (b0 + bb < B && r < G) ? load_l2(src + (b0 + bb) * a.dg_sb + r) : Real(0);
-        }
-      }
+      if (src) load_tile(xs, kp, BT, G, [&](int r) { return b0 + r < B ? src + (b0 + r) * a.dg_sb : nullptr; });
       __syncthreads();
       for (int grp = warp; grp < groups; grp += nwarps) {
         Real sum = Real(0);
