@@ -387,7 +387,6 @@ backward_persistent(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int U,
 
 // ---- streaming kernels -----------------------------------------------------------------------------------
 constexpr int kStreamMaxThreads = 256;  // a tile's threads: (BU / TU) x (BM / TM), at most this
-constexpr int kStreamBK = 16;
 
 // The four gates' weights of a unit for one k, adjacent in a shared-memory row: one 16-byte load for
 // float, two for double.
@@ -404,18 +403,105 @@ __device__ __forceinline__ void load_gates(const Real* p, Real (&w)[4]) {
   }
 }
 
+// The streaming kernels' GEMM: acc[m][q][c] += sum over k < K of A(row, k) B(k, col) for this thread's
+// rows ty*TM + m of the block's BM and columns (tx + q*NX)*CW + c of its BN*CW (CW adjacent columns: a
+// unit's four gates in the forward, one unit in the backward). A and B pass through shared memory BK
+// values of K at a time, double-buffered: the next tile is fetched into registers while the current one
+// is multiplied, so one barrier per tile suffices. load_a(row, k) and load_b(k, col) return 0 out of
+// range; B_K_MAJOR says that consecutive B values in global memory run along k (the forward's
+// w_hh[g*H + u][k]) rather than along columns (the backward's w_hh[k][j]), so loads coalesce either way.
+template <typename Real> struct StreamK { static constexpr int value = 16; };
+template <> struct StreamK<double> { static constexpr int value = 8; };  // (keeps the tiles under 48 KB)
+
+template <typename Real, int BM, int BN, int TM, int TN, int CW, bool B_K_MAJOR, typename LoadA, typename LoadB>
+__device__ __forceinline__ void tile_gemm(int64_t K, const LoadA& load_a, const LoadB& load_b,
+                                          Real (&acc)[TM][TN][CW]) {
+  constexpr int BK = StreamK<Real>::value, NX = BN / TN, NY = BM / TM, NT = NX * NY;
+  constexpr int PAD = 16 / sizeof(Real), AROW = BM + PAD, BROW = BN * CW + PAD;  // rows stay 16-byte aligned
+  constexpr int AL = (BM * BK + NT - 1) / NT, BL = (BK * BN * CW + NT - 1) / NT;
+  __shared__ __align__(16) Real as[2][BK][AROW];
+  __shared__ __align__(16) Real bs[2][BK][BROW];
+  const int tid = threadIdx.x, tx = tid % NX, ty = tid / NX;
+  Real ra[AL], rb[BL];
+  auto fetch = [&](int64_t k0) {
+#pragma unroll
+    for (int i = 0; i < AL; ++i) {
+      const int e = tid + i * NT;
+      ra[i] = e < BM * BK ? load_a(e / BK, k0 + e % BK) : Real(0);
+    }
+#pragma unroll
+    for (int i = 0; i < BL; ++i) {
+      const int e = tid + i * NT;
+      const int kk = B_K_MAJOR ? e % BK : e / (BN * CW), c = B_K_MAJOR ? e / BK : e % (BN * CW);
+      rb[i] = e < BK * BN * CW ? load_b(k0 + kk, c) : Real(0);
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int i = 0; i < AL; ++i) {
+      const int e = tid + i * NT;
+      if (e < BM * BK) as[buf][e % BK][e / BK] = ra[i];
+    }
+#pragma unroll
+    for (int i = 0; i < BL; ++i) {
+      const int e = tid + i * NT;
+      const int kk = B_K_MAJOR ? e % BK : e / (BN * CW), c = B_K_MAJOR ? e / BK : e % (BN * CW);
+      if (e < BK * BN * CW) bs[buf][kk][c] = rb[i];
+    }
+  };
+  fetch(0);
+  store(0);
+  __syncthreads();
+  int cur = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += BK) {
+    const bool more = k0 + BK < K;
+    if (more) fetch(k0 + BK);  // global loads in flight during the products below
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      Real x[TM], w[TN][CW];
+      if constexpr ((TM * sizeof(Real)) % 16 == 0) {
+        using V = typename Vec<Real>::type;
+#pragma unroll
+        for (int v = 0; v < TM / Vec<Real>::n; ++v) {
+          const V xv = reinterpret_cast<const V*>(&as[cur][kk][ty * TM])[v];
+          const Real* xr = reinterpret_cast<const Real*>(&xv);
+#pragma unroll
+          for (int e = 0; e < Vec<Real>::n; ++e) x[v * Vec<Real>::n + e] = xr[e];
+        }
+      } else {
+#pragma unroll
+        for (int m = 0; m < TM; ++m) x[m] = as[cur][kk][ty * TM + m];
+      }
+#pragma unroll
+      for (int q = 0; q < TN; ++q) {
+        if constexpr (CW == 4) {
+          load_gates(&bs[cur][kk][4 * (tx + q * NX)], w[q]);
+        } else {
+#pragma unroll
+          for (int c = 0; c < CW; ++c) w[q][c] = bs[cur][kk][(tx + q * NX) * CW + c];
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < TM; ++m)
+#pragma unroll
+        for (int q = 0; q < TN; ++q)
+#pragma unroll
+          for (int c = 0; c < CW; ++c) acc[m][q][c] = fma(x[m], w[q][c], acc[m][q][c]);
+    }
+    if (more) store(cur ^ 1);  // the other buffer: last read before the previous barrier
+    __syncthreads();
+    cur ^= 1;
+  }
+}
+
 // Forward step s. Grid (unit tiles of BU, sequence tiles of BM, directions); thread (tx, ty) owns
-// units tx + q*NX (q < TU) and sequences ty + m*NY (m < TM), all four gates of each unit. The weight
-// tile is ws[k][4u + g] = w_hh[g*H + j0 + u][k0 + k], read in place (each (g, u) row segment is BK
-// consecutive values); rows are padded by 16 bytes (fewer bank conflicts when storing), xs by one.
+// units tx + q*NX (q < TU) and sequences ty*TM + m (m < TM), all four gates of each unit: B's column
+// 4u + g is w_hh[g*H + j0 + u], read in place.
 template <typename Real, int BM, int BU, int TM, int TU>
 __global__ void __launch_bounds__(kStreamMaxThreads)
 forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
-  constexpr int NX = BU / TU, NY = BM / TM, BK = kStreamBK, WROW = 4 * BU + 16 / sizeof(Real);
-  constexpr int NT = NX * NY;
-  static_assert(NT <= kStreamMaxThreads && NT % 32 == 0, "a tile takes whole warps, at most kStreamMaxThreads");
-  __shared__ Real xs[BK][BM + 1];
-  __shared__ __align__(16) Real ws[BK][WROW];
+  constexpr int NX = BU / TU, NY = BM / TM;
+  static_assert(NX * NY <= kStreamMaxThreads && (NX * NY) % 32 == 0, "a tile takes whole warps");
   const LstmForwardArgs<Real>& a = p.d[blockIdx.z];
   const int64_t H = a.H, B = a.B;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BU, b0 = static_cast<int64_t>(blockIdx.y) * BM;
@@ -429,39 +515,21 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
 #pragma unroll
       for (int g = 0; g < 4; ++g) acc[m][q][g] = Real(0);
   if (s > 0 || a.h0 || a.lengths) {  // (else h[t-1] is all zeros)
-    for (int64_t k0 = 0; k0 < H; k0 += BK) {
-      for (int e = threadIdx.x; e < BM * BK; e += NT) {
-        const int bb = e / BK, kk = e % BK;
-        const Real* hrow = (b0 + bb < B && k0 + kk < H) ? previous_h(a, s, t, b0 + bb) : nullptr;
-        xs[kk][bb] = hrow ? hrow[k0 + kk] : Real(0);
-      }
-      for (int e = threadIdx.x; e < BK * 4 * BU; e += NT) {
-        const int kk = e % BK, c = e / BK, u = c / 4, g = c % 4;
-        ws[kk][c] = (k0 + kk < H && j0 + u < H) ? a.w_hh[(g * H + j0 + u) * H + k0 + kk] : Real(0);
-      }
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < BK; ++kk) {
-        Real x[TM], w[TU][4];
-#pragma unroll
-        for (int m = 0; m < TM; ++m) x[m] = xs[kk][ty + m * NY];
-#pragma unroll
-        for (int q = 0; q < TU; ++q) load_gates(&ws[kk][4 * (tx + q * NX)], w[q]);
-#pragma unroll
-        for (int m = 0; m < TM; ++m)
-#pragma unroll
-          for (int q = 0; q < TU; ++q)
-#pragma unroll
-            for (int g = 0; g < 4; ++g) acc[m][q][g] = fma(x[m], w[q][g], acc[m][q][g]);
-      }
-      __syncthreads();
-    }
+    auto load_h = [&](int r, int64_t k) -> Real {
+      const Real* hrow = (b0 + r < B && k < H) ? previous_h(a, s, t, b0 + r) : nullptr;
+      return hrow ? hrow[k] : Real(0);
+    };
+    auto load_w = [&](int64_t k, int c) -> Real {
+      const int64_t u = j0 + c / 4, g = c % 4;
+      return (k < H && u < H) ? a.w_hh[(g * H + u) * H + k] : Real(0);
+    };
+    tile_gemm<Real, BM, BU, TM, TU, 4, true>(H, load_h, load_w, acc);
   }
 #pragma unroll
   for (int m = 0; m < TM; ++m)
 #pragma unroll
     for (int q = 0; q < TU; ++q) {
-      const int64_t b = b0 + ty + m * NY, j = j0 + tx + q * NX;
+      const int64_t b = b0 + ty * TM + m, j = j0 + tx + q * NX;
       if (b < B && j < H) {
         Real in[4];
         input_part(a, t, b, j, in);
@@ -475,11 +543,8 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
 template <typename Real, int BM, int BU, int TM, int TU>
 __global__ void __launch_bounds__(kStreamMaxThreads)
 backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int64_t s) {
-  constexpr int NX = BU / TU, NY = BM / TM, BK = kStreamBK;
-  constexpr int NT = NX * NY;
-  static_assert(NT <= kStreamMaxThreads && NT % 32 == 0, "a tile takes whole warps, at most kStreamMaxThreads");
-  __shared__ Real xs[BK][BM + 1];
-  __shared__ Real ws[BK][BU];
+  constexpr int NX = BU / TU, NY = BM / TM;
+  static_assert(NX * NY <= kStreamMaxThreads && (NX * NY) % 32 == 0, "a tile takes whole warps");
   const LstmBackwardArgs<Real>& a = p.d[blockIdx.z];
   const int64_t H = a.H, B = a.B, T = a.T, G = 4 * H;
   Real* carry = dc_carry + blockIdx.z * B * H;
@@ -487,43 +552,24 @@ backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int64_t s) {
   const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
   const int64_t t = s < T ? backward_time(a, s) : -1;
   const Real* src = s == 0 ? nullptr : a.dg + backward_time(a, s - 1) * a.dg_st;
-  Real acc[TM][TU];
+  Real acc[TM][TU][1];
 #pragma unroll
   for (int m = 0; m < TM; ++m)
 #pragma unroll
-    for (int q = 0; q < TU; ++q) acc[m][q] = Real(0);
+    for (int q = 0; q < TU; ++q) acc[m][q][0] = Real(0);
   if (src) {
-    for (int64_t k0 = 0; k0 < G; k0 += BK) {
-      for (int e = threadIdx.x; e < BM * BK; e += NT) {
-        const int bb = e / BK, kk = e % BK;
-        xs[kk][bb] = (b0 + bb < B && k0 + kk < G) ? src[(b0 + bb) * a.dg_sb + k0 + kk] : Real(0);
-      }
-      for (int e = threadIdx.x; e < BK * BU; e += NT) {
-        const int kk = e / BU, c = e % BU;
-        ws[kk][c] = (k0 + kk < G && j0 + c < H) ? a.w_hh[(k0 + kk) * H + j0 + c] : Real(0);
-      }
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < BK; ++kk) {
-        Real x[TM], w[TU];
-#pragma unroll
-        for (int m = 0; m < TM; ++m) x[m] = xs[kk][ty + m * NY];
-#pragma unroll
-        for (int q = 0; q < TU; ++q) w[q] = ws[kk][tx + q * NX];
-#pragma unroll
-        for (int m = 0; m < TM; ++m)
-#pragma unroll
-          for (int q = 0; q < TU; ++q) acc[m][q] = fma(x[m], w[q], acc[m][q]);
-      }
-      __syncthreads();
-    }
+    auto load_dg = [&](int r, int64_t k) -> Real {
+      return (b0 + r < B && k < G) ? src[(b0 + r) * a.dg_sb + k] : Real(0);
+    };
+    auto load_w = [&](int64_t k, int c) -> Real { return (k < G && j0 + c < H) ? a.w_hh[k * H + j0 + c] : Real(0); };
+    tile_gemm<Real, BM, BU, TM, TU, 1, false>(G, load_dg, load_w, acc);
   }
 #pragma unroll
   for (int m = 0; m < TM; ++m)
 #pragma unroll
     for (int q = 0; q < TU; ++q) {
-      const int64_t b = b0 + ty + m * NY, j = j0 + tx + q * NX;
-      if (b < B && j < H) backward_cell(a, carry, s, t, b, j, acc[m][q]);
+      const int64_t b = b0 + ty * TM + m, j = j0 + tx + q * NX;
+      if (b < B && j < H) backward_cell(a, carry, s, t, b, j, acc[m][q][0]);
     }
 }
 
@@ -844,10 +890,10 @@ void lstm_forward(const LstmForwardArgs<Real>* dirs, int ndirs, int device, std:
     FASTLSTM_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  switch (pick_tile(kForwardTiles, B, H, ndirs, dev.sms)) {  // (TM, TU) make 256, 256, 256, 128, 64 threads
-    case 0: launch_forward_steps<Real, 64, 32, 4, 2>(p, ndirs, stream); break;
-    case 1: launch_forward_steps<Real, 32, 32, 2, 2>(p, ndirs, stream); break;
-    case 2: launch_forward_steps<Real, 16, 16, 1, 1>(p, ndirs, stream); break;
+  switch (pick_tile(kForwardTiles, B, H, ndirs, dev.sms)) {  // (TM, TU): 128, 128, 128, 128, 64 threads
+    case 0: launch_forward_steps<Real, 64, 32, 8, 2>(p, ndirs, stream); break;
+    case 1: launch_forward_steps<Real, 32, 32, 4, 2>(p, ndirs, stream); break;
+    case 2: launch_forward_steps<Real, 16, 16, 2, 1>(p, ndirs, stream); break;
     case 3: launch_forward_steps<Real, 8, 16, 1, 1>(p, ndirs, stream); break;
     default: launch_forward_steps<Real, 8, 8, 1, 1>(p, ndirs, stream); break;
   }
@@ -881,10 +927,10 @@ void lstm_backward(const LstmBackwardArgs<Real>* dirs, int ndirs, int device, st
     FASTLSTM_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  switch (pick_tile(kBackwardTiles, B, H, ndirs, dev.sms)) {  // (TM, TU) make 256, 256, 256, 256, 128 threads
-    case 0: launch_backward_steps<Real, 64, 64, 4, 4>(p, carry, ndirs, stream); break;
-    case 1: launch_backward_steps<Real, 32, 64, 2, 4>(p, carry, ndirs, stream); break;
-    case 2: launch_backward_steps<Real, 16, 32, 1, 2>(p, carry, ndirs, stream); break;
+  switch (pick_tile(kBackwardTiles, B, H, ndirs, dev.sms)) {  // (TM, TU): 128, 128, 128, 256, 128 threads
+    case 0: launch_backward_steps<Real, 64, 64, 8, 4>(p, carry, ndirs, stream); break;
+    case 1: launch_backward_steps<Real, 32, 64, 4, 4>(p, carry, ndirs, stream); break;
+    case 2: launch_backward_steps<Real, 16, 32, 2, 2>(p, carry, ndirs, stream); break;
     case 3: launch_backward_steps<Real, 8, 32, 1, 1>(p, carry, ndirs, stream); break;
     default: launch_backward_steps<Real, 8, 16, 1, 1>(p, carry, ndirs, stream); break;
   }
