@@ -26,8 +26,8 @@
 //   values run the epilogue. One grid-wide barrier separates steps; no host round trip.
 //
 // streaming (large batches, or weights too big for shared memory): one fused kernel per step, a
-//   shared-memory tiled GEMM whose thread tile holds all four gates of its units (the forward's weight
-//   tile puts a unit's four gates side by side), followed by the same epilogue. The T launches are enqueued back to back on the caller's stream without host
+//   double-buffered shared-memory GEMM (tile_gemm) whose thread tile holds all four gates of its units
+//   (the forward's weight tile puts a unit's four gates side by side), followed by the same epilogue. The T launches are enqueued back to back on the caller's stream without host
 //   synchronisation, so launch overhead overlaps the previous step's execution.
 //
 // Every CUDA call is checked (FASTLSTM_CUDA_CHECK throws with the failing expression); kernels read
