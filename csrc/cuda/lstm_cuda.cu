@@ -785,8 +785,9 @@ void check_common(const Args* dirs, int ndirs, const char* what) {
     const Args& a = dirs[d];
     FASTLSTM_CHECK(a.T > 0 && a.B > 0 && a.H > 0, what << ": expected T, B, H > 0");
     FASTLSTM_CHECK(a.T == dirs[0].T && a.B == dirs[0].B && a.H == dirs[0].H, what << ": directions differ in shape");
-    FASTLSTM_CHECK(a.B <= (1 << 22) && a.H <= (1 << 26), what << ": B (at most 2^22 on the GPU) or H (2^26) too large, got B="
-                                                               << a.B << ", H=" << a.H);
+    // (a streaming grid has ceil(B / 8) sequence tiles along y, at most 65535)
+    FASTLSTM_CHECK(a.B <= 65535 * 8 && a.H <= (1 << 26), what << ": B (at most 524280 on the GPU) or H (2^26) too "
+                                                               "large, got B=" << a.B << ", H=" << a.H);
     FASTLSTM_CHECK(a.P == 0, what << ": projections (proj_size) are not supported on the GPU yet");
     FASTLSTM_CHECK(a.zoneout_h == nullptr && a.zoneout_c == nullptr && a.rec_mask == nullptr,
                    what << ": zoneout and recurrent dropout are not supported on the GPU yet");
