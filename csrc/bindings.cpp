@@ -497,33 +497,40 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_lstm_forward",
         [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
            py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int device,
-           std::uintptr_t stream, const std::string& strategy, py::object lengths) {
+           std::uintptr_t stream, const std::string& strategy, py::object lengths, py::object zoneout_h,
+           py::object zoneout_c, double zoneout_h_p, double zoneout_c_p, py::object rec_mask) {
           const Launch launch{0, device, stream, cuda::strategy_from_name(strategy)};
+          const Regularisation reg{zoneout_h, zoneout_c, rec_mask, zoneout_h_p, zoneout_c_p};
           if (DeviceArrays::is_f64(w_hh))
             forward_impl<double, DeviceArrays>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths,
-                                               0, Regularisation{}, Projection{}, launch);
+                                               0, reg, Projection{}, launch);
           else
             forward_impl<float, DeviceArrays>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths,
-                                              0, Regularisation{}, Projection{}, launch);
+                                              0, reg, Projection{}, launch);
         },
         py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"),
         py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"), py::arg("device"),
-        py::arg("stream"), py::arg("strategy") = "auto", py::arg("lengths") = py::none());
+        py::arg("stream"), py::arg("strategy") = "auto", py::arg("lengths") = py::none(),
+        py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(), py::arg("zoneout_h_p") = 0.0,
+        py::arg("zoneout_c_p") = 0.0, py::arg("rec_mask") = py::none());
   m.def("cuda_lstm_backward",
         [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
            py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, int device,
-           std::uintptr_t stream, const std::string& strategy, py::object lengths) {
+           std::uintptr_t stream, const std::string& strategy, py::object lengths, py::object zoneout_h,
+           py::object zoneout_c, py::object rec_mask) {
           const Launch launch{0, device, stream, cuda::strategy_from_name(strategy)};
+          const Regularisation reg{zoneout_h, zoneout_c, rec_mask};
           if (DeviceArrays::is_f64(w_hh))
             backward_impl<double, DeviceArrays>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, py::none(),
-                                                batch_first, lengths, Regularisation{}, Projection{}, launch);
+                                                batch_first, lengths, reg, Projection{}, launch);
           else
             backward_impl<float, DeviceArrays>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, py::none(),
-                                               batch_first, lengths, Regularisation{}, Projection{}, launch);
+                                               batch_first, lengths, reg, Projection{}, launch);
         },
         py::arg("w_hh"), py::arg("gates"), py::arg("cell"), py::arg("c0"), py::arg("dy"), py::arg("dh_n"),
         py::arg("dc_n"), py::arg("dg"), py::arg("dh0"), py::arg("dc0"), py::arg("batch_first"), py::arg("device"),
-        py::arg("stream"), py::arg("strategy") = "auto", py::arg("lengths") = py::none());
+        py::arg("stream"), py::arg("strategy") = "auto", py::arg("lengths") = py::none(),
+        py::arg("zoneout_h") = py::none(), py::arg("zoneout_c") = py::none(), py::arg("rec_mask") = py::none());
   m.def("cuda_strategy",
         [](int64_t B, int64_t H, int ndirs, bool backward, bool f64, int device) {
           const cuda::Strategy s = f64 ? cuda::choose_strategy<double>(B, H, ndirs, backward, device)

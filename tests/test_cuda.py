@@ -228,10 +228,51 @@ def test_mixed_devices_are_type_errors_naming_both():
 def test_options_the_gpu_lacks_are_clear_errors():
     with pytest.raises(NotImplementedError, match="proj_size: not supported on CUDA"):
         fastlstm.LSTM(3, 4, proj_size=2, device="cuda")
-    with pytest.raises(NotImplementedError, match="zoneout"):
-        fastlstm.LSTM(3, 4, zoneout=0.1).to("cuda")
-    with pytest.raises(NotImplementedError, match="recurrent_dropout"):
-        fastlstm.LSTM(3, 4, recurrent_dropout=0.2, device="cuda")
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        fastlstm.LSTM(3, 4, proj_size=2).to("cuda")
+
+
+@pytest.mark.parametrize("zoneout,rec,lengths", [((0.3, 0.2), 0.0, None), (0.0, 0.4, None),
+                                                 ((0.25, 0.15), 0.3, [5, 2, 6, 1])])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_zoneout_and_recurrent_dropout_against_reference(strategy, zoneout, rec, lengths):
+    """Training masks (drawn on the host from the seed, so the same as the CPU layer's) against the
+    reference, forward and backward; eval mode uses zoneout's expectation, as on the CPU."""
+    rng = np.random.default_rng(8)
+    T, B, I, H, L = 6, 4, 5, 13, 2
+    params = random_state_dict(rng, I, H, L, True)
+    x = rng.standard_normal((T, B, I))
+    h0, c0 = rng.standard_normal((2, L * 2, B, H)) * 0.5
+    dy = rng.standard_normal((T, B, 2 * H))
+    dh_n, dc_n = rng.standard_normal((2, L * 2, B, H))
+    out = {}
+    for device in ("cpu", "cuda"):
+        lstm = fastlstm.LSTM(I, H, num_layers=L, bidirectional=True, zoneout=zoneout, recurrent_dropout=rec,
+                             dtype="float64", device=device, seed=9)
+        lstm.cuda_strategy = strategy
+        lstm.load_state_dict(params)
+        put = (lambda a: a) if device == "cpu" else gpu
+        y, (hn, cn) = lstm(put(x), (put(h0), put(c0)), lengths=lengths)
+        regs = [{k: host(v) if device == "cuda" else v for k, v in layer["reg"].items()} for layer in lstm._ctx["layers"]]
+        dx, (dh0, dc0) = lstm.backward(put(dy), (put(dh_n), put(dc_n)))
+        got = [y, hn, cn, dx, dh0, dc0, *[p.grad for p in lstm.parameters()]]
+        out[device] = ([host(a) for a in got] if device == "cuda" else got), regs
+        y_eval, _ = lstm.eval()(put(x), (put(h0), put(c0)), lengths=lengths)
+        out[device + "_eval"] = host(y_eval) if device == "cuda" else y_eval
+    (cpu, cpu_regs), (gpu_out, gpu_regs) = out["cpu"], out["cuda"]
+    for rc, rg in zip(cpu_regs, gpu_regs):  # the same masks on both devices
+        for k in rc:
+            np.testing.assert_array_equal(rc[k], rg[k])
+    for i, (a, b) in enumerate(zip(cpu, gpu_out)):  # the CPU layer is itself tested against the reference
+        assert_close(b, a, np.float64, f"output {i}", rtol=1e-11)
+    assert_close(out["cuda_eval"], out["cpu_eval"], np.float64, "eval (zoneout's expectation)", rtol=1e-11)
+    D = 2
+    zo = None if "zoneout_h" not in gpu_regs[0] else [
+        (r["zoneout_h"][d], r["zoneout_c"][d]) for r in gpu_regs for d in range(D)]
+    rm = None if "rec_mask" not in gpu_regs[0] else [r["rec_mask"][d] for r in gpu_regs for d in range(D)]
+    if lengths is None:  # (with lengths the masks are in the kernels' sorted row order; the CPU comparison covers it)
+        yr, _, _ = fastlstm.reference.lstm_forward(x, params, L, True, h0, c0, None, None, zo, rm)
+        assert_close(gpu_out[0], yr, np.float64, "y vs reference")
 
 
 def test_state_dict_and_to_round_trips():

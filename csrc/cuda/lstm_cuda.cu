@@ -83,10 +83,11 @@ template <typename Real>
 __device__ __forceinline__ Real load_l2(const Real* p) { return __ldcg(p); }
 
 // Fills xs [rows][kp] (shared) with `rows` rows of `len` values from global memory, zero past len
-// and for rows whose pointer is nullptr; row_of(r) gives row r's pointer. The block's threads share
-// the work a 16-byte vector each (read past L1, see load_l2) where the row is aligned for it.
-template <typename Real, typename RowOf>
-__device__ __forceinline__ void load_tile(Real* xs, int64_t kp, int rows, int64_t len, RowOf row_of) {
+// and for rows whose pointer is nullptr; row_of(r) gives row r's pointer, mask_of(r) a row to multiply
+// by elementwise (or nullptr). The block's threads share the work a 16-byte vector each (read past L1,
+// see load_l2) where the row is aligned for it.
+template <typename Real, typename RowOf, typename MaskOf>
+__device__ __forceinline__ void load_tile(Real* xs, int64_t kp, int rows, int64_t len, RowOf row_of, MaskOf mask_of) {
   using V = typename Vec<Real>::type;
   constexpr int VW = Vec<Real>::n;
   const int64_t nv = kp / VW;
@@ -101,6 +102,10 @@ __device__ __forceinline__ void load_tile(Real* xs, int64_t kp, int rows, int64_
     } else {
 #pragma unroll
       for (int i = 0; i < VW; ++i) vr[i] = (p && k + i < len) ? load_l2(p + k + i) : Real(0);
+    }
+    if (const Real* m = p ? mask_of(r) : nullptr) {
+#pragma unroll
+      for (int i = 0; i < VW; ++i) vr[i] *= k + i < len ? __ldg(m + k + i) : Real(0);
     }
     reinterpret_cast<V*>(xs + r * kp)[e % nv] = v;
   }
@@ -211,9 +216,19 @@ __device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int
 #pragma unroll
   for (int g = 0; g < 4; ++g) z[g] = in[g] + rec[g];
   const Real i = sigmoid_(z[0]), f = sigmoid_(z[1]), gg = tanh_(z[2]), o = sigmoid_(z[3]);
-  const Real c_prev = first_step(a, s, t, b) ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.c_n[b * H + j];
-  const Real c = f * c_prev + i * gg;
-  const Real h = o * tanh_(c);
+  const bool first = first_step(a, s, t, b);
+  const Real c_prev = first ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.c_n[b * H + j];
+  Real c = f * c_prev + i * gg;
+  Real h = o * tanh_(c);
+  if (a.zoneout_h || a.zoneout_c || a.zoneout_h_p > Real(0) || a.zoneout_c_p > Real(0)) {
+    // zoneout keeps c[t-1] and h[t-1] with weights zc, zh: the training masks, or in eval their probabilities
+    const int64_t at = (t * a.B + b) * H + j;
+    const Real zc = a.zoneout_c ? a.zoneout_c[at] : a.zoneout_c_p, zh = a.zoneout_h ? a.zoneout_h[at] : a.zoneout_h_p;
+    const Real h_prev = first ? (a.h0 ? a.h0[b * H + j] : Real(0))
+                              : load_l2(a.y + (a.reverse ? t + 1 : t - 1) * a.y_st + b * a.y_sb + j);
+    c = zc * c_prev + (Real(1) - zc) * c;
+    h = zh * h_prev + (Real(1) - zh) * h;
+  }
   a.y[t * a.y_st + b * a.y_sb + j] = h;
   a.c_n[b * H + j] = c;  // the running cell state: only this thread reads and writes entry (b, j)
   if (a.gates) {
@@ -231,10 +246,13 @@ __device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int
 // dc_carry [B, H] holds dL/dc[t] flowing from later steps (only this thread touches entry (b, j)).
 // dh0 = rec and dc0 are stored once the sequence's first step has been differentiated: at s == T, or,
 // for a reverse direction's shorter sequence, at the (absent) step t = length right after it.
+// With zoneout, dh_carry [B, H] holds the part of dL/dh[t] that reaches h[t-1] directly (zh dh).
 template <typename Real>
-__device__ __forceinline__ void backward_cell(const LstmBackwardArgs<Real>& a, Real* dc_carry, int64_t s, int64_t t,
-                                              int64_t b, int64_t j, Real rec) {
+__device__ __forceinline__ void backward_cell(const LstmBackwardArgs<Real>& a, Real* dc_carry, Real* dh_carry,
+                                             int64_t s, int64_t t, int64_t b, int64_t j, Real rec) {
   const int64_t H = a.H, T = a.T, len = length_of(a, b);
+  if (a.rec_mask) rec *= a.rec_mask[b * H + j];  // h[t-1] entered the recurrence times the mask
+  if (dh_carry) rec += dh_carry[b * H + j];  // (zeroed by the host before the first step)
   if (s == T) {
     if (!a.reverse || len == T) {
       a.dh0[b * H + j] = rec;
@@ -262,18 +280,28 @@ __device__ __forceinline__ void backward_cell(const LstmBackwardArgs<Real>& a, R
   }
   const Real* gr = a.gates + (t * a.B + b) * 4 * H;
   const Real i = gr[j], f = gr[H + j], gg = gr[2 * H + j], o = gr[3 * H + j];
-  const Real c = a.cell[(t * a.B + b) * H + j];
   const bool first = a.reverse ? t == len - 1 : t == 0;  // the sequence's first step in processing order
   const int64_t tp = a.reverse ? t + 1 : t - 1;
   const Real c_prev = first ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.cell[(tp * a.B + b) * H + j];
+  Real c = a.cell[(t * a.B + b) * H + j], dc_state = dc_in, zc = Real(0);
+  if (a.zoneout_h || a.zoneout_c) {
+    // the cell saved the state after zoneout; the gates act on c~ = f c[t-1] + i g, h~ = o tanh(c~)
+    const int64_t at = (t * a.B + b) * H + j;
+    zc = a.zoneout_c ? a.zoneout_c[at] : Real(0);
+    const Real zh = a.zoneout_h ? a.zoneout_h[at] : Real(0);
+    c = f * c_prev + i * gg;
+    dc_state = (Real(1) - zc) * dc_in;
+    dh_carry[b * H + j] = zh * dh;
+    dh = (Real(1) - zh) * dh;
+  }
   const Real tc = tanh_(c);
-  const Real dc = fma(dh * o, Real(1) - tc * tc, dc_in);
+  const Real dc = fma(dh * o, Real(1) - tc * tc, dc_state);
   Real* dg = a.dg + t * a.dg_st + b * a.dg_sb;
   dg[j] = dc * gg * (i * (Real(1) - i));
   dg[H + j] = dc * c_prev * (f * (Real(1) - f));
   dg[2 * H + j] = dc * i * (Real(1) - gg * gg);
   dg[3 * H + j] = dh * tc * (o * (Real(1) - o));
-  dc_carry[b * H + j] = dc * f;
+  dc_carry[b * H + j] = zc * dc_in + dc * f;
 }
 
 // Steps of a direction: step s of the forward is time forward_time(a, s); backward step s (s = 0..T-1)
@@ -315,7 +343,8 @@ forward_persistent(const Dirs<LstmForwardArgs<Real>> p, int U, int64_t kp) {
     const int64_t t = forward_time(a, s);
     for (int64_t b0 = 0; b0 < B; b0 += BT) {
       __syncthreads();  // the last tile's readers are done with xs (and ws is complete on the first pass)
-      load_tile(xs, kp, BT, H, [&](int r) { return b0 + r < B ? previous_h(a, s, t, b0 + r) : nullptr; });
+      load_tile(xs, kp, BT, H, [&](int r) { return b0 + r < B ? previous_h(a, s, t, b0 + r) : nullptr; },
+                [&](int r) { return a.rec_mask ? a.rec_mask + (b0 + r) * H : nullptr; });
       __syncthreads();
       for (int u = warp; u < nu; u += nwarps) {
         // the lanes that will run the epilogue: the first of each group holding gate i of a sequence
@@ -342,13 +371,14 @@ forward_persistent(const Dirs<LstmForwardArgs<Real>> p, int U, int64_t kp) {
 // the step differentiated before, BT sequences). Iteration s == T stores dh0 and dc0.
 template <typename Real, int BT>
 __global__ void __launch_bounds__(kMaxPersistentThreads)
-backward_persistent(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int U, int64_t kp) {
+backward_persistent(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, Real* dh_carry_all, int U, int64_t kp) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   Real* ws = reinterpret_cast<Real*>(smem_raw);
   Real* xs = ws + U * kp;
   const LstmBackwardArgs<Real>& a = p.d[blockIdx.y];
   const int64_t H = a.H, B = a.B, T = a.T, G = 4 * H;
   Real* carry = dc_carry + blockIdx.y * B * H;
+  Real* dh_carry = dh_carry_all ? dh_carry_all + blockIdx.y * B * H : nullptr;
   const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
   const int nu = static_cast<int>(min(static_cast<int64_t>(U), H - u0));
   for (int64_t e = threadIdx.x; e < U * kp; e += blockDim.x) {
@@ -365,7 +395,9 @@ backward_persistent(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int U,
     const Real* src = s == 0 ? nullptr : a.dg + backward_time(a, s - 1) * a.dg_st;  // dG of the step after t
     for (int64_t b0 = 0; b0 < B; b0 += BT) {
       __syncthreads();
-      if (src) load_tile(xs, kp, BT, G, [&](int r) { return b0 + r < B ? src + (b0 + r) * a.dg_sb : nullptr; });
+      if (src)
+        load_tile(xs, kp, BT, G, [&](int r) { return b0 + r < B ? src + (b0 + r) * a.dg_sb : nullptr; },
+                  [](int) -> const Real* { return nullptr; });
       __syncthreads();
       for (int grp = warp; grp < groups; grp += nwarps) {
         Real sum = Real(0);
@@ -378,7 +410,7 @@ backward_persistent(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int U,
         }
         const int u = 4 * grp + vu;
         if ((lane & ((1 << shift) - 1)) == 0 && u < nu && b0 + vb < B)
-          backward_cell(a, carry, s, t, b0 + vb, u0 + u, sum);
+          backward_cell(a, carry, dh_carry, s, t, b0 + vb, u0 + u, sum);
       }
     }
     if (s < T) grid.sync();  // every block's dG[t] is in global memory before anyone reads it
@@ -515,9 +547,10 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
 #pragma unroll
       for (int g = 0; g < 4; ++g) acc[m][q][g] = Real(0);
   if (s > 0 || a.h0 || a.lengths) {  // (else h[t-1] is all zeros)
-    auto load_h = [&](int r, int64_t k) -> Real {
+    auto load_h = [&](int r, int64_t k) -> Real {  // h[t-1] times the recurrent-dropout mask, if any
       const Real* hrow = (b0 + r < B && k < H) ? previous_h(a, s, t, b0 + r) : nullptr;
-      return hrow ? hrow[k] : Real(0);
+      if (!hrow) return Real(0);
+      return a.rec_mask ? hrow[k] * a.rec_mask[(b0 + r) * H + k] : hrow[k];
     };
     auto load_w = [&](int64_t k, int c) -> Real {
       const int64_t u = j0 + c / 4, g = c % 4;
@@ -542,12 +575,13 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
 // dh[b][j] over K = 4H from the dG of the step differentiated before and W_hh read in place.
 template <typename Real, int BM, int BU, int TM, int TU>
 __global__ void __launch_bounds__(kStreamMaxThreads)
-backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int64_t s) {
+backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, Real* dh_carry_all, int64_t s) {
   constexpr int NX = BU / TU, NY = BM / TM;
   static_assert(NX * NY <= kStreamMaxThreads && (NX * NY) % 32 == 0, "a tile takes whole warps");
   const LstmBackwardArgs<Real>& a = p.d[blockIdx.z];
   const int64_t H = a.H, B = a.B, T = a.T, G = 4 * H;
   Real* carry = dc_carry + blockIdx.z * B * H;
+  Real* dh_carry = dh_carry_all ? dh_carry_all + blockIdx.z * B * H : nullptr;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BU, b0 = static_cast<int64_t>(blockIdx.y) * BM;
   const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
   const int64_t t = s < T ? backward_time(a, s) : -1;
@@ -569,7 +603,7 @@ backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, int64_t s) {
 #pragma unroll
     for (int q = 0; q < TU; ++q) {
       const int64_t b = b0 + ty * TM + m, j = j0 + tx + q * NX;
-      if (b < B && j < H) backward_cell(a, carry, s, t, b, j, acc[m][q][0]);
+      if (b < B && j < H) backward_cell(a, carry, dh_carry, s, t, b, j, acc[m][q][0]);
     }
 }
 
@@ -716,10 +750,12 @@ Strategy resolve(Strategy requested, const Device& dev, int64_t B, int64_t H, in
 // Stream-ordered scratch memory, released on the stream when the call's work is done.
 class Scratch {
  public:
-  Scratch(size_t bytes, cudaStream_t stream) : stream_(stream) {
-    FASTLSTM_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
+  Scratch(size_t bytes, cudaStream_t stream) : stream_(stream) {  // (0 bytes: no allocation, get() is nullptr)
+    if (bytes) FASTLSTM_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream));
   }
-  ~Scratch() { cudaFreeAsync(ptr_, stream_); }  // cannot fail for a pointer this class allocated
+  ~Scratch() {
+    if (ptr_) cudaFreeAsync(ptr_, stream_);  // cannot fail for a pointer this class allocated
+  }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   template <typename T>
@@ -767,12 +803,13 @@ void launch_forward_steps(const Dirs<LstmForwardArgs<Real>>& p, int ndirs, cudaS
 }
 
 template <typename Real, int BM, int BU, int TM, int TU>
-void launch_backward_steps(const Dirs<LstmBackwardArgs<Real>>& p, Real* carry, int ndirs, cudaStream_t stream) {
+void launch_backward_steps(const Dirs<LstmBackwardArgs<Real>>& p, Real* carry, Real* dh_carry, int ndirs,
+                           cudaStream_t stream) {
   const LstmBackwardArgs<Real>& a = p.d[0];
   const dim3 grid(static_cast<unsigned>(ceil_div(a.H, BU)), static_cast<unsigned>(ceil_div(a.B, BM)), ndirs);
   constexpr int threads = (BU / TU) * (BM / TM);
   for (int64_t s = 0; s <= a.T; ++s) {
-    backward_step<Real, BM, BU, TM, TU><<<grid, threads, 0, stream>>>(p, carry, s);
+    backward_step<Real, BM, BU, TM, TU><<<grid, threads, 0, stream>>>(p, carry, dh_carry, s);
     FASTLSTM_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -789,8 +826,6 @@ void check_common(const Args* dirs, int ndirs, const char* what) {
     FASTLSTM_CHECK(a.B <= 65535 * 8 && a.H <= (1 << 26), what << ": B (at most 524280 on the GPU) or H (2^26) too "
                                                                "large, got B=" << a.B << ", H=" << a.H);
     FASTLSTM_CHECK(a.P == 0, what << ": projections (proj_size) are not supported on the GPU yet");
-    FASTLSTM_CHECK(a.zoneout_h == nullptr && a.zoneout_c == nullptr && a.rec_mask == nullptr,
-                   what << ": zoneout and recurrent dropout are not supported on the GPU yet");
     FASTLSTM_CHECK(a.w_hh != nullptr, what << ": w_hh is required");
   }
 }
@@ -915,25 +950,31 @@ void lstm_backward(const LstmBackwardArgs<Real>* dirs, int ndirs, int device, st
   Dirs<LstmBackwardArgs<Real>> p{};
   for (int d = 0; d < ndirs; ++d) p.d[d] = dirs[d];
   const int64_t B = dirs[0].B, H = dirs[0].H;
-  Scratch carry_buf(static_cast<size_t>(ndirs) * B * H * sizeof(Real), stream);
+  const size_t state_bytes = static_cast<size_t>(ndirs) * B * H * sizeof(Real);
+  Scratch carry_buf(state_bytes, stream);
   Real* carry = carry_buf.get<Real>();
+  // zoneout: the direct path dL/dh[t] -> h[t-1] (zh dh) needs its own carry, starting at 0
+  const bool zoneout = dirs[0].zoneout_h || dirs[0].zoneout_c;
+  Scratch dh_carry_buf(zoneout ? state_bytes : 0, stream);
+  Real* dh_carry = zoneout ? dh_carry_buf.get<Real>() : nullptr;
+  if (zoneout) FASTLSTM_CUDA_CHECK(cudaMemsetAsync(dh_carry, 0, state_bytes, stream));
   Persistent pl;
   if (resolve<Real>(strategy, dev, B, H, ndirs, true, pl) == Strategy::Persistent) {
     const void* kernel = persistent_kernel<Real>(true, pl.BT);
     int U = pl.U;
     int64_t kp = pl.kp;
-    void* args[] = {&p, &carry, &U, &kp};
+    void* args[] = {&p, &carry, &dh_carry, &U, &kp};
     FASTLSTM_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks, ndirs), dim3(pl.threads), args, pl.smem,
                                                     stream));
     FASTLSTM_CUDA_CHECK(cudaGetLastError());
     return;
   }
   switch (pick_tile(kBackwardTiles, B, H, ndirs, dev.sms)) {  // (TM, TU): 128, 128, 128, 256, 128 threads
-    case 0: launch_backward_steps<Real, 64, 64, 8, 4>(p, carry, ndirs, stream); break;
-    case 1: launch_backward_steps<Real, 32, 64, 4, 4>(p, carry, ndirs, stream); break;
-    case 2: launch_backward_steps<Real, 16, 32, 2, 2>(p, carry, ndirs, stream); break;
-    case 3: launch_backward_steps<Real, 8, 32, 1, 1>(p, carry, ndirs, stream); break;
-    default: launch_backward_steps<Real, 8, 16, 1, 1>(p, carry, ndirs, stream); break;
+    case 0: launch_backward_steps<Real, 64, 64, 8, 4>(p, carry, dh_carry, ndirs, stream); break;
+    case 1: launch_backward_steps<Real, 32, 64, 4, 4>(p, carry, dh_carry, ndirs, stream); break;
+    case 2: launch_backward_steps<Real, 16, 32, 2, 2>(p, carry, dh_carry, ndirs, stream); break;
+    case 3: launch_backward_steps<Real, 8, 32, 1, 1>(p, carry, dh_carry, ndirs, stream); break;
+    default: launch_backward_steps<Real, 8, 16, 1, 1>(p, carry, dh_carry, ndirs, stream); break;
   }
 }
 

@@ -407,12 +407,10 @@ class LSTM:
         self.device = device
 
     def _check_cuda_options(self) -> None:
-        """The options the CUDA kernels do not have yet (each raises before anything moves)."""
-        for name, on in (("proj_size", self.proj_size), ("zoneout", any(self.zoneout)),
-                         ("recurrent_dropout", self.recurrent_dropout)):
-            if on:
-                raise NotImplementedError(f"{name}: not supported on CUDA yet (the CPU layer has it); "
-                                          f"use device='cpu' or leave {name} at its default")
+        """The option the CUDA kernels do not have yet: raises before anything moves."""
+        if self.proj_size:
+            raise NotImplementedError("proj_size: not supported on CUDA yet (the CPU layer has it); use device='cpu' "
+                                      "or proj_size=0")
 
     # ---- parameters ----------------------------------------------------------------------------------
     def named_parameters(self):
@@ -559,7 +557,7 @@ class LSTM:
             reg = self._regularisation(training, D, T, B)
             if cuda:
                 _C.cuda_lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks], gates,
-                                     cell, bf, lengths=kernel_lengths, **self._cuda_launch())
+                                     cell, bf, lengths=kernel_lengths, **reg, **self._cuda_launch())
             else:
                 _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
                                 gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0,
@@ -607,7 +605,8 @@ class LSTM:
             reg["zoneout_c"] = (self._rng.random((D, T, B, H)) < zc).astype(dt)
         if p:
             reg["rec_mask"] = (self._rng.random((D, B, Ho)) >= p).astype(dt) * dt.type(1.0 / (1.0 - p))
-        return reg
+        # drawn on the host from the layer's seed (the same masks on every device), then moved
+        return {k: self._xp.asarray(v) for k, v in reg.items()}
 
     @staticmethod
     def _check_lengths(lengths, B, T):
@@ -708,7 +707,8 @@ class LSTM:
             dc_nl = None if dc_n is None else dc_n[ks]
             if cuda:
                 _C.cuda_lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks],
-                                      bf, lengths=ctx["kernel_lengths"], **self._cuda_launch())
+                                      bf, lengths=ctx["kernel_lengths"], **self._cuda_launch(),
+                                      **{k: v for k, v in s["reg"].items() if k in ("zoneout_h", "zoneout_c", "rec_mask")})
                 if db is not None:  # the bias gradient: dG summed over steps and sequences (in double, as the CPU)
                     db[...] = xp.sum(dg.reshape(rows, D, 4 * H), axis=0, dtype=xp.float64)
             else:
