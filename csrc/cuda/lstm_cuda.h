@@ -4,9 +4,9 @@
 //
 // The kernels take the same argument structs as the CPU (lstm.h) with device pointers, run on the
 // caller's stream (CuPy's current stream, passed as an integer handle) and never synchronise the host:
-// every entry point only enqueues work. Supported on the GPU today: everything torch.nn.LSTM has
-// (any T, B, H; reverse directions; initial states; training saves; time-major or batch-first strides).
-// Not yet: lengths, projections, zoneout and recurrent-dropout masks (the bindings reject them).
+// every entry point only enqueues work. Supported on the GPU: everything torch.nn.LSTM has (any T, B,
+// H; reverse directions; initial states; training saves; time-major or batch-first strides), per-
+// sequence lengths, zoneout and recurrent-dropout masks. Not yet: projections (rejected).
 //
 // Two recurrent strategies (see choose_strategy in lstm_cuda.cu for the heuristic):
 //   persistent: one cooperative kernel runs all T steps; each block keeps all four gates' weights of
