@@ -8,6 +8,7 @@
 //
 // Forward, each step:  z = gx[t] + bias + h[t-1] W_hh^T   (the step GEMM, 4H columns)
 //                      c[t] = f c[t-1] + i gg,  h[t] = o tanh(c[t])  (the epilogue, in registers)
+//                      (training also saves the activated gates and c for backward)
 // Backward, each step (in reverse processing order), as the CPU kernels (kernels_impl.h):
 //                      dh  = dy[t] + dG[t+1] W_hh      (the step GEMM, K = 4H; dh_n at the first)
 //                      dc  = dc' + dh o (1 - tanh^2 c),  dG = [dc gg i(1-i), dc c[t-1] f(1-f),
@@ -27,8 +28,14 @@
 //
 // streaming (large batches, or weights too big for shared memory): one fused kernel per step, a
 //   double-buffered shared-memory GEMM (tile_gemm) whose thread tile holds all four gates of its units
-//   (the forward's weight tile puts a unit's four gates side by side), followed by the same epilogue. The T launches are enqueued back to back on the caller's stream without host
-//   synchronisation, so launch overhead overlaps the previous step's execution.
+//   (the forward's weight tile puts a unit's four gates side by side), followed by the same epilogue.
+//   The T launches are enqueued back to back on the caller's stream without host synchronisation, so
+//   launch overhead overlaps the previous step's execution.
+//
+// Options, in the epilogues and tile loads: lengths (a sequence's first step reads h0 / c0, y and dG
+// are 0 where it does not exist), zoneout (c and h keep their previous values with weights zc, zh; the
+// backward's direct path zh dh to h[t-1] has its own carry) and recurrent dropout (rec_mask multiplies
+// h[t-1] where it enters the step GEMM, and dG W_hh on the way back).
 //
 // Every CUDA call is checked (FASTLSTM_CUDA_CHECK throws with the failing expression); kernels read
 // their geometry from arguments the host computed and never pick their own grid.
