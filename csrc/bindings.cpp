@@ -26,11 +26,14 @@ using namespace fastlstm;
 
 namespace {
 
-std::string shape_str(const py::array& a) {
+// A shape as Python prints a tuple: (3,) or (2, 3).
+std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + (a.ndim() == 1 ? ",)" : ")");
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
 }
+
+std::string shape_str(const py::array& a) { return shape_str(std::vector<int64_t>(a.shape(), a.shape() + a.ndim())); }
 
 // Pointer to a C-contiguous array of dtype T with exactly `shape`.
 template <typename T>
@@ -41,9 +44,7 @@ T* arr(const py::object& obj, const char* name, const std::vector<int64_t>& shap
                                                         << ", got " << py::str(a.dtype()).cast<std::string>());
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
   for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
-  std::string want = "(";
-  for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
-  FASTLSTM_CHECK(ok, name << ": expected shape " << want << (shape.size() == 1 ? ",)" : ")") << ", got " << shape_str(a));
+  FASTLSTM_CHECK(ok, name << ": expected shape " << shape_str(shape) << ", got " << shape_str(a));
   FASTLSTM_CHECK(a.flags() & py::array::c_style, name << ": expected a C-contiguous array");
   if (writable) {
     FASTLSTM_CHECK(a.writeable(), name << ": expected a writable array");
@@ -97,6 +98,9 @@ struct DeviceArrays {
     v.readonly = data[1].cast<bool>();
     if (d.contains("strides") && !d["strides"].is_none())
       for (auto n : d["strides"].cast<py::tuple>()) v.strides.push_back(n.cast<int64_t>());
+    FASTLSTM_CHECK(v.strides.empty() || v.strides.size() == v.shape.size(),
+                   name << ": __cuda_array_interface__ has " << v.strides.size() << " strides for " << v.shape.size()
+                        << " dimensions");
     return v;
   }
   static std::vector<int64_t> shape(const py::object& obj, const char* name) { return view(obj, name).shape; }
@@ -105,12 +109,7 @@ struct DeviceArrays {
     const View v = view(obj, name);
     const char* want = std::is_same_v<T, int64_t> ? "<i8" : sizeof(T) == 8 ? "<f8" : "<f4";
     FASTLSTM_CHECK(v.typestr == want, name << ": expected typestr " << want << ", got " << v.typestr);
-    auto str = [](const std::vector<int64_t>& s) {
-      std::string out = "(";
-      for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-      return out + (s.size() == 1 ? ",)" : ")");
-    };
-    FASTLSTM_CHECK(v.shape == shape, name << ": expected shape " << str(shape) << ", got " << str(v.shape));
+    FASTLSTM_CHECK(v.shape == shape, name << ": expected shape " << shape_str(shape) << ", got " << shape_str(v.shape));
     int64_t expect = sizeof(T);
     for (size_t i = v.strides.size(); i-- > 0;) {  // C order, ignoring the strides of length-1 axes
       FASTLSTM_CHECK(v.shape[i] <= 1 || v.strides[i] == expect, name << ": expected a C-contiguous array");

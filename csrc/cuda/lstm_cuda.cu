@@ -176,25 +176,30 @@ __device__ __forceinline__ void warp_dot(const Real* A, const Real* X, int64_t k
 }
 
 // ---- variable lengths (lstm.h: sequence b exists at t < lengths[b]; lengths non-increasing) -------------
-// A sequence's first step in processing order starts from h0 / c0: step 0 of a forward direction, time
+// A sequence's first step in processing order starts from h0 / c0: time 0 of a forward direction, time
 // lengths[b]-1 of a reverse one (whose later times do not exist). Where it does not exist, y is 0 and
 // backward's dG is 0; the state carries (the forward reads h[t-1] from y only while the sequence exists).
 template <typename Args>
 __device__ __forceinline__ int64_t length_of(const Args& a, int64_t b) { return a.lengths ? a.lengths[b] : a.T; }
 
 template <typename Args>
-__device__ __forceinline__ bool first_step(const Args& a, int64_t s, int64_t t, int64_t b) {
-  return a.reverse ? t == length_of(a, b) - 1 : s == 0;
+__device__ __forceinline__ bool first_step(const Args& a, int64_t t, int64_t b) {
+  return t == (a.reverse ? length_of(a, b) - 1 : 0);
 }
 
-// Row b of h[t-1] for forward step s (time t): h0's row (nullptr: zeros) on the sequence's first step,
-// else y at the previous step; nullptr where the sequence has no step t (nothing is read: a reverse
-// direction's t+1 may be T, past the end of y).
+// ... and its last step, where h_n and c_n come from (and dh_n, dc_n enter the backward).
+template <typename Args>
+__device__ __forceinline__ bool last_step(const Args& a, int64_t t, int64_t b) {
+  return t == (a.reverse ? 0 : length_of(a, b) - 1);
+}
+
+// Row b of h[t-1] for the forward step at time t: h0's row (nullptr: zeros) on the sequence's first
+// step, else y at the previous step; nullptr where the sequence has no step t (nothing is read: a
+// reverse direction's t+1 may be T, past the end of y).
 template <typename Real>
-__device__ __forceinline__ const Real* previous_h(const LstmForwardArgs<Real>& a, int64_t s, int64_t t, int64_t b) {
-  const int64_t len = length_of(a, b);
-  if (t >= len) return nullptr;
-  if (a.reverse ? t == len - 1 : s == 0) return a.h0 ? a.h0 + b * a.H : nullptr;
+__device__ __forceinline__ const Real* previous_h(const LstmForwardArgs<Real>& a, int64_t t, int64_t b) {
+  if (t >= length_of(a, b)) return nullptr;
+  if (first_step(a, t, b)) return a.h0 ? a.h0 + b * a.H : nullptr;
   return a.y + (a.reverse ? t + 1 : t - 1) * a.y_st + b * a.y_sb;
 }
 
@@ -210,10 +215,10 @@ __device__ __forceinline__ void input_part(const LstmForwardArgs<Real>& a, int64
   for (int g = 0; g < 4; ++g) in[g] = __ldg(gxr + g * H + j) + (a.bias ? __ldg(a.bias + g * H + j) : Real(0));
 }
 
-// Forward cell update of unit j of sequence b at step s (time t), given z's input part and GEMM part.
+// Forward cell update of unit j of sequence b at time t, given z's input part and GEMM part.
 template <typename Real>
-__device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int64_t s, int64_t t, int64_t b,
-                                             int64_t j, const Real (&in)[4], const Real (&rec)[4]) {
+__device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int64_t t, int64_t b, int64_t j,
+                                             const Real (&in)[4], const Real (&rec)[4]) {
   const int64_t H = a.H, len = length_of(a, b);
   if (t >= len) {  // the sequence has ended (forward) or not begun (reverse): y = 0, the state carries
     a.y[t * a.y_st + b * a.y_sb + j] = Real(0);
@@ -223,16 +228,15 @@ __device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int
 #pragma unroll
   for (int g = 0; g < 4; ++g) z[g] = in[g] + rec[g];
   const Real i = sigmoid_(z[0]), f = sigmoid_(z[1]), gg = tanh_(z[2]), o = sigmoid_(z[3]);
-  const bool first = first_step(a, s, t, b);
-  const Real c_prev = first ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.c_n[b * H + j];
+  const Real c_prev = first_step(a, t, b) ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.c_n[b * H + j];
   Real c = f * c_prev + i * gg;
   Real h = o * tanh_(c);
   if (a.zoneout_h || a.zoneout_c || a.zoneout_h_p > Real(0) || a.zoneout_c_p > Real(0)) {
     // zoneout keeps c[t-1] and h[t-1] with weights zc, zh: the training masks, or in eval their probabilities
     const int64_t at = (t * a.B + b) * H + j;
     const Real zc = a.zoneout_c ? a.zoneout_c[at] : a.zoneout_c_p, zh = a.zoneout_h ? a.zoneout_h[at] : a.zoneout_h_p;
-    const Real h_prev = first ? (a.h0 ? a.h0[b * H + j] : Real(0))
-                              : load_l2(a.y + (a.reverse ? t + 1 : t - 1) * a.y_st + b * a.y_sb + j);
+    const Real* h_row = previous_h(a, t, b);
+    const Real h_prev = h_row ? load_l2(h_row + j) : Real(0);
     c = zc * c_prev + (Real(1) - zc) * c;
     h = zh * h_prev + (Real(1) - zh) * h;
   }
@@ -246,7 +250,7 @@ __device__ __forceinline__ void forward_cell(const LstmForwardArgs<Real>& a, int
     gr[3 * H + j] = o;
     a.cell[(t * a.B + b) * H + j] = c;
   }
-  if (t == (a.reverse ? 0 : len - 1)) a.h_n[b * H + j] = h;  // the sequence's last step
+  if (last_step(a, t, b)) a.h_n[b * H + j] = h;
 }
 
 // Backward of unit j of sequence b at backward step s (time t), given dG[t+1] W_hh's entry `rec`;
@@ -260,26 +264,20 @@ __device__ __forceinline__ void backward_cell(const LstmBackwardArgs<Real>& a, R
   const int64_t H = a.H, T = a.T, len = length_of(a, b);
   if (a.rec_mask) rec *= a.rec_mask[b * H + j];  // h[t-1] entered the recurrence times the mask
   if (dh_carry) rec += dh_carry[b * H + j];  // (zeroed by the host before the first step)
-  if (s == T) {
-    if (!a.reverse || len == T) {
-      a.dh0[b * H + j] = rec;
-      a.dc0[b * H + j] = dc_carry[b * H + j];
-    }
-    return;
+  if (s == T ? !a.reverse || len == T : a.reverse && t == len) {  // the step before was the sequence's first
+    a.dh0[b * H + j] = rec;
+    a.dc0[b * H + j] = dc_carry[b * H + j];
   }
+  if (s == T) return;
   if (t >= len) {  // no such step: dG = 0 (the weight-gradient GEMMs read it)
     Real* dg = a.dg + t * a.dg_st + b * a.dg_sb;
 #pragma unroll
     for (int g = 0; g < 4; ++g) dg[g * H + j] = Real(0);
-    if (a.reverse && t == len) {
-      a.dh0[b * H + j] = rec;
-      a.dc0[b * H + j] = dc_carry[b * H + j];
-    }
     return;
   }
   Real dh = rec + (a.dy ? a.dy[t * a.dy_st + b * a.dy_sb + j] : Real(0));
   Real dc_in;
-  if (a.reverse ? s == 0 : t == len - 1) {  // the sequence's last step: h_n and c_n came from here
+  if (last_step(a, t, b)) {  // h_n and c_n came from here
     dh += a.dh_n ? a.dh_n[b * H + j] : Real(0);
     dc_in = a.dc_n ? a.dc_n[b * H + j] : Real(0);
   } else {
@@ -287,9 +285,8 @@ __device__ __forceinline__ void backward_cell(const LstmBackwardArgs<Real>& a, R
   }
   const Real* gr = a.gates + (t * a.B + b) * 4 * H;
   const Real i = gr[j], f = gr[H + j], gg = gr[2 * H + j], o = gr[3 * H + j];
-  const bool first = a.reverse ? t == len - 1 : t == 0;  // the sequence's first step in processing order
   const int64_t tp = a.reverse ? t + 1 : t - 1;
-  const Real c_prev = first ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.cell[(tp * a.B + b) * H + j];
+  const Real c_prev = first_step(a, t, b) ? (a.c0 ? a.c0[b * H + j] : Real(0)) : a.cell[(tp * a.B + b) * H + j];
   Real c = a.cell[(t * a.B + b) * H + j], dc_state = dc_in, zc = Real(0);
   if (a.zoneout_h || a.zoneout_c) {
     // the cell saved the state after zoneout; the gates act on c~ = f c[t-1] + i g, h~ = o tanh(c~)
@@ -350,23 +347,21 @@ forward_persistent(const Dirs<LstmForwardArgs<Real>> p, int U, int64_t kp) {
     const int64_t t = forward_time(a, s);
     for (int64_t b0 = 0; b0 < B; b0 += BT) {
       __syncthreads();  // the last tile's readers are done with xs (and ws is complete on the first pass)
-      load_tile(xs, kp, BT, H, [&](int r) { return b0 + r < B ? previous_h(a, s, t, b0 + r) : nullptr; },
+      load_tile(xs, kp, BT, H, [&](int r) { return b0 + r < B ? previous_h(a, t, b0 + r) : nullptr; },
                 [&](int r) { return a.rec_mask ? a.rec_mask + (b0 + r) * H : nullptr; });
       __syncthreads();
       for (int u = warp; u < nu; u += nwarps) {
         // the lanes that will run the epilogue: the first of each group holding gate i of a sequence
         const bool owner = vidx < BT && (lane & ((1 << shift) - 1)) == 0 && b0 + vb < B;
-        Real in[4] = {Real(0), Real(0), Real(0), Real(0)};
+        Real in[4] = {};
         if (owner) input_part(a, t, b0 + vb, u0 + u, in);
-        Real acc[N];
-#pragma unroll
-        for (int v = 0; v < N; ++v) acc[v] = Real(0);
+        Real acc[N] = {};
         warp_dot<Real, 4, BT>(ws + 4 * u * kp, xs, kp, lane, acc);
         const Real sum = warp_transpose_sum(acc, lane);
         Real rec[4];
 #pragma unroll
         for (int g = 0; g < 4; ++g) rec[g] = __shfl_sync(0xffffffffu, sum, (g * BT + vb) << shift);
-        if (owner) forward_cell(a, s, t, b0 + vb, u0 + u, in, rec);
+        if (owner) forward_cell(a, t, b0 + vb, u0 + u, in, rec);
       }
     }
     if (s + 1 < T) grid.sync();  // every block's h[t] is in global memory before anyone reads it
@@ -409,9 +404,7 @@ backward_persistent(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, Real* 
       for (int grp = warp; grp < groups; grp += nwarps) {
         Real sum = Real(0);
         if (src) {
-          Real acc[N];
-#pragma unroll
-          for (int v = 0; v < N; ++v) acc[v] = Real(0);
+          Real acc[N] = {};
           warp_dot<Real, 4, BT>(ws + 4 * grp * kp, xs, kp, lane, acc);
           sum = warp_transpose_sum(acc, lane);
         }
@@ -546,16 +539,10 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BU, b0 = static_cast<int64_t>(blockIdx.y) * BM;
   const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
   const int64_t t = forward_time(a, s);
-  Real acc[TM][TU][4];
-#pragma unroll
-  for (int m = 0; m < TM; ++m)
-#pragma unroll
-    for (int q = 0; q < TU; ++q)
-#pragma unroll
-      for (int g = 0; g < 4; ++g) acc[m][q][g] = Real(0);
+  Real acc[TM][TU][4] = {};
   if (s > 0 || a.h0 || a.lengths) {  // (else h[t-1] is all zeros)
     auto load_h = [&](int r, int64_t k) -> Real {  // h[t-1] times the recurrent-dropout mask, if any
-      const Real* hrow = (b0 + r < B && k < H) ? previous_h(a, s, t, b0 + r) : nullptr;
+      const Real* hrow = (b0 + r < B && k < H) ? previous_h(a, t, b0 + r) : nullptr;
       if (!hrow) return Real(0);
       return a.rec_mask ? hrow[k] * a.rec_mask[(b0 + r) * H + k] : hrow[k];
     };
@@ -573,7 +560,7 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
       if (b < B && j < H) {
         Real in[4];
         input_part(a, t, b, j, in);
-        forward_cell(a, s, t, b, j, in, acc[m][q]);
+        forward_cell(a, t, b, j, in, acc[m][q]);
       }
     }
 }
@@ -593,11 +580,7 @@ backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, Real* dh_car
   const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
   const int64_t t = s < T ? backward_time(a, s) : -1;
   const Real* src = s == 0 ? nullptr : a.dg + backward_time(a, s - 1) * a.dg_st;
-  Real acc[TM][TU][1];
-#pragma unroll
-  for (int m = 0; m < TM; ++m)
-#pragma unroll
-    for (int q = 0; q < TU; ++q) acc[m][q][0] = Real(0);
+  Real acc[TM][TU][1] = {};
   if (src) {
     auto load_dg = [&](int r, int64_t k) -> Real {
       return (b0 + r < B && k < G) ? src[(b0 + r) * a.dg_sb + k] : Real(0);
@@ -736,6 +719,7 @@ const void* persistent_kernel(bool backward, int BT) {
 template <typename Real>
 Strategy resolve(Strategy requested, const Device& dev, int64_t B, int64_t H, int ndirs, bool backward,
                  Persistent& pl) {
+  if (requested == Strategy::Streaming) return Strategy::Streaming;
   pl = plan_persistent<Real>(dev, B, H, ndirs, backward);
   bool fits = pl.ok;
   if (fits) {
@@ -750,8 +734,14 @@ Strategy resolve(Strategy requested, const Device& dev, int64_t B, int64_t H, in
                                                                      "use 'auto' or 'streaming'");
     return Strategy::Persistent;
   }
-  if (requested == Strategy::Streaming) return Strategy::Streaming;
   return fits && B <= kPersistentMaxBatch ? Strategy::Persistent : Strategy::Streaming;
+}
+
+// Launches persistent kernel `kernel` with the plan's grid (blocks x directions), block and shared memory.
+void launch_persistent(const void* kernel, const Persistent& pl, int ndirs, void** args, cudaStream_t stream) {
+  FASTLSTM_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks, ndirs), dim3(pl.threads), args, pl.smem,
+                                                  stream));
+  FASTLSTM_CUDA_CHECK(cudaGetLastError());
 }
 
 // Stream-ordered scratch memory, released on the stream when the call's work is done.
@@ -924,13 +914,10 @@ void lstm_forward(const LstmForwardArgs<Real>* dirs, int ndirs, int device, std:
   const int64_t B = dirs[0].B, H = dirs[0].H;
   Persistent pl;
   if (resolve<Real>(strategy, dev, B, H, ndirs, false, pl) == Strategy::Persistent) {
-    const void* kernel = persistent_kernel<Real>(false, pl.BT);
     int U = pl.U;
     int64_t kp = pl.kp;
     void* args[] = {&p, &U, &kp};
-    FASTLSTM_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks, ndirs), dim3(pl.threads), args, pl.smem,
-                                                    stream));
-    FASTLSTM_CUDA_CHECK(cudaGetLastError());
+    launch_persistent(persistent_kernel<Real>(false, pl.BT), pl, ndirs, args, stream);
     return;
   }
   switch (pick_tile(kForwardTiles, B, H, ndirs, dev.sms)) {  // (TM, TU): 128, 128, 128, 128, 64 threads
@@ -967,13 +954,10 @@ void lstm_backward(const LstmBackwardArgs<Real>* dirs, int ndirs, int device, st
   if (zoneout) FASTLSTM_CUDA_CHECK(cudaMemsetAsync(dh_carry, 0, state_bytes, stream));
   Persistent pl;
   if (resolve<Real>(strategy, dev, B, H, ndirs, true, pl) == Strategy::Persistent) {
-    const void* kernel = persistent_kernel<Real>(true, pl.BT);
     int U = pl.U;
     int64_t kp = pl.kp;
     void* args[] = {&p, &carry, &dh_carry, &U, &kp};
-    FASTLSTM_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(pl.blocks, ndirs), dim3(pl.threads), args, pl.smem,
-                                                    stream));
-    FASTLSTM_CUDA_CHECK(cudaGetLastError());
+    launch_persistent(persistent_kernel<Real>(true, pl.BT), pl, ndirs, args, stream);
     return;
   }
   switch (pick_tile(kBackwardTiles, B, H, ndirs, dev.sms)) {  // (TM, TU): 128, 128, 128, 256, 128 threads

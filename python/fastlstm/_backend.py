@@ -50,7 +50,8 @@ def cuda_device_count() -> int:
 
 def require_cuda(what: str) -> None:
     """Raise a RuntimeError that says what is missing when `what` (e.g. "device='cuda'") cannot run here."""
-    if not _C.build_info()["cuda_compiled"]:
+    info = _C.build_info()
+    if not info["cuda_compiled"]:
         raise RuntimeError(f"{what}: this build of fastlstm has no CUDA kernels (no CUDA compiler was found when it "
                            f"was built; fastlstm.build_info()['cuda_compiled'] is False)")
     if cupy_or_none() is None:
@@ -58,8 +59,8 @@ def require_cuda(what: str) -> None:
                            f"(pip install 'fastlstm[cuda]')")
     if cuda_device_count() == 0:
         raise RuntimeError(f"{what}: no usable CUDA GPU here (CuPy sees no device; "
-                           f"fastlstm.build_info()['cuda_devices'] is {_C.build_info()['cuda_devices']})")
-    if _C.build_info()["cuda_devices"] == 0:  # CuPy sees a GPU, fastlstm's static CUDA runtime does not
+                           f"fastlstm.build_info()['cuda_devices'] is {info['cuda_devices']})")
+    if info["cuda_devices"] == 0:  # CuPy sees a GPU, fastlstm's static CUDA runtime does not
         raise RuntimeError(f"{what}: CuPy sees a GPU but fastlstm's CUDA runtime does not: the NVIDIA driver is "
                            f"probably older than the CUDA version fastlstm was built with (CUDA 13 needs driver "
                            f">= 580); update the driver or build fastlstm from source with your CUDA toolkit")

@@ -25,15 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .bench import DEFAULT_CONFIGS, MODES, Config
+
 SWEEP = tuple((100, b, h, h) for b in (1, 8, 64, 256) for h in (256, 512, 1024, 2048))
 QUICK = ((20, 1, 64, 64), (20, 64, 128, 128))
-MODES = ("forward", "fwd+bwd")
 GUARD_ATOL = 1e-3  # fastlstm vs torch forward output, float32 over T steps: warn past this
-
-
-def _flops(T, B, I, H, mode):
-    f = 2 * T * B * 4 * H * (I + H)
-    return f if mode == "forward" else 3 * f
 
 
 class EventTimer:
@@ -92,7 +88,7 @@ def run(args, fastlstm, torch, csv_path) -> int:
     name = fastlstm.build_info()["cuda_device_names"][dev.id]
     peak = _sgemm_peak_tflops(cp, timer, 2048 if args.quick else 8192)
     configs = ([(c.T, c.B, c.I, c.H) for c in args.configs] if args.configs
-               else list(QUICK if args.quick else _default_configs()))
+               else list(QUICK if args.quick else dict.fromkeys(DEFAULT_CONFIGS + SWEEP)))  # (CPU sweep first)
     md = args.markdown
     print(f"{'**GPU**: ' if md else 'GPU: '}{name} (device {dev.id}); fastlstm {fastlstm.__version__}, "
           f"torch {torch.__version__ if torch else 'absent'}"
@@ -108,9 +104,10 @@ def run(args, fastlstm, torch, csv_path) -> int:
         module = xt = dyt = None
         if torch is not None:
             module = torch.nn.LSTM(I, H).cuda()
+            weights = lstm.state_dict()
             with torch.no_grad():
                 for k, v in module.named_parameters():
-                    v.copy_(torch.as_tensor(lstm.state_dict()[k], device="cuda"))
+                    v.copy_(torch.as_tensor(weights[k], device="cuda"))
             xt = torch.as_tensor(cp.asnumpy(x), device="cuda").requires_grad_(True)
             dyt = torch.as_tensor(cp.asnumpy(dy), device="cuda")
             module.eval()
@@ -144,7 +141,7 @@ def run(args, fastlstm, torch, csv_path) -> int:
                 methods["cudnn"] = theirs
             print(f"  T,B,I,H={T},{B},{I},{H} {mode} ...", file=sys.stderr, flush=True)
             ms = _measure(methods, timer, args.quick)
-            flops = _flops(T, B, I, H, mode)
+            flops = Config(T, B, I, H).flops(mode)
             tf = flops / (ms["fastlstm"] * 1e-3) / 1e12
             rows.append(dict(T=T, B=B, I=I, H=H, mode=mode, strategy=strategy, fastlstm_ms=ms["fastlstm"],
                              tflops=tf, pct_peak=100 * tf / peak, cudnn_ms=ms.get("cudnn"),
@@ -160,16 +157,6 @@ def run(args, fastlstm, torch, csv_path) -> int:
             w.writerows(rows)
         print(f"wrote {path}", file=sys.stderr)
     return 0
-
-
-def _default_configs():
-    from .bench import DEFAULT_CONFIGS
-    seen, out = set(), []
-    for c in tuple(DEFAULT_CONFIGS) + SWEEP:
-        if c not in seen:
-            seen.add(c)
-            out.append(c)
-    return out
 
 
 def _print_table(rows, markdown: bool) -> None:

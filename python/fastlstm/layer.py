@@ -216,7 +216,6 @@ class LSTM:
         V.memory(2 * nparams * self.dtype.itemsize, "LSTM parameters and gradients")
         self._layers = [_LayerWeights(D, H, self._layer_input(l), self.dtype, self.bias, P) for l in range(self.num_layers)]
         self.device = "cpu"
-        self._device_id = None
         self._cuda_strategy = "auto"
         self._bind_params()
         self.reset_parameters()
@@ -273,11 +272,13 @@ class LSTM:
     def _cuda_device_id(self) -> int:
         return int(self.device.partition(":")[2])
 
-    def _device_scope(self):
-        """A with-block in which CuPy allocates, multiplies and streams on this layer's GPU (nothing on the CPU)."""
-        if self.device == "cpu":
+    def _device_scope(self, device=None):
+        """A with-block in which CuPy allocates, multiplies and streams on `device` (default: this layer's;
+        nothing to do for the CPU)."""
+        device = device or self.device
+        if device == "cpu":
             return contextlib.nullcontext()
-        return _backend.cupy_or_none().cuda.Device(self._cuda_device_id())
+        return _backend.cupy_or_none().cuda.Device(int(device.partition(":")[2]))
 
     @property
     def cuda_strategy(self) -> str:
@@ -387,12 +388,8 @@ class LSTM:
         device = self._check_device(device)
         if device != "cpu":
             self._check_cuda_options()
-        if device == self.device:
-            return self
-        if device == "cpu":
-            self._move(device)
-        else:
-            with _backend.cupy_or_none().cuda.Device(int(device.partition(":")[2])):
+        if device != self.device:
+            with self._device_scope(device):
                 self._move(device)
         return self
 
@@ -705,17 +702,15 @@ class LSTM:
                 proj = dict(w_hr=w.w_hr, h_raw=s["h_raw"], dh_proj=dh_proj)
             dh_nl = None if dh_n is None else dh_n[ks]
             dc_nl = None if dc_n is None else dc_n[ks]
+            masks = {k: v for k, v in s["reg"].items() if k in ("zoneout_h", "zoneout_c", "rec_mask")}
             if cuda:
                 _C.cuda_lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks],
-                                      bf, lengths=ctx["kernel_lengths"], **self._cuda_launch(),
-                                      **{k: v for k, v in s["reg"].items() if k in ("zoneout_h", "zoneout_c", "rec_mask")})
+                                      bf, lengths=ctx["kernel_lengths"], **self._cuda_launch(), **masks)
                 if db is not None:  # the bias gradient: dG summed over steps and sequences (in double, as the CPU)
                     db[...] = xp.sum(dg.reshape(rows, D, 4 * H), axis=0, dtype=xp.float64)
             else:
                 _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks], bf,
-                                 db, lengths,
-                                 **{k: v for k, v in s["reg"].items() if k in ("zoneout_h", "zoneout_c", "rec_mask")},
-                                 **proj)
+                                 db, lengths, **masks, **proj)
             if self.proj_size:  # dW_hr += sum over steps of dh_proj^T h_raw (both [T, B, ...] in the kernels' order)
                 live_tm = None if lengths is None else _live_rows(lengths, T, B, False)
                 for d in range(D):
