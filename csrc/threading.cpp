@@ -10,6 +10,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -29,6 +30,16 @@ namespace {
 // spin iterations before a waiting thread starts yielding (barrier) or sleeping (idle worker)
 constexpr int kSpinBeforeYield = 4000;
 constexpr int kSpinBeforeSleep = 40000;
+// wake-up samples above this are not latency but a worker that missed a generation; ignored
+constexpr int64_t kMaxWakeNs = 50'000'000;
+// a single thread's throughput in the recurrent loops at small sizes (FLOP per ns), to turn a call's
+// work into the time it would take alone: ~50 GFLOP/s on the 2-core EPYC of the README at B = 1
+constexpr double kFlopsPerNs = 50.0;
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 int default_threads() {
   if (const char* env = std::getenv("FASTLSTM_NUM_THREADS")) {
@@ -53,14 +64,14 @@ class Pool {
   }
   int size() const { return nthreads_; }
   std::mutex& busy() { return busy_; }
+  bool asleep() const { return sleepers_.load(std::memory_order_relaxed) > 0; }
+  double wake_ns() const { return static_cast<double>(wake_ns_.load(std::memory_order_relaxed)); }
+
+  // call with busy() held: wakes sleeping workers without giving them work (they spin again)
+  void nudge() { publish(1, nullptr, nullptr); }
 
   void run(int n, TaskFn fn, void* ctx) {
-    fn_ = fn;
-    ctx_ = ctx;
-    n_ = n;
-    pending_.store(n - 1, std::memory_order_relaxed);
-    gen_.fetch_add(1, std::memory_order_release);
-    gen_.notify_all();
+    publish(n, fn, ctx);
     fn(ctx, 0, n);
     for (int spin = 0;; ++spin) {
       int left = pending_.load(std::memory_order_acquire);
@@ -71,14 +82,35 @@ class Pool {
   }
 
  private:
+  void publish(int n, TaskFn fn, void* ctx) {
+    fn_ = fn;
+    ctx_ = ctx;
+    n_ = n;
+    pending_.store(n - 1, std::memory_order_relaxed);
+    if (asleep()) published_ns_.store(now_ns(), std::memory_order_relaxed);
+    gen_.fetch_add(1, std::memory_order_release);
+    gen_.notify_all();
+  }
+
   void worker(int id) {
     unsigned seen = 0;
     for (;;) {
       for (int spin = 0;; ++spin) {
         unsigned g = gen_.load(std::memory_order_acquire);
         if (g != seen) { seen = g; break; }
-        if (spin < kSpinBeforeSleep) FASTLSTM_PAUSE();
-        else gen_.wait(g, std::memory_order_acquire);
+        if (spin < kSpinBeforeSleep) {
+          FASTLSTM_PAUSE();
+          continue;
+        }
+        sleepers_.fetch_add(1, std::memory_order_relaxed);
+        gen_.wait(g, std::memory_order_acquire);
+        sleepers_.fetch_sub(1, std::memory_order_relaxed);
+        // how long the wake-up took: smoothed over recent ones (races between workers only blur it)
+        const int64_t took = now_ns() - published_ns_.load(std::memory_order_relaxed);
+        if (took > 0 && took < kMaxWakeNs) {
+          const int64_t avg = wake_ns_.load(std::memory_order_relaxed);
+          wake_ns_.store(avg == 0 ? took : (3 * avg + took) / 4, std::memory_order_relaxed);
+        }
       }
       if (stop_.load()) return;
       if (id < n_) {
@@ -94,6 +126,9 @@ class Pool {
   alignas(64) std::atomic<unsigned> gen_{0};
   alignas(64) std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
+  std::atomic<int> sleepers_{0};            // workers in the futex wait
+  std::atomic<int64_t> published_ns_{0};    // when the last generation was published to sleepers
+  std::atomic<int64_t> wake_ns_{0};         // smoothed wake-up latency (0: not measured yet)
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   int n_ = 0;
@@ -143,12 +178,17 @@ void set_max_threads(int n) {
   }
 }
 
-Parallel::Parallel(int wanted) : n_(1), pool_(nullptr) {
+Parallel::Parallel(int wanted, double total_flops) : n_(1), pool_(nullptr) {
   if (wanted <= 1) return;
   // under the config lock, so set_max_threads cannot retire this pool between lookup and lease
   std::lock_guard<std::mutex> lock(g_config_mutex);
   Pool& p = pool_locked();
   if (p.size() <= 1 || !p.busy().try_lock()) return;  // pool in use: run on this thread alone
+  if (total_flops > 0 && p.asleep() && total_flops / kFlopsPerNs < p.wake_ns()) {
+    p.nudge();  // quicker alone than waking the workers; have them awake for the next call
+    p.busy().unlock();
+    return;
+  }
   pool_ = &p;
   n_ = std::min(wanted, p.size());
 }

@@ -127,3 +127,42 @@ def test_gemm_strided_rows_and_thread_counts(isa):
         assert np.all(out[20:] == 0) and np.all(out[:, :5] == 0) and np.all(out[:, 75:] == 0), "wrote outside c"
     for r in results[1:]:
         np.testing.assert_array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_recurrent_kernels_forced_thread_counts(isa, dtype):
+    """The recurrent loops with a forced thread count (each call's own choice may run a small problem on one
+    thread: see threading.h), both directions at once: every split of the units gives the same bits, and
+    the gate gradients are the reference's."""
+    rng = np.random.default_rng(11)
+    T, B, H, D = 4, 3, 37, 2
+    gx = rng.standard_normal((T, B, D * 4 * H)).astype(dtype)
+    w_hh = (0.3 * rng.standard_normal((D, 4 * H, H))).astype(dtype)
+    bias = (0.1 * rng.standard_normal((D, 4 * H))).astype(dtype)
+    h0, c0 = rng.standard_normal((2, D, B, H)).astype(dtype)
+    dy = rng.standard_normal((T, B, D * H)).astype(dtype)
+    results = []
+    for threads in (1, 2, 3, 4):
+        y, h_n, c_n = np.empty((T, B, D * H), dtype), np.empty((D, B, H), dtype), np.empty((D, B, H), dtype)
+        gates, cell = np.empty((D, T, B, 4 * H), dtype), np.empty((D, T, B, H), dtype)
+        _C.lstm_forward(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, False, threads)
+        dg, dh0, dc0 = np.empty((T, B, D * 4 * H), dtype), np.empty((D, B, H), dtype), np.empty((D, B, H), dtype)
+        db = np.empty((D, 4 * H), dtype)
+        _C.lstm_backward(w_hh, gates, cell, c0, dy, None, None, dg, dh0, dc0, False, db, None, threads)
+        results.append(dict(y=y, h_n=h_n, c_n=c_n, dg=dg, dh0=dh0, dc0=dc0, db=db))
+    for got, threads in zip(results[1:], (2, 3, 4)):
+        for key, value in got.items():
+            np.testing.assert_array_equal(value, results[0][key], err_msg=f"{key}: {threads} threads vs 1")
+    # against the reference: with W_ih = [1 0] (forward) and [0 1] (reverse), x = gx is each direction's
+    # pre-activations, dx is dG and the bias gradient is dG summed
+    eye, zero = np.eye(4 * H), np.zeros((4 * H, 4 * H))
+    params = {"weight_ih_l0": np.hstack([eye, zero]), "weight_ih_l0_reverse": np.hstack([zero, eye])}
+    for d, sfx in enumerate(("", "_reverse")):
+        params.update({f"weight_hh_l0{sfx}": w_hh[d].astype(np.float64), f"bias_ih_l0{sfx}": bias[d].astype(np.float64),
+                       f"bias_hh_l0{sfx}": np.zeros(4 * H)})
+    y, (h_n, c_n), cache = R.lstm_forward(gx.astype(np.float64), params, 1, True, h0, c0)
+    dx, dh0, dc0, grads = R.lstm_backward(dy.astype(np.float64), None, None, cache)
+    got = results[0]
+    ref = dict(y=y, h_n=h_n, c_n=c_n, dg=dx, dh0=dh0, dc0=dc0, db=np.stack([grads["bias_hh_l0"], grads["bias_hh_l0_reverse"]]))
+    for key, value in ref.items():
+        assert_close(got[key], value, dtype, f"{isa} {key}")

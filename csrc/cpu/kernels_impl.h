@@ -281,8 +281,9 @@ struct Forward {
   static void run(const LstmForwardArgs<T>* dirs, int ndirs, int num_threads) {
     const int64_t B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
     const int64_t ptiles = ceil_div(P, W);
-    int n = choose_threads(2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
-    Parallel par(n);
+    const double step_flops = 2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs;
+    int n = choose_threads(step_flops, tiles * ndirs, num_threads);
+    Parallel par(n, num_threads ? 0.0 : step_flops * dirs[0].T);
     n = par.size();
     Ctx ctx;
     ctx.ndirs = ndirs;
@@ -487,8 +488,9 @@ struct Backward {
   static void run(const LstmBackwardArgs<T>* dirs, int ndirs, int num_threads) {
     const int64_t B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
     const int64_t htiles = ceil_div(KP, W);
-    int n = choose_threads(2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
-    Parallel par(n);
+    const double step_flops = 2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs;
+    int n = choose_threads(step_flops, tiles * ndirs, num_threads);
+    Parallel par(n, num_threads ? 0.0 : step_flops * dirs[0].T);
     n = par.size();
     Ctx ctx;
     ctx.ndirs = ndirs;
@@ -631,13 +633,13 @@ struct Backward {
 
   // p[0..n) += v's first n lanes, in double
   static FASTLSTM_INLINE void add_wide(double* p, R v, int n) {
+    if (n == W) {
+      V::add_f64(p, v);
+      return;
+    }
     alignas(64) T lanes[W];
     V::store(lanes, v);
-    if (n == W) {
-      for (int l = 0; l < W; ++l) p[l] += static_cast<double>(lanes[l]);
-    } else {
-      for (int l = 0; l < n; ++l) p[l] += static_cast<double>(lanes[l]);
-    }
+    for (int l = 0; l < n; ++l) p[l] += static_cast<double>(lanes[l]);
   }
 
   static FASTLSTM_INLINE void step_epilogue(const LstmBackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
@@ -722,7 +724,7 @@ struct Gemm {
     }
     const int64_t panels = ceil_div(g.N, NR), mblocks = ceil_div(g.M, kMR);
     int n = choose_threads(2.0 * g.M * g.N * g.K, panels * mblocks, num_threads);
-    Parallel par(n);
+    Parallel par(n, num_threads ? 0.0 : 2.0 * g.M * g.N * g.K);
     n = par.size();
     // the thread grid (pm x pn) that minimises a thread's multiply work plus its packing: each thread
     // packs its own rows of A and its own panels of B, so splitting the smaller side duplicates less

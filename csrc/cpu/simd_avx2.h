@@ -19,6 +19,11 @@ struct VF {
   }
   static FASTLSTM_ALWAYS_INLINE R load_n(const T* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
   static FASTLSTM_ALWAYS_INLINE void store_n(T* p, R v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  // p[0..8) += v, widened to double (the bias gradient's running sums)
+  static FASTLSTM_ALWAYS_INLINE void add_f64(double* p, R v) {
+    _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+    _mm256_storeu_pd(p + 4, _mm256_add_pd(_mm256_loadu_pd(p + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+  }
   static FASTLSTM_ALWAYS_INLINE R add(R a, R b) { return _mm256_add_ps(a, b); }
   static FASTLSTM_ALWAYS_INLINE R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static FASTLSTM_ALWAYS_INLINE R mul(R a, R b) { return _mm256_mul_ps(a, b); }
@@ -61,6 +66,7 @@ struct VD {
   }
   static FASTLSTM_ALWAYS_INLINE R load_n(const T* p, int n) { return _mm256_maskload_pd(p, mask(n)); }
   static FASTLSTM_ALWAYS_INLINE void store_n(T* p, R v, int n) { _mm256_maskstore_pd(p, mask(n), v); }
+  static FASTLSTM_ALWAYS_INLINE void add_f64(double* p, R v) { _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), v)); }
   static FASTLSTM_ALWAYS_INLINE R add(R a, R b) { return _mm256_add_pd(a, b); }
   static FASTLSTM_ALWAYS_INLINE R sub(R a, R b) { return _mm256_sub_pd(a, b); }
   static FASTLSTM_ALWAYS_INLINE R mul(R a, R b) { return _mm256_mul_pd(a, b); }

@@ -17,6 +17,11 @@ struct VF {
   static FASTLSTM_ALWAYS_INLINE __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
   static FASTLSTM_ALWAYS_INLINE R load_n(const T* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   static FASTLSTM_ALWAYS_INLINE void store_n(T* p, R v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  // p[0..16) += v, widened to double (the bias gradient's running sums)
+  static FASTLSTM_ALWAYS_INLINE void add_f64(double* p, R v) {
+    _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
+    _mm512_storeu_pd(p + 8, _mm512_add_pd(_mm512_loadu_pd(p + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
+  }
   static FASTLSTM_ALWAYS_INLINE R add(R a, R b) { return _mm512_add_ps(a, b); }
   static FASTLSTM_ALWAYS_INLINE R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static FASTLSTM_ALWAYS_INLINE R mul(R a, R b) { return _mm512_mul_ps(a, b); }
@@ -62,6 +67,7 @@ struct VD {
   static FASTLSTM_ALWAYS_INLINE __mmask8 mask(int n) { return static_cast<__mmask8>((1u << n) - 1u); }
   static FASTLSTM_ALWAYS_INLINE R load_n(const T* p, int n) { return _mm512_maskz_loadu_pd(mask(n), p); }
   static FASTLSTM_ALWAYS_INLINE void store_n(T* p, R v, int n) { _mm512_mask_storeu_pd(p, mask(n), v); }
+  static FASTLSTM_ALWAYS_INLINE void add_f64(double* p, R v) { _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), v)); }
   static FASTLSTM_ALWAYS_INLINE R add(R a, R b) { return _mm512_add_pd(a, b); }
   static FASTLSTM_ALWAYS_INLINE R sub(R a, R b) { return _mm512_sub_pd(a, b); }
   static FASTLSTM_ALWAYS_INLINE R mul(R a, R b) { return _mm512_mul_pd(a, b); }

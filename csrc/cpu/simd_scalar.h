@@ -19,6 +19,7 @@ struct VScalar {
   static FASTLSTM_ALWAYS_INLINE void store(T* p, R v) { *p = v; }
   static FASTLSTM_ALWAYS_INLINE R load_n(const T* p, int n) { return n > 0 ? *p : T(0); }
   static FASTLSTM_ALWAYS_INLINE void store_n(T* p, R v, int n) { if (n > 0) *p = v; }
+  static FASTLSTM_ALWAYS_INLINE void add_f64(double* p, R v) { *p += static_cast<double>(v); }
   static FASTLSTM_ALWAYS_INLINE R add(R a, R b) { return a + b; }
   static FASTLSTM_ALWAYS_INLINE R sub(R a, R b) { return a - b; }
   static FASTLSTM_ALWAYS_INLINE R mul(R a, R b) { return a * b; }
