@@ -312,10 +312,17 @@ struct Forward {
     int64_t u0, u1, q0 = 0, q1 = 0;
     split(tiles, size, idx, u0, u1);
     if (P) split(ceil_div(P, W), size, idx, q0, q1);
-    // pack this thread's slice of W_hh (first touch by the thread that reuses it every step)
+    // pack this thread's slice of W_hh (first touch by the thread that reuses it every step): W x W blocks
+    // transposed in registers where the ISA has it, element by element at the edges
     for (int64_t u = u0; u < u1; ++u) {
       T* dst = dir.wp + u * KP * 4 * W;
-      for (int64_t k = 0; k < KP; ++k)
+      const bool full = (u + 1) * W <= H;
+      int64_t k0 = 0;
+      if constexpr (V::kTranspose)
+        if (full)
+          for (; k0 + W <= KP; k0 += W)
+            for (int g = 0; g < 4; ++g) V::transpose(a.w_hh + (g * H + u * W) * KP + k0, KP, dst + (k0 * 4 + g) * W, 4 * W);
+      for (int64_t k = k0; k < KP; ++k)
         for (int g = 0; g < 4; ++g)
           for (int l = 0; l < W; ++l) {
             int64_t j = u * W + l;

@@ -24,6 +24,27 @@ struct VF {
     _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
     _mm256_storeu_pd(p + 4, _mm256_add_pd(_mm256_loadu_pd(p + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
   }
+  // dst[k * ldd + l] = src[l * lds + k] for k, l < 8: one 8 x 8 block transposed (packing W_hh)
+  static constexpr bool kTranspose = true;
+  static FASTLSTM_ALWAYS_INLINE void transpose(const T* src, int64_t lds, T* dst, int64_t ldd) {
+    R r[8], t[8];
+    for (int i = 0; i < 8; ++i) r[i] = load(src + i * lds);
+    for (int i = 0; i < 8; i += 2) {  // pairs of rows interleaved
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {  // 4 x 4 blocks transposed inside each 128-bit lane
+      r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {  // then the 128-bit lanes
+      t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+      t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int i = 0; i < 8; ++i) store(dst + i * ldd, t[i]);
+  }
   static FASTLSTM_ALWAYS_INLINE R add(R a, R b) { return _mm256_add_ps(a, b); }
   static FASTLSTM_ALWAYS_INLINE R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static FASTLSTM_ALWAYS_INLINE R mul(R a, R b) { return _mm256_mul_ps(a, b); }
@@ -57,6 +78,7 @@ struct VD {
   using T = double;
   using R = __m256d;
   static constexpr int W = 4;
+  static constexpr bool kTranspose = false;  // (double weights are packed element by element)
   static FASTLSTM_ALWAYS_INLINE R zero() { return _mm256_setzero_pd(); }
   static FASTLSTM_ALWAYS_INLINE R set1(T v) { return _mm256_set1_pd(v); }
   static FASTLSTM_ALWAYS_INLINE R load(const T* p) { return _mm256_loadu_pd(p); }

@@ -22,6 +22,33 @@ struct VF {
     _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), _mm512_cvtps_pd(_mm512_castps512_ps256(v))));
     _mm512_storeu_pd(p + 8, _mm512_add_pd(_mm512_loadu_pd(p + 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))));
   }
+  // dst[k * ldd + l] = src[l * lds + k] for k, l < 16: one 16 x 16 block transposed (packing W_hh)
+  static constexpr bool kTranspose = true;
+  static FASTLSTM_ALWAYS_INLINE void transpose(const T* src, int64_t lds, T* dst, int64_t ldd) {
+    R r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = load(src + i * lds);
+    for (int i = 0; i < 16; i += 2) {  // pairs of rows interleaved
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // 4 x 4 blocks transposed inside each 128-bit lane
+      r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {  // then the 128-bit lanes themselves, in two rounds
+      t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+      t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+      t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+      t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 8; ++i) {
+      r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+      r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+    for (int i = 0; i < 16; ++i) store(dst + i * ldd, r[i]);
+  }
   static FASTLSTM_ALWAYS_INLINE R add(R a, R b) { return _mm512_add_ps(a, b); }
   static FASTLSTM_ALWAYS_INLINE R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static FASTLSTM_ALWAYS_INLINE R mul(R a, R b) { return _mm512_mul_ps(a, b); }
@@ -60,6 +87,7 @@ struct VD {
   using T = double;
   using R = __m512d;
   static constexpr int W = 8;
+  static constexpr bool kTranspose = false;  // (double weights are packed element by element)
   static FASTLSTM_ALWAYS_INLINE R zero() { return _mm512_setzero_pd(); }
   static FASTLSTM_ALWAYS_INLINE R set1(T v) { return _mm512_set1_pd(v); }
   static FASTLSTM_ALWAYS_INLINE R load(const T* p) { return _mm512_loadu_pd(p); }

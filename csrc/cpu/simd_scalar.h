@@ -13,6 +13,7 @@ struct VScalar {
   using T = TT;
   using R = TT;
   static constexpr int W = 1;
+  static constexpr bool kTranspose = false;
   static FASTLSTM_ALWAYS_INLINE R zero() { return T(0); }
   static FASTLSTM_ALWAYS_INLINE R set1(T v) { return v; }
   static FASTLSTM_ALWAYS_INLINE R load(const T* p) { return *p; }
