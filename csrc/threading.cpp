@@ -41,14 +41,17 @@ int64_t now_ns() {
       .count();
 }
 
+// the largest pool (the generation word below holds a team size in 12 bits)
+constexpr int kMaxPoolThreads = 4095;
+
 int default_threads() {
   if (const char* env = std::getenv("FASTLSTM_NUM_THREADS")) {
     int n = std::atoi(env);
-    if (n >= 1) return n;
+    if (n >= 1) return std::min(n, kMaxPoolThreads);
   }
   cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::clamp(CPU_COUNT(&set), 1, kMaxPoolThreads);
+  return std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, kMaxPoolThreads);
 }
 
 class Pool {
@@ -58,8 +61,7 @@ class Pool {
   }
   ~Pool() {
     stop_.store(true);
-    gen_.fetch_add(1, std::memory_order_release);
-    gen_.notify_all();
+    publish(0, nullptr, nullptr);
     for (auto& t : workers_) t.join();
   }
   int size() const { return nthreads_; }
@@ -82,39 +84,50 @@ class Pool {
   }
 
  private:
+  // The generation word: a counter above kTeamBits bits of team size. A worker reads its generation's
+  // team size from the same atomic load that tells it a job was published, so a worker outside a team
+  // never mistakes the next job's parameters for its own. fn_ and ctx_ are read only by team members,
+  // and the next job cannot be published before every member has counted down `pending_`.
+  static constexpr unsigned kTeamBits = 12;  // teams of up to 4095 threads (max_threads() is capped there)
+  static constexpr unsigned kTeamMask = (1u << kTeamBits) - 1;
+
   void publish(int n, TaskFn fn, void* ctx) {
     fn_ = fn;
     ctx_ = ctx;
-    n_ = n;
     pending_.store(n - 1, std::memory_order_relaxed);
-    if (asleep()) published_ns_.store(now_ns(), std::memory_order_relaxed);
-    gen_.fetch_add(1, std::memory_order_release);
+    published_ns_.store(now_ns(), std::memory_order_relaxed);
+    const unsigned word = gen_.load(std::memory_order_relaxed);
+    gen_.store((word & ~kTeamMask) + (1u << kTeamBits) + static_cast<unsigned>(n), std::memory_order_release);
     gen_.notify_all();
   }
 
   void worker(int id) {
-    unsigned seen = 0;
+    unsigned seen = 0;  // gen_'s initial value (a worker that starts after the first publish still sees it)
     for (;;) {
+      unsigned word;
       for (int spin = 0;; ++spin) {
-        unsigned g = gen_.load(std::memory_order_acquire);
-        if (g != seen) { seen = g; break; }
+        word = gen_.load(std::memory_order_acquire);
+        if (word != seen) break;
         if (spin < kSpinBeforeSleep) {
           FASTLSTM_PAUSE();
           continue;
         }
         sleepers_.fetch_add(1, std::memory_order_relaxed);
-        gen_.wait(g, std::memory_order_acquire);
+        gen_.wait(word, std::memory_order_acquire);
         sleepers_.fetch_sub(1, std::memory_order_relaxed);
-        // how long the wake-up took: smoothed over recent ones (races between workers only blur it)
+        // how long the wake-up took, smoothed over recent ones (a worker that fell asleep just as a job
+        // came gives a short sample; races between workers only blur the average)
         const int64_t took = now_ns() - published_ns_.load(std::memory_order_relaxed);
         if (took > 0 && took < kMaxWakeNs) {
           const int64_t avg = wake_ns_.load(std::memory_order_relaxed);
           wake_ns_.store(avg == 0 ? took : (3 * avg + took) / 4, std::memory_order_relaxed);
         }
       }
+      seen = word;
       if (stop_.load()) return;
-      if (id < n_) {
-        fn_(ctx_, id, n_);
+      const int n = static_cast<int>(word & kTeamMask);
+      if (id < n) {
+        fn_(ctx_, id, n);
         if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
       }
     }
@@ -127,11 +140,10 @@ class Pool {
   alignas(64) std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
   std::atomic<int> sleepers_{0};            // workers in the futex wait
-  std::atomic<int64_t> published_ns_{0};    // when the last generation was published to sleepers
+  std::atomic<int64_t> published_ns_{0};    // when the last job (or nudge) was published
   std::atomic<int64_t> wake_ns_{0};         // smoothed wake-up latency (0: not measured yet)
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
-  int n_ = 0;
 };
 
 std::mutex g_config_mutex;  // guards g_pool replacement and g_max_threads
@@ -162,7 +174,7 @@ int max_threads() {
 }
 
 void set_max_threads(int n) {
-  if (n < 1) n = 1;
+  n = std::clamp(n, 1, kMaxPoolThreads);
   Pool* old = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_config_mutex);

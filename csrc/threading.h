@@ -21,7 +21,7 @@ namespace fastlstm {
 // Threads a kernel may use: defaults to the machine's cores (sched_getaffinity), FASTLSTM_NUM_THREADS
 // overrides at import, set_max_threads at run time.
 int max_threads();
-void set_max_threads(int n);  // n >= 1
+void set_max_threads(int n);  // clamped to [1, 4095]
 
 using TaskFn = void (*)(void* ctx, int tid, int nthreads);
 
