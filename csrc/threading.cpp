@@ -10,7 +10,6 @@
 #include <sched.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -30,17 +29,6 @@ namespace {
 // spin iterations before a waiting thread starts yielding (barrier) or sleeping (idle worker)
 constexpr int kSpinBeforeYield = 4000;
 constexpr int kSpinBeforeSleep = 40000;
-// wake-up samples above this are not latency but a worker that missed a generation; ignored
-constexpr int64_t kMaxWakeNs = 50'000'000;
-// a single thread's throughput in the recurrent loops at small sizes (FLOP per ns), to turn a call's
-// work into the time it would take alone: ~50 GFLOP/s on the 2-core EPYC of the README at B = 1
-constexpr double kFlopsPerNs = 50.0;
-
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 // the largest pool (the generation word below holds a team size in 12 bits)
 constexpr int kMaxPoolThreads = 4095;
 
@@ -66,11 +54,6 @@ class Pool {
   }
   int size() const { return nthreads_; }
   std::mutex& busy() { return busy_; }
-  bool asleep() const { return sleepers_.load(std::memory_order_relaxed) > 0; }
-  double wake_ns() const { return static_cast<double>(wake_ns_.load(std::memory_order_relaxed)); }
-
-  // call with busy() held: wakes sleeping workers without giving them work (they spin again)
-  void nudge() { publish(1, nullptr, nullptr); }
 
   void run(int n, TaskFn fn, void* ctx) {
     publish(n, fn, ctx);
@@ -95,7 +78,6 @@ class Pool {
     fn_ = fn;
     ctx_ = ctx;
     pending_.store(n - 1, std::memory_order_relaxed);
-    published_ns_.store(now_ns(), std::memory_order_relaxed);
     const unsigned word = gen_.load(std::memory_order_relaxed);
     gen_.store((word & ~kTeamMask) + (1u << kTeamBits) + static_cast<unsigned>(n), std::memory_order_release);
     gen_.notify_all();
@@ -112,16 +94,7 @@ class Pool {
           FASTLSTM_PAUSE();
           continue;
         }
-        sleepers_.fetch_add(1, std::memory_order_relaxed);
         gen_.wait(word, std::memory_order_acquire);
-        sleepers_.fetch_sub(1, std::memory_order_relaxed);
-        // how long the wake-up took, smoothed over recent ones (a worker that fell asleep just as a job
-        // came gives a short sample; races between workers only blur the average)
-        const int64_t took = now_ns() - published_ns_.load(std::memory_order_relaxed);
-        if (took > 0 && took < kMaxWakeNs) {
-          const int64_t avg = wake_ns_.load(std::memory_order_relaxed);
-          wake_ns_.store(avg == 0 ? took : (3 * avg + took) / 4, std::memory_order_relaxed);
-        }
       }
       seen = word;
       if (stop_.load()) return;
@@ -139,9 +112,6 @@ class Pool {
   alignas(64) std::atomic<unsigned> gen_{0};
   alignas(64) std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
-  std::atomic<int> sleepers_{0};            // workers in the futex wait
-  std::atomic<int64_t> published_ns_{0};    // when the last job (or nudge) was published
-  std::atomic<int64_t> wake_ns_{0};         // smoothed wake-up latency (0: not measured yet)
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
 };
@@ -190,17 +160,12 @@ void set_max_threads(int n) {
   }
 }
 
-Parallel::Parallel(int wanted, double total_flops) : n_(1), pool_(nullptr) {
+Parallel::Parallel(int wanted) : n_(1), pool_(nullptr) {
   if (wanted <= 1) return;
   // under the config lock, so set_max_threads cannot retire this pool between lookup and lease
   std::lock_guard<std::mutex> lock(g_config_mutex);
   Pool& p = pool_locked();
   if (p.size() <= 1 || !p.busy().try_lock()) return;  // pool in use: run on this thread alone
-  if (total_flops > 0 && p.asleep() && total_flops / kFlopsPerNs < p.wake_ns()) {
-    p.nudge();  // quicker alone than waking the workers; have them awake for the next call
-    p.busy().unlock();
-    return;
-  }
   pool_ = &p;
   n_ = std::min(wanted, p.size());
 }

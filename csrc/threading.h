@@ -26,15 +26,9 @@ void set_max_threads(int n);  // clamped to [1, 4095]
 using TaskFn = void (*)(void* ctx, int tid, int nthreads);
 
 // A lease on the pool for one kernel call: size() threads (the caller is thread 0).
-// total_flops > 0 lets the lease weigh the call against waking the pool: when the workers have gone
-// to sleep (idle for a while) and the whole call would take less on one thread than waking them
-// takes (measured, a smoothed average of recent wake-ups), it runs on the caller alone and only
-// nudges the workers awake for the calls that follow. A few microseconds on bare metal, a wake-up
-// costs up to ~2 ms on a virtual machine whose idle vCPU the host has parked. total_flops = 0 (a
-// forced thread count) always takes the threads.
 class Parallel {
  public:
-  explicit Parallel(int wanted, double total_flops = 0);  // gets min(wanted, max_threads()), or 1 (above)
+  explicit Parallel(int wanted);  // gets min(wanted, max_threads()), or 1 when the pool is in use
   ~Parallel();
   Parallel(const Parallel&) = delete;
   Parallel& operator=(const Parallel&) = delete;

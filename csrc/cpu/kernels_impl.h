@@ -281,9 +281,8 @@ struct Forward {
   static void run(const LstmForwardArgs<T>* dirs, int ndirs, int num_threads) {
     const int64_t B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
     const int64_t ptiles = ceil_div(P, W);
-    const double step_flops = 2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs;
-    int n = choose_threads(step_flops, tiles * ndirs, num_threads);
-    Parallel par(n, num_threads ? 0.0 : step_flops * dirs[0].T);
+    int n = choose_threads(2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
+    Parallel par(n);
     n = par.size();
     Ctx ctx;
     ctx.ndirs = ndirs;
@@ -495,9 +494,8 @@ struct Backward {
   static void run(const LstmBackwardArgs<T>* dirs, int ndirs, int num_threads) {
     const int64_t B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
     const int64_t htiles = ceil_div(KP, W);
-    const double step_flops = 2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs;
-    int n = choose_threads(step_flops, tiles * ndirs, num_threads);
-    Parallel par(n, num_threads ? 0.0 : step_flops * dirs[0].T);
+    int n = choose_threads(2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
+    Parallel par(n);
     n = par.size();
     Ctx ctx;
     ctx.ndirs = ndirs;
@@ -731,7 +729,7 @@ struct Gemm {
     }
     const int64_t panels = ceil_div(g.N, NR), mblocks = ceil_div(g.M, kMR);
     int n = choose_threads(2.0 * g.M * g.N * g.K, panels * mblocks, num_threads);
-    Parallel par(n, num_threads ? 0.0 : 2.0 * g.M * g.N * g.K);
+    Parallel par(n);
     n = par.size();
     // the thread grid (pm x pn) that minimises a thread's multiply work plus its packing: each thread
     // packs its own rows of A and its own panels of B, so splitting the smaller side duplicates less
