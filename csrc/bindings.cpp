@@ -53,11 +53,6 @@ T* arr(const py::object& obj, const char* name, const std::vector<int64_t>& shap
   return const_cast<T*>(static_cast<const T*>(a.data()));
 }
 
-template <typename T>
-T* opt(const py::object& obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
-  return obj.is_none() ? nullptr : arr<T>(obj, name, shape, writable);
-}
-
 // ---- arrays as the kernels see them ---------------------------------------------------------------------
 // HostArrays: NumPy arrays, for the CPU kernels. DeviceArrays: any object with __cuda_array_interface__
 // (CuPy arrays), for the CUDA kernels. Both hand out a typed pointer to a C-contiguous array of exactly
@@ -168,7 +163,6 @@ const int64_t* lengths_arg(const py::object& obj, int64_t B, int64_t T) {
   return p;
 }
 
-bool is_f64(const py::object& obj) { return HostArrays::is_f64(obj); }
 
 // zoneout masks [D, T, B, H] (training) or weights (eval), recurrent-dropout masks [D, B, H]; see lstm.h
 struct Regularisation {
@@ -181,6 +175,14 @@ struct Projection {
   py::object w_hr = py::none(), h_raw = py::none(), dh_proj = py::none();
 };
 
+// w_hh's shape [D, 4H, KP] -> KP, the width of h: H, or P with a projection
+int64_t h_width(const std::vector<int64_t>& w, const Projection& proj) {
+  FASTLSTM_CHECK(w.size() == 3, "w_hh: expected a [D, 4H, H] (or [D, 4H, P] with a projection) array");
+  FASTLSTM_CHECK(!proj.w_hr.is_none() || 4 * w[2] == w[1],
+                 "w_hh: expected [D, 4H, H] without a projection, got shape " << shape_str(w));
+  return w[2];
+}
+
 // forward: gx [T, B, D*4H] (time-major) or [B, T, D*4H] (batch_first); w_hh [D, 4H, H]; bias [D, 4H];
 // h0, c0, h_n, c_n [D, B, H]; y like gx with D*H columns; gates [D, T, B, 4H]; cell [D, T, B, H].
 template <typename T, typename A = HostArrays>
@@ -190,10 +192,8 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
                   const Launch& launch) {
   FASTLSTM_CHECK(step_offset >= 0, "step_offset: expected >= 0, got " << step_offset);
   const auto w = A::shape(w_hh, "w_hh");
-  FASTLSTM_CHECK(w.size() == 3, "w_hh: expected a [D, 4H, H] (or [D, 4H, P] with a projection) array");
-  const int64_t D = w[0], H = w[1] / 4, KP = w[2], P = proj.w_hr.is_none() ? 0 : KP;
+  const int64_t KP = h_width(w, proj), P = proj.w_hr.is_none() ? 0 : KP, D = w[0], H = w[1] / 4;
   FASTLSTM_CHECK(D == 1 || D == 2, "w_hh: expected 1 or 2 directions, got " << D);
-  FASTLSTM_CHECK(P || KP == H, "w_hh: expected [D, 4H, H] without a projection, got [" << D << ", " << 4 * H << ", " << KP << "]");
   const auto g = A::shape(gx, "gx");
   FASTLSTM_CHECK(g.size() == 3, "gx: expected a 3-D array");
   const int64_t T_ = batch_first ? g[1] : g[0], B = batch_first ? g[0] : g[1];
@@ -274,10 +274,7 @@ void backward_impl(py::object w_hh, py::object gates, py::object cell, py::objec
   auto seq = [&](int64_t cols) {
     return batch_first ? std::vector<int64_t>{B, T_, cols} : std::vector<int64_t>{T_, B, cols};
   };
-  const auto w = A::shape(w_hh, "w_hh");
-  FASTLSTM_CHECK(w.size() == 3, "w_hh: expected a [D, 4H, H] (or [D, 4H, P] with a projection) array");
-  const int64_t KP = w[2], P = proj.w_hr.is_none() ? 0 : KP;
-  FASTLSTM_CHECK(P || KP == H, "w_hh: expected [D, 4H, H] without a projection");
+  const int64_t KP = h_width(A::shape(w_hh, "w_hh"), proj), P = proj.w_hr.is_none() ? 0 : KP;
   const T* pw = A::template get<T>(w_hh, "w_hh", {D, 4 * H, KP}, false);
   const T* pwr = optional<A, T>(proj.w_hr, "w_hr", {D, P, H}, false);
   const T* phr = optional<A, T>(proj.h_raw, "h_raw", {D, T_, B, H}, false);
@@ -379,7 +376,7 @@ void gemm_impl(py::object a, py::object b, py::object c, bool trans_a, bool tran
     g.k_rows = index_arg(k_rows, "k_rows", n, g.K);
     g.K = n;
   }
-  g.bias = opt<T>(bias, "bias", {g.N}, false);
+  g.bias = optional<HostArrays, T>(bias, "bias", {g.N}, false);
   g.accumulate = accumulate;
   py::gil_scoped_release nogil;
   gemm<T>(g, num_threads);
@@ -450,7 +447,7 @@ PYBIND11_MODULE(_C, m) {
            double zoneout_c_p, py::object rec_mask, py::object w_hr, py::object h_raw) {
           const Regularisation reg{zoneout_h, zoneout_c, rec_mask, zoneout_h_p, zoneout_c_p};
           const Projection proj{w_hr, h_raw};
-          if (is_f64(w_hh))
+          if (HostArrays::is_f64(w_hh))
             forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
                                  reg, proj, Launch{num_threads});
           else
@@ -469,7 +466,7 @@ PYBIND11_MODULE(_C, m) {
            py::object w_hr, py::object h_raw, py::object dh_proj) {
           const Regularisation reg{zoneout_h, zoneout_c, rec_mask};
           const Projection proj{w_hr, h_raw, dh_proj};
-          if (is_f64(w_hh))
+          if (HostArrays::is_f64(w_hh))
             backward_impl<double>(w_hh, gates, cell, c0, dy, dh_n, dc_n, dg, dh0, dc0, dbias, batch_first, lengths,
                                   reg, proj, Launch{num_threads});
           else
@@ -484,7 +481,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("gemm",
         [](py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias, bool accumulate,
            int num_threads, py::object m_rows, py::object k_rows) {
-          if (is_f64(c)) gemm_impl<double>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, num_threads);
+          if (HostArrays::is_f64(c)) gemm_impl<double>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, num_threads);
           else gemm_impl<float>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, num_threads);
         },
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false, py::arg("trans_b") = false,

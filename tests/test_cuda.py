@@ -16,7 +16,7 @@ import fastlstm
 from fastlstm import _C, _backend
 from conftest import assert_close, random_state_dict
 
-GPU = fastlstm.build_info()["cuda_compiled"] and _backend.cuda_device_count() > 0
+GPU = _backend.cuda_usable()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU, reason="no usable CUDA GPU (or no CUDA kernels in this build)")]
 cp = _backend.cupy_or_none() if GPU else None
 

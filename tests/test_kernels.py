@@ -131,9 +131,9 @@ def test_gemm_strided_rows_and_thread_counts(isa):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_recurrent_kernels_forced_thread_counts(isa, dtype):
-    """The recurrent loops with a forced thread count (each call's own choice may run a small problem on one
-    thread: see threading.h), both directions at once: every split of the units gives the same bits, and
-    the gate gradients are the reference's."""
+    """The recurrent loops with a forced thread count (left to itself, a call takes fewer threads for a problem
+    this small: choose_threads in threading.h), both directions at once: every split of the units gives the
+    same bits, and the results are the reference's."""
     rng = np.random.default_rng(11)
     T, B, H, D = 4, 3, 37, 2
     gx = rng.standard_normal((T, B, D * 4 * H)).astype(dtype)
@@ -158,11 +158,12 @@ def test_recurrent_kernels_forced_thread_counts(isa, dtype):
     eye, zero = np.eye(4 * H), np.zeros((4 * H, 4 * H))
     params = {"weight_ih_l0": np.hstack([eye, zero]), "weight_ih_l0_reverse": np.hstack([zero, eye])}
     for d, sfx in enumerate(("", "_reverse")):
-        params.update({f"weight_hh_l0{sfx}": w_hh[d].astype(np.float64), f"bias_ih_l0{sfx}": bias[d].astype(np.float64),
-                       f"bias_hh_l0{sfx}": np.zeros(4 * H)})
+        params.update({f"weight_hh_l0{sfx}": w_hh[d].astype(np.float64),
+                       f"bias_ih_l0{sfx}": bias[d].astype(np.float64), f"bias_hh_l0{sfx}": np.zeros(4 * H)})
     y, (h_n, c_n), cache = R.lstm_forward(gx.astype(np.float64), params, 1, True, h0, c0)
     dx, dh0, dc0, grads = R.lstm_backward(dy.astype(np.float64), None, None, cache)
     got = results[0]
-    ref = dict(y=y, h_n=h_n, c_n=c_n, dg=dx, dh0=dh0, dc0=dc0, db=np.stack([grads["bias_hh_l0"], grads["bias_hh_l0_reverse"]]))
+    db = np.stack([grads["bias_hh_l0"], grads["bias_hh_l0_reverse"]])
+    ref = dict(y=y, h_n=h_n, c_n=c_n, dg=dx, dh0=dh0, dc0=dc0, db=db)
     for key, value in ref.items():
         assert_close(got[key], value, dtype, f"{isa} {key}")

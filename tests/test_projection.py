@@ -1,12 +1,13 @@
 """Projections (LSTMP, proj_size) in the fused kernels: against the NumPy reference on every ISA and
-thread count (with lengths, zoneout and recurrent dropout too), and against torch.nn.LSTM(proj_size=...)."""
+thread count (with lengths, zoneout and recurrent dropout too); against torch.nn.LSTM(proj_size=...) in
+test_torch_parity.py."""
 
 import numpy as np
 import pytest
 
 import fastlstm
 
-from conftest import assert_close, check_layer_against_reference, random_state_dict
+from conftest import check_layer_against_reference, random_state_dict
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -22,30 +23,6 @@ def test_projection_matches_the_reference(isa, H, P, lengths, zoneout, rec, dtyp
     make = lambda bf: fastlstm.LSTM(I, H, num_layers=L, bidirectional=True, proj_size=P, batch_first=bf, zoneout=zoneout,
                                     recurrent_dropout=rec, dtype=np.dtype(dtype).name, seed=3)
     check_layer_against_reference(make, params, x, state, grads, lengths, dtype, isa)
-
-
-@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
-def test_projection_matches_torch():
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(0)
-    T, B, I, H, P = 7, 5, 4, 24, 6
-    tl = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=P)
-    ours = fastlstm.LSTM(I, H, num_layers=2, bidirectional=True, proj_size=P)
-    ours.load_state_dict({k: v.detach().numpy() for k, v in tl.state_dict().items()})
-    assert list(ours.state_dict()) == list(tl.state_dict())
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    xt = torch.tensor(x, requires_grad=True)
-    yt, (hnt, cnt) = tl(xt)
-    y, (hn, cn) = ours(x)
-    assert_close(y, yt.detach().numpy(), np.float32, "y")
-    assert_close(hn, hnt.detach().numpy(), np.float32, "h_n")
-    assert_close(cn, cnt.detach().numpy(), np.float32, "c_n")
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    (yt * torch.tensor(dy)).sum().backward()
-    dx, _ = ours.backward(dy)
-    assert_close(dx, xt.grad.numpy(), np.float32, "dx")
-    for name, p in ours.named_parameters():
-        assert_close(p.grad, dict(tl.named_parameters())[name].grad.numpy(), np.float32, name)
 
 
 def test_projection_streams_and_takes_unbatched_input():

@@ -10,11 +10,18 @@ from fastlstm import reference as R
 from conftest import assert_close, check_layer_against_reference, random_state_dict
 
 
-def layer_and_inputs(rng, dtype, zoneout, rec, batch_first=False):
-    T, B, I, H, L = 5, 3, 4, 17, 2
-    params = random_state_dict(rng, I, H, num_layers=L, bidirectional=True)
-    lstm = fastlstm.LSTM(I, H, num_layers=L, bidirectional=True, zoneout=zoneout, recurrent_dropout=rec,
+I, H, L = 4, 17, 2  # input and hidden sizes, layers (bidirectional)
+
+
+def make_layer(dtype, zoneout, rec, batch_first=False):
+    return fastlstm.LSTM(I, H, num_layers=L, bidirectional=True, zoneout=zoneout, recurrent_dropout=rec,
                          batch_first=batch_first, dtype=np.dtype(dtype).name, seed=7)
+
+
+def layer_and_inputs(rng, dtype, zoneout, rec):
+    T, B = 5, 3
+    params = random_state_dict(rng, I, H, num_layers=L, bidirectional=True)
+    lstm = make_layer(dtype, zoneout, rec)
     lstm.load_state_dict(params)
     x = rng.standard_normal((T, B, I))
     h0, c0 = rng.standard_normal((2 * L, B, H)), rng.standard_normal((2 * L, B, H))
@@ -27,10 +34,9 @@ def layer_and_inputs(rng, dtype, zoneout, rec, batch_first=False):
 @pytest.mark.parametrize("zoneout,rec,lengths", [((0.3, 0.2), 0.0, None), (0.0, 0.4, None),
                                                  ((0.25, 0.5), 0.3, [5, 4, 2])])
 def test_training_masks_match_the_reference(isa, zoneout, rec, lengths, dtype):
-    lstm, params, x, h0, c0, dy, dh_n, dc_n = layer_and_inputs(np.random.default_rng(11), dtype, zoneout, rec)
-    make = lambda bf: fastlstm.LSTM(lstm.input_size, lstm.hidden_size, num_layers=2, bidirectional=True,
-                                    zoneout=zoneout, recurrent_dropout=rec, batch_first=bf, dtype=lstm.dtype, seed=7)
-    check_layer_against_reference(make, params, x, (h0, c0), (dy, dh_n, dc_n), lengths, dtype, isa)
+    _, params, x, h0, c0, dy, dh_n, dc_n = layer_and_inputs(np.random.default_rng(11), dtype, zoneout, rec)
+    check_layer_against_reference(lambda bf: make_layer(dtype, zoneout, rec, bf), params, x, (h0, c0),
+                                  (dy, dh_n, dc_n), lengths, dtype, isa)
 
 
 def test_eval_mode_uses_the_expectation_and_no_dropout():

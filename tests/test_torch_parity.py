@@ -1,5 +1,6 @@
 """fastlstm.LSTM against torch.nn.LSTM: a PyTorch state_dict loads unchanged and gives the same
-outputs and gradients to float32 rounding (relative error ~1e-5), for mixes of the layer's options.
+outputs and gradients to float32 rounding (relative error ~1e-5), for mixes of the layer's options
+(projections, proj_size, included).
 
 Skipped where torch is not installed (`pip install torch==2.13.0`; .ci/run installs it).
 """
@@ -17,23 +18,26 @@ torch = pytest.importorskip("torch")
 CONFIGS = list(itertools.product([1, 2], [False, True], [False, True], [False, True], [True, False]))
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("proj_size", [0, 6])
 @pytest.mark.parametrize("num_layers,bidirectional,batch_first,with_state,bias", CONFIGS)
-def test_matches_torch_outputs_and_gradients(num_layers, bidirectional, batch_first, with_state, bias):
-    torch.manual_seed(num_layers * 16 + bidirectional * 8 + batch_first * 4 + with_state * 2 + bias)
+def test_matches_torch_outputs_and_gradients(num_layers, bidirectional, batch_first, with_state, bias, proj_size):
+    torch.manual_seed(num_layers * 16 + bidirectional * 8 + batch_first * 4 + with_state * 2 + bias + proj_size * 32)
     T, B, I, H = 7, 3, 10, 20
     D = 2 if bidirectional else 1
     ref = torch.nn.LSTM(I, H, num_layers=num_layers, bias=bias, batch_first=batch_first,
-                        bidirectional=bidirectional).double()
+                        bidirectional=bidirectional, proj_size=proj_size).double()
     lstm = fastlstm.LSTM(I, H, num_layers=num_layers, bias=bias, batch_first=batch_first,
-                         bidirectional=bidirectional)
+                         bidirectional=bidirectional, proj_size=proj_size)
     lstm.load_state_dict({k: v.numpy().astype(np.float32) for k, v in ref.state_dict().items()})
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(np.float32)
-    hx = tuple(rng.standard_normal((num_layers * D, B, H)).astype(np.float32) for _ in range(2)) if with_state else None
+    hx = tuple(rng.standard_normal((num_layers * D, B, width)).astype(np.float32)
+               for width in (proj_size or H, H)) if with_state else None
     y, (hn, cn) = lstm(x, hx)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dhn, dcn = (rng.standard_normal(hn.shape).astype(np.float32) for _ in range(2))
+    dhn, dcn = (rng.standard_normal(a.shape).astype(np.float32) for a in (hn, cn))
     dx, (dh0, dc0) = lstm.backward(dy, (dhn, dcn))
 
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)

@@ -315,12 +315,14 @@ struct Forward {
     // transposed in registers where the ISA has it, element by element at the edges
     for (int64_t u = u0; u < u1; ++u) {
       T* dst = dir.wp + u * KP * 4 * W;
-      const bool full = (u + 1) * W <= H;
-      int64_t k0 = 0;
-      if constexpr (V::kTranspose)
-        if (full)
+      int64_t k0 = 0;  // columns [0, k0) packed by blocks
+      if constexpr (V::kTranspose) {
+        if ((u + 1) * W <= H) {  // a full tile: rows g H + u W .. + W - 1 of w_hh for each gate g
+          const T* rows = a.w_hh + u * W * KP;
           for (; k0 + W <= KP; k0 += W)
-            for (int g = 0; g < 4; ++g) V::transpose(a.w_hh + (g * H + u * W) * KP + k0, KP, dst + (k0 * 4 + g) * W, 4 * W);
+            for (int g = 0; g < 4; ++g) V::transpose(rows + g * H * KP + k0, KP, dst + (k0 * 4 + g) * W, 4 * W);
+        }
+      }
       for (int64_t k = k0; k < KP; ++k)
         for (int g = 0; g < 4; ++g)
           for (int l = 0; l < W; ++l) {

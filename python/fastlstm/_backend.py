@@ -66,6 +66,15 @@ def require_cuda(what: str) -> None:
                            f">= 580); update the driver or build fastlstm from source with your CUDA toolkit")
 
 
+def cuda_usable() -> bool:
+    """Whether the CUDA layer can run here (require_cuda would not raise)."""
+    try:
+        require_cuda("cuda")
+    except RuntimeError:
+        return False
+    return True
+
+
 def module_for(device: str):
     if device == "cpu":
         return np

@@ -152,16 +152,15 @@ class CpuTimer:
         pass
 
 
-def device_unavailable(device: str, build_info: dict) -> Optional[str]:
+def device_unavailable(device: str) -> Optional[str]:
     """None when ``device`` can be benchmarked, else the one-line reason."""
     if device == "cpu":
         return None
-    if not build_info.get("cuda_compiled"):
-        return ("bench_lstm: the CUDA backend is not available in this build of fastlstm "
-                "(fastlstm.build_info()['cuda_compiled'] is False); use --device cpu")
     from . import _backend
-    if _backend.cupy_or_none() is None or _backend.cuda_device_count() == 0:
-        return "bench_lstm: --device cuda needs CuPy and a usable GPU, and this machine has none; use --device cpu"
+    try:
+        _backend.require_cuda("bench_lstm --device cuda")
+    except RuntimeError as e:
+        return f"{e}; use --device cpu"
     return None
 
 
@@ -376,6 +375,20 @@ def bench_varlen(fastlstm, torch, cfg: Config, timer, plan: TimingPlan, log) -> 
     return rows
 
 
+def render_table(head: list, body: list, markdown: bool, left: int = 0, title: Optional[str] = None) -> str:
+    """Rows of strings as a Markdown table (the first `left` columns left-aligned, the rest right-aligned)
+    or as plain text in right-aligned columns; `title` goes above (a blank line apart in Markdown)."""
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] * left + ["---:"] * (len(head) - left)) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in body]
+    else:
+        widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
+        lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + body]
+    if title is not None:
+        lines = [title] + ([""] if markdown else []) + lines
+    return "\n".join(lines)
+
+
 def varlen_table(rows: list, cfg: Config, markdown: bool) -> str:
     keys = list(rows[0][3])
     head = ["lengths", "fill", "mode"] + [f"{k} ms" for k in keys] + ["lengths vs padded"] + (
@@ -390,13 +403,7 @@ def varlen_table(rows: list, cfg: Config, markdown: bool) -> str:
         body.append(cells)
     title = (f"variable-length batches, T,B,I,H = {cfg.label}: fill = sum of lengths / (T*B); "
              "ratios > 1: fastlstm with lengths is faster")
-    if markdown:
-        lines = [title, "", "| " + " | ".join(head) + " |", "|" + "|".join([":---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
-        lines += ["| " + " | ".join(c) + " |" for c in body]
-    else:
-        widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
-        lines = [title] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + body]
-    return "\n".join(lines)
+    return render_table(head, body, markdown, left=3, title=title)
 
 
 # ---- layer features -------------------------------------------------------------------------------------
@@ -462,13 +469,7 @@ def features_table(rows: list, cfg: Config, markdown: bool) -> str:
     body = [[mode, key, fmt_ms(ms), fmt_x(ms / plain[mode] if ms and plain.get(mode) else None)] for mode, key, ms in rows]
     title = (f"layer features, T,B,I,H = {cfg.label}: time relative to the plain layer (> 1: the feature costs "
              "that factor)")
-    if markdown:
-        lines = [title, "", "| " + " | ".join(head) + " |", "|:---|:---|---:|---:|"]
-        lines += ["| " + " | ".join(c) + " |" for c in body]
-    else:
-        widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
-        lines = [title] + ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head] + body]
-    return "\n".join(lines)
+    return render_table(head, body, markdown, left=2, title=title)
 
 
 # ---- machine -----------------------------------------------------------------------------------------
@@ -938,7 +939,7 @@ def main(argv=None, prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CS
         return exit_.code
     import fastlstm
 
-    reason = device_unavailable(args.device, fastlstm.build_info())
+    reason = device_unavailable(args.device)
     if reason:
         print(reason, file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import DEFAULT_CONFIGS, MODES, Config
+from .bench import DEFAULT_CONFIGS, MODES, Config, render_table
 
 SWEEP = tuple((100, b, h, h) for b in (1, 8, 64, 256) for h in (256, 512, 1024, 2048))
 QUICK = ((20, 1, 64, 64), (20, 64, 128, 128))
@@ -164,13 +164,4 @@ def _print_table(rows, markdown: bool) -> None:
     body = [[f"{r['T']},{r['B']},{r['I']},{r['H']}", r["mode"], r["strategy"], f"{r['fastlstm_ms']:.3f}",
              f"{r['tflops']:.2f}", f"{r['pct_peak']:.0f}", "-" if r["cudnn_ms"] is None else f"{r['cudnn_ms']:.3f}",
              "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"] for r in rows]
-    if markdown:
-        print("| " + " | ".join(head) + " |")
-        print("|" + "|".join("---" for _ in head) + "|")
-        for b in body:
-            print("| " + " | ".join(b) + " |")
-        return
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    print("  ".join(h.rjust(w) for h, w in zip(head, widths)))
-    for b in body:
-        print("  ".join(v.rjust(w) for v, w in zip(b, widths)))
+    print(render_table(head, body, markdown, left=3))

@@ -1,4 +1,5 @@
-"""fastlstm.LSTM: a stacked, optionally bidirectional LSTM with torch.nn.LSTM's semantics on NumPy arrays.
+"""fastlstm.LSTM: a stacked, optionally bidirectional LSTM with torch.nn.LSTM's semantics on NumPy (CPU) or
+CuPy (GPU) arrays.
 
 What this is: the layer users call. It owns the parameters (PyTorch's names, shapes and gate order),
 validates inputs, runs one fused recurrent kernel per layer (both directions in one call, concurrently
@@ -145,7 +146,7 @@ class _LayerWeights:
     _ARRAYS = ("w_ih", "w_hh", "w_hr", "b_ih", "b_hh", "g_w_ih", "g_w_hh", "g_w_hr", "g_b_ih", "g_b_hh")
 
     def to(self, device: str) -> None:
-        """Move every array to `device` ('cpu' or 'cuda'), values and gradients alike."""
+        """Move every array to `device` ('cpu', 'cuda' or 'cuda:N'), values and gradients alike."""
         for name in self._ARRAYS:
             a = getattr(self, name)
             if a is not None:
@@ -153,7 +154,8 @@ class _LayerWeights:
 
 
 class LSTM:
-    """Multi-layer LSTM with torch.nn.LSTM's arguments, parameters and results, on NumPy arrays.
+    """Multi-layer LSTM with torch.nn.LSTM's arguments, parameters and results, on NumPy arrays (CuPy arrays
+    with device="cuda").
 
     >>> lstm = LSTM(10, 20, num_layers=2, seed=0)
     >>> y, (h_n, c_n) = lstm(np.zeros((5, 3, 10), np.float32))    # x: [T, B, I]
@@ -186,6 +188,8 @@ class LSTM:
             raise ValueError(f"proj_size: expected 0 (none) or less than hidden_size={self.hidden_size}, got {proj_size}")
         self.proj_size = proj_size
         device = self._check_device(device)
+        if device != "cpu":
+            self._check_cuda_options()  # before any weight is allocated
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout > 0 only acts between layers; with num_layers=1 it does nothing", stacklevel=2)
         self.stateful = V.boolean(stateful, "stateful")
@@ -220,7 +224,8 @@ class LSTM:
         self._bind_params()
         self.reset_parameters()
         if device != "cpu":
-            self.to(device)
+            with self._device_scope(device):
+                self._move(device)
 
     def _bind_params(self) -> None:
         """The Parameter views (PyTorch's names) into the stacked per-layer buffers."""
@@ -485,8 +490,9 @@ class LSTM:
     def forward(self, x, hx=None, lengths=None):
         """y, (h_n, c_n) = lstm(x, (h0, c0)); shapes exactly as torch.nn.LSTM.
 
-        x: [T, B, I] ([B, T, I] with batch_first) or unbatched [T, I]; h0, c0: [L*D, B, H] ([L*D, H]
-        unbatched) or hx=None for zeros. Returns y [T, B, D*H] (batch_first: [B, T, D*H]), h_n, c_n.
+        x: [T, B, I] ([B, T, I] with batch_first) or unbatched [T, I]; h0: [L*D, B, Ho], c0: [L*D, B, H]
+        (Ho = proj_size or H; [L*D, Ho] / [L*D, H] unbatched) or hx=None for zeros. Returns
+        y [T, B, D*Ho] (batch_first: [B, T, D*Ho]), h_n, c_n.
         lengths: None, or one integer per sequence in 1..T: PyTorch's pack_padded_sequence semantics
         without packing. y is 0 past each sequence's length, h_n/c_n come from its last valid step, the
         reverse direction starts at its own end; the kernels skip the missing steps.
@@ -525,16 +531,18 @@ class LSTM:
 
         training = self.training
         rows = T * B
-        per_layer = rows * D * (4 * H + H) + (rows * D * (4 * H + H) if training else 0) + rows * max(self.input_size, D * H)
+        Ho = self._hout
+        # gx and y; in training the saved gates, c (and h_raw with a projection); the layer's input
+        kept = rows * D * (4 * H + H + (H if self.proj_size else 0)) if training else 0
+        per_layer = rows * D * (4 * H + Ho) + kept + rows * max(self.input_size, D * Ho)
         if training and any(self.zoneout):
-            per_layer += 2 * rows * D * H  # the zoneout masks
+            per_layer += rows * D * (Ho + H)  # the zoneout masks
         if not cuda:  # (CuPy raises OutOfMemoryError itself, before anything runs)
             V.memory(per_layer * dt.itemsize * (L if training else 1), "this forward call")
 
         seq = (lambda cols: (B, T, cols)) if bf else (lambda cols: (T, B, cols))
         live = None if cuda else _live_rows(lengths, T, B, bf)  # (cuBLAS computes the padding rows too)
         kernel_lengths = None if lengths is None else xp.asarray(lengths)
-        Ho = self._hout
         h_n = xp.empty((L * D, B, Ho), dt)
         c_n = xp.empty((L * D, B, H), dt)
         inp = xp.ascontiguousarray(x)
@@ -630,7 +638,7 @@ class LSTM:
         return np.ascontiguousarray(arr[order]), order
 
     def _check_state(self, pair, name, B, unbatched, allow_none_members=False):
-        """(h, c) pair -> two contiguous [L*D, B, H] arrays (or None); None -> (None, None)."""
+        """(h, c) pair -> contiguous [L*D, B, Ho] and [L*D, B, H] arrays (or None); None -> (None, None)."""
         if pair is None:
             return None, None
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -687,6 +695,8 @@ class LSTM:
         rows = T * B
         xp, cuda = self._xp, self.device != "cpu"
         live = None if cuda else _live_rows(lengths, T, B, bf)
+        # the projection's kernel-side arrays are time-major whatever the layout: their live rows
+        live_tm = live if not bf else _live_rows(lengths, T, B, False)
         Ho = self._hout
         dh0 = xp.empty((L * D, B, Ho), dt)
         dc0 = xp.empty((L * D, B, H), dt)
@@ -712,7 +722,6 @@ class LSTM:
                 _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks], bf,
                                  db, lengths, **masks, **proj)
             if self.proj_size:  # dW_hr += sum over steps of dh_proj^T h_raw (both [T, B, ...] in the kernels' order)
-                live_tm = None if lengths is None else _live_rows(lengths, T, B, False)
                 for d in range(D):
                     _C.gemm(dh_proj[d].reshape(rows, -1), s["h_raw"][d].reshape(rows, H), w.g_w_hr[d], trans_a=True,
                             accumulate=True, k_rows=live_tm)
@@ -742,9 +751,8 @@ class LSTM:
     def _grad_w_hh(self, g_w_hh, dg, y, h0, d, T, B, bf, lengths=None, live=None, mask=None):
         """g_w_hh += sum over steps of dG[t]^T h[t-1] for direction d (h[t-1]: the state before step t
         in processing order, h0 or zeros before the first; times the recurrent-dropout mask if any)."""
-        dt, H = self.dtype, self.hidden_size
-        H = self._hout  # h[t-1]'s width
-        gcols, hcols = slice(d * 4 * self.hidden_size, (d + 1) * 4 * self.hidden_size), slice(d * H, (d + 1) * H)
+        dt, H, G = self.dtype, self._hout, 4 * self.hidden_size  # H: h[t-1]'s width; G: dG's per direction
+        gcols, hcols = slice(d * G, (d + 1) * G), slice(d * H, (d + 1) * H)
         h0d = None if h0 is None else (h0[d] if mask is None else h0[d] * mask)
         if d == 1 and lengths is not None and h0d is not None:
             # a shorter sequence's reverse direction starts at its own end, from h0 (y there is 0)

@@ -319,7 +319,7 @@ class LSTM(Module):
         if self.return_sequences:
             dx, _ = self.core.backward(dy)
             return dx
-        L, D, H = self.core.num_layers, self.core.num_directions, self.core.proj_size or self.core.hidden_size
+        L, D, H = self.core.num_layers, self.core.num_directions, self.core._hout
         dh_n = _backend.array_module(dy).zeros((L * D, dy.shape[0], H), self.core.dtype)
         for d in range(D):
             dh_n[(L - 1) * D + d] = dy[:, d * H:(d + 1) * H]
@@ -327,7 +327,7 @@ class LSTM(Module):
         return dx
 
     def output_shape(self, input_shape):
-        width = self.core.num_directions * (self.core.proj_size or self.core.hidden_size)
+        width = self.core.num_directions * self.core._hout
         if self.return_sequences:
             return tuple(input_shape[:-1]) + (width,)
         return (input_shape[0], width)
