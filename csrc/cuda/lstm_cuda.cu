@@ -50,7 +50,6 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "../check.h"
@@ -526,6 +525,21 @@ __device__ __forceinline__ void tile_gemm(int64_t K, const LoadA& load_a, const 
   }
 }
 
+// f(m, q, b, j) for each (sequence b, unit j) of the tile this thread owns after tile_gemm: sequences
+// b0 + ty*TM + m, units j0 + tx + q*NX (tile_gemm's mapping), those inside [0, B) x [0, H) only.
+template <int BM, int BU, int TM, int TU, typename F>
+__device__ __forceinline__ void for_each_owned(int64_t b0, int64_t j0, int64_t B, int64_t H, F&& f) {
+  constexpr int NX = BU / TU;
+  const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
+#pragma unroll
+  for (int m = 0; m < TM; ++m)
+#pragma unroll
+    for (int q = 0; q < TU; ++q) {
+      const int64_t b = b0 + ty * TM + m, j = j0 + tx + q * NX;
+      if (b < B && j < H) f(m, q, b, j);
+    }
+}
+
 // Forward step s. Grid (unit tiles of BU, sequence tiles of BM, directions); thread (tx, ty) owns
 // units tx + q*NX (q < TU) and sequences ty*TM + m (m < TM), all four gates of each unit: B's column
 // 4u + g is w_hh[g*H + j0 + u], read in place.
@@ -537,10 +551,9 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
   const LstmForwardArgs<Real>& a = p.d[blockIdx.z];
   const int64_t H = a.H, B = a.B;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BU, b0 = static_cast<int64_t>(blockIdx.y) * BM;
-  const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
   const int64_t t = forward_time(a, s);
   Real acc[TM][TU][4] = {};
-  if (s > 0 || a.h0 || a.lengths) {  // (else h[t-1] is all zeros)
+  if (s > 0 || a.h0) {  // (else h[t-1] is all zeros: at s = 0 every row is absent or starts from h0)
     auto load_h = [&](int r, int64_t k) -> Real {  // h[t-1] times the recurrent-dropout mask, if any
       const Real* hrow = (b0 + r < B && k < H) ? previous_h(a, t, b0 + r) : nullptr;
       if (!hrow) return Real(0);
@@ -552,17 +565,11 @@ forward_step(const Dirs<LstmForwardArgs<Real>> p, int64_t s) {
     };
     tile_gemm<Real, BM, BU, TM, TU, 4, true>(H, load_h, load_w, acc);
   }
-#pragma unroll
-  for (int m = 0; m < TM; ++m)
-#pragma unroll
-    for (int q = 0; q < TU; ++q) {
-      const int64_t b = b0 + ty * TM + m, j = j0 + tx + q * NX;
-      if (b < B && j < H) {
-        Real in[4];
-        input_part(a, t, b, j, in);
-        forward_cell(a, t, b, j, in, acc[m][q]);
-      }
-    }
+  for_each_owned<BM, BU, TM, TU>(b0, j0, B, H, [&](int m, int q, int64_t b, int64_t j) {
+    Real in[4];
+    input_part(a, t, b, j, in);
+    forward_cell(a, t, b, j, in, acc[m][q]);
+  });
 }
 
 // Backward step s (s == T: dh0 and dc0). Grid (unit tiles of BU, sequence tiles of BM, directions);
@@ -577,7 +584,6 @@ backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, Real* dh_car
   Real* carry = dc_carry + blockIdx.z * B * H;
   Real* dh_carry = dh_carry_all ? dh_carry_all + blockIdx.z * B * H : nullptr;
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * BU, b0 = static_cast<int64_t>(blockIdx.y) * BM;
-  const int tx = threadIdx.x % NX, ty = threadIdx.x / NX;
   const int64_t t = s < T ? backward_time(a, s) : -1;
   const Real* src = s == 0 ? nullptr : a.dg + backward_time(a, s - 1) * a.dg_st;
   Real acc[TM][TU][1] = {};
@@ -588,13 +594,9 @@ backward_step(const Dirs<LstmBackwardArgs<Real>> p, Real* dc_carry, Real* dh_car
     auto load_w = [&](int64_t k, int c) -> Real { return (k < G && j0 + c < H) ? a.w_hh[k * H + j0 + c] : Real(0); };
     tile_gemm<Real, BM, BU, TM, TU, 1, false>(G, load_dg, load_w, acc);
   }
-#pragma unroll
-  for (int m = 0; m < TM; ++m)
-#pragma unroll
-    for (int q = 0; q < TU; ++q) {
-      const int64_t b = b0 + ty * TM + m, j = j0 + tx + q * NX;
-      if (b < B && j < H) backward_cell(a, carry, dh_carry, s, t, b, j, acc[m][q][0]);
-    }
+  for_each_owned<BM, BU, TM, TU>(b0, j0, B, H, [&](int m, int q, int64_t b, int64_t j) {
+    backward_cell(a, carry, dh_carry, s, t, b, j, acc[m][q][0]);
+  });
 }
 
 // ---- host side -------------------------------------------------------------------------------------------
@@ -696,35 +698,29 @@ bool fits_cooperatively(const void* kernel, const Device& dev, const Persistent&
 
 // The persistent kernel instantiated for sequence tile BT (1, 2, 4 or 8), as cudaLaunchCooperativeKernel
 // and the occupancy API take it.
-template <typename Real, bool Backward, int BT>
-const void* persistent_entry() {
-  if constexpr (Backward) return reinterpret_cast<const void*>(&backward_persistent<Real, BT>);
-  else return reinterpret_cast<const void*>(&forward_persistent<Real, BT>);
+template <typename Real, int BT>
+const void* persistent_entry(bool backward) {
+  return backward ? reinterpret_cast<const void*>(&backward_persistent<Real, BT>)
+                  : reinterpret_cast<const void*>(&forward_persistent<Real, BT>);
 }
 
 template <typename Real>
 const void* persistent_kernel(bool backward, int BT) {
-  auto pick = [BT](auto tag) {
-    constexpr bool bwd = decltype(tag)::value;
-    switch (BT) {
-      case 1: return persistent_entry<Real, bwd, 1>();
-      case 2: return persistent_entry<Real, bwd, 2>();
-      case 4: return persistent_entry<Real, bwd, 4>();
-      default: return persistent_entry<Real, bwd, 8>();
-    }
-  };
-  return backward ? pick(std::true_type{}) : pick(std::false_type{});
+  switch (BT) {
+    case 1: return persistent_entry<Real, 1>(backward);
+    case 2: return persistent_entry<Real, 2>(backward);
+    case 4: return persistent_entry<Real, 4>(backward);
+    default: return persistent_entry<Real, 8>(backward);
+  }
 }
 
 template <typename Real>
 Strategy resolve(Strategy requested, const Device& dev, int64_t B, int64_t H, int ndirs, bool backward,
                  Persistent& pl) {
-  if (requested == Strategy::Streaming) return Strategy::Streaming;
+  if (requested == Strategy::Streaming || (requested == Strategy::Auto && B > kPersistentMaxBatch))
+    return Strategy::Streaming;
   pl = plan_persistent<Real>(dev, B, H, ndirs, backward);
-  bool fits = pl.ok;
-  if (fits) {
-    fits = fits_cooperatively(persistent_kernel<Real>(backward, pl.BT), dev, pl, ndirs);
-  }
+  const bool fits = pl.ok && fits_cooperatively(persistent_kernel<Real>(backward, pl.BT), dev, pl, ndirs);
   if (requested == Strategy::Persistent) {
     FASTLSTM_CHECK(dev.cooperative, "strategy='persistent': this GPU does not support cooperative launches; use "
                                     "'auto' or 'streaming'");
@@ -734,7 +730,7 @@ Strategy resolve(Strategy requested, const Device& dev, int64_t B, int64_t H, in
                                                                      "use 'auto' or 'streaming'");
     return Strategy::Persistent;
   }
-  return fits && B <= kPersistentMaxBatch ? Strategy::Persistent : Strategy::Streaming;
+  return fits ? Strategy::Persistent : Strategy::Streaming;
 }
 
 // Launches persistent kernel `kernel` with the plan's grid (blocks x directions), block and shared memory.
@@ -948,9 +944,9 @@ void lstm_backward(const LstmBackwardArgs<Real>* dirs, int ndirs, int device, st
   Scratch carry_buf(state_bytes, stream);
   Real* carry = carry_buf.get<Real>();
   // zoneout: the direct path dL/dh[t] -> h[t-1] (zh dh) needs its own carry, starting at 0
-  const bool zoneout = dirs[0].zoneout_h || dirs[0].zoneout_c;
+  const bool zoneout = dirs[0].zoneout();
   Scratch dh_carry_buf(zoneout ? state_bytes : 0, stream);
-  Real* dh_carry = zoneout ? dh_carry_buf.get<Real>() : nullptr;
+  Real* dh_carry = dh_carry_buf.get<Real>();
   if (zoneout) FASTLSTM_CUDA_CHECK(cudaMemsetAsync(dh_carry, 0, state_bytes, stream));
   Persistent pl;
   if (resolve<Real>(strategy, dev, B, H, ndirs, true, pl) == Strategy::Persistent) {

@@ -17,57 +17,26 @@ What it is not: a test (slowness never fails), or a sweep of stacked / bidirecti
 from __future__ import annotations
 
 import csv
-import math
+import dataclasses
 import os
-import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .bench import DEFAULT_CONFIGS, MODES, Config, render_table
+from .bench import DEFAULT_CONFIGS, FULL_PLAN, MODES, QUICK_PLAN, Config, Method, make_timer, measure, render_table
 
 SWEEP = tuple((100, b, h, h) for b in (1, 8, 64, 256) for h in (256, 512, 1024, 2048))
 QUICK = ((20, 1, 64, 64), (20, 64, 128, 128))
 GUARD_ATOL = 1e-3  # fastlstm vs torch forward output, float32 over T steps: warn past this
 
 
-class EventTimer:
-    """Milliseconds of GPU work enqueued by fn on the legacy default stream, between two CUDA events."""
-
-    def __init__(self, cp):
-        self.cp = cp
-        self.start, self.end = cp.cuda.Event(), cp.cuda.Event()
-
-    def __call__(self, fn) -> float:
-        null = self.cp.cuda.Stream.null
-        self.start.record(null)
-        fn()
-        self.end.record(null)
-        self.end.synchronize()
-        return self.cp.cuda.get_elapsed_time(self.start, self.end)
-
-
-def _measure(methods: dict, timer, quick: bool) -> dict:
-    """{name: median ms}: warm up each, then two alternating rounds of reps sized to ~0.5 s per method."""
-    reps = {}
-    for name, fn in methods.items():
-        est = [timer(fn) for _ in range(3)][-1]
-        target = 0.05 if quick else 0.5
-        reps[name] = max(3 if quick else 5, min(50, math.ceil(target * 1e3 / max(est, 1e-3))))
-    times = {name: [] for name in methods}
-    order = list(methods)
-    for r in range(2):
-        for name in (order if r == 0 else order[::-1]):
-            times[name] += [timer(methods[name]) for _ in range(math.ceil(reps[name] / 2))]
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def _sgemm_peak_tflops(cp, timer, n: int) -> float:
+def _sgemm_peak_tflops(cp, timer, plan, n: int) -> float:
     a = cp.random.default_rng(0).standard_normal((n, n), dtype=cp.float32)
     b = cp.random.default_rng(1).standard_normal((n, n), dtype=cp.float32)
     c = cp.empty((n, n), cp.float32)
-    ms = _measure({"sgemm": lambda: cp.matmul(a, b, out=c)}, timer, quick=False)["sgemm"]
+    sgemm = Method("sgemm", lambda: cp.matmul(a, b, out=c))
+    ms = measure([sgemm], timer, dataclasses.replace(plan, repeat=plan.sgemm_reps))["sgemm"].median_ms
     return 2 * n ** 3 / (ms * 1e-3) / 1e12
 
 
@@ -83,10 +52,11 @@ def run(args, fastlstm, torch, csv_path) -> int:
     if torch is not None:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    timer = EventTimer(cp)
+    timer = make_timer("cuda")
+    plan = dataclasses.replace(QUICK_PLAN if args.quick else FULL_PLAN, repeat=args.repeat)
     dev = cp.cuda.Device()
     name = fastlstm.build_info()["cuda_device_names"][dev.id]
-    peak = _sgemm_peak_tflops(cp, timer, 2048 if args.quick else 8192)
+    peak = _sgemm_peak_tflops(cp, timer, plan, 2048 if args.quick else 8192)
     configs = ([(c.T, c.B, c.I, c.H) for c in args.configs] if args.configs
                else list(QUICK if args.quick else dict.fromkeys(DEFAULT_CONFIGS + SWEEP)))  # (CPU sweep first)
     md = args.markdown
@@ -125,7 +95,7 @@ def run(args, fastlstm, torch, csv_path) -> int:
                 if training:
                     lstm.backward(dy)
 
-            methods = {"fastlstm": ours}
+            methods = [Method("fastlstm", ours)]
             if module is not None:
                 module.train(training)
 
@@ -138,9 +108,9 @@ def run(args, fastlstm, torch, csv_path) -> int:
                         with torch.inference_mode():
                             module(xt)
 
-                methods["cudnn"] = theirs
+                methods.append(Method("cudnn", theirs))
             print(f"  T,B,I,H={T},{B},{I},{H} {mode} ...", file=sys.stderr, flush=True)
-            ms = _measure(methods, timer, args.quick)
+            ms = {key: m.median_ms for key, m in measure(methods, timer, plan).items()}
             flops = Config(T, B, I, H).flops(mode)
             tf = flops / (ms["fastlstm"] * 1e-3) / 1e12
             rows.append(dict(T=T, B=B, I=I, H=H, mode=mode, strategy=strategy, fastlstm_ms=ms["fastlstm"],
