@@ -109,19 +109,25 @@ def test_gemm_matches_numpy(isa, M, N, K, trans_a, trans_b, dtype):
     assert_close(c, 2 * ref + bias, dtype, "c += op(a) op(b)")
 
 
-def test_gemm_strided_rows_and_thread_counts(isa):
-    """Row-strided operands (a column block of a wider matrix) as the layer passes them; any thread count."""
+@pytest.mark.parametrize("trans_a,trans_b", [(True, False), (False, True)])
+def test_gemm_strided_rows_and_thread_counts(isa, trans_a, trans_b):
+    """Row-strided operands (a column block of a wider matrix) as the layer passes them; any thread count.
+    K = 300 and 70 columns: full and ragged register-transposed blocks when B is packed transposed."""
     rng = np.random.default_rng(3)
     big_a = rng.standard_normal((300, 50)).astype(np.float32)
     a = big_a[:, 10:30]          # [300, 20], row stride 50
-    b = rng.standard_normal((300, 70)).astype(np.float32)
+    big_b = rng.standard_normal((300, 80)).astype(np.float32)
+    b = big_b[:, 3:73]           # [300, 70], row stride 80
+    if not trans_a:              # a [20, 300] and b [70, 300], row strides 320 and 310
+        a = np.ascontiguousarray(rng.standard_normal((20, 320)).astype(np.float32))[:, 7:307]
+        b = rng.standard_normal((70, 310)).astype(np.float32)[:, 5:305]
     out = np.zeros((40, 90), np.float32)
     c = out[:20, 5:75]           # [20, 70], row stride 90
-    ref = a.T.astype(np.float64) @ b
+    ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
     results = []
     for threads in (1, 2, 3, 5):
         c[...] = 0
-        _C.gemm(a, b, c, True, False, None, False, threads)
+        _C.gemm(a, b, c, trans_a, trans_b, None, False, threads)
         assert_close(c, ref, np.float32, f"threads={threads}")
         results.append(c.copy())
         assert np.all(out[20:] == 0) and np.all(out[:, :5] == 0) and np.all(out[:, 75:] == 0), "wrote outside c"

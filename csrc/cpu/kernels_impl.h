@@ -383,6 +383,7 @@ struct Forward {
           with_rows(static_cast<int>(imin(kMR, live - b0)), [&](auto MRc) {
             constexpr int mr = decltype(MRc)::value;
             R acc[mr][4];
+            prefetch_rows(a, t, b0, mr, j0);
             if (mirror) micro<V, mr, 4, true>(hprev + b0 * KP, KP, wu, KP, acc);
             else micro<V, mr, 4>(hprev + b0 * KP, KP, wu, KP, acc);
             for (int r = 0; r < mr; ++r) step_epilogue(a, t, b0 + r, j0, nv, acc[r], hout, last, dir.hr);
@@ -413,6 +414,24 @@ struct Forward {
       st<V>(a.y + t * a.y_st + b * a.y_sb + p0, h, nl);
       st<V>(a.h_n + b * P + p0, h, nl);
     });
+  }
+
+  // Asks for the lines the epilogues of rows [b0, b0 + mr) of tile j0 will touch in memory that does not
+  // stay in cache between steps (gx[t], y[t] and, training, the saved gates and cell), so they arrive
+  // while the micro-kernel runs instead of stalling the epilogue
+  static FASTLSTM_INLINE void prefetch_rows(const LstmForwardArgs<T>& a, int64_t t, int64_t b0, int mr, int64_t j0) {
+    const int64_t H = a.H;
+    for (int r = 0; r < mr; ++r) {
+      const int64_t b = b0 + r;
+      const T* gx = a.gx + t * a.gx_st + b * a.gx_sb + j0;
+      for (int g = 0; g < 4; ++g) __builtin_prefetch(gx + g * H, 0, 3);
+      __builtin_prefetch(a.y + t * a.y_st + b * a.y_sb + j0, 1, 3);
+      if (a.gates) {
+        T* gs = a.gates + (t * a.B + b) * 4 * H + j0;
+        for (int g = 0; g < 4; ++g) __builtin_prefetch(gs + g * H, 1, 3);
+        __builtin_prefetch(a.cell + (t * a.B + b) * H + j0, 1, 3);
+      }
+    }
   }
 
   // gates -> activations -> cell update, in registers; writes h (and, training, gates and c)
@@ -580,6 +599,7 @@ struct Backward {
             with_rows(m, [&](auto MRc) {
               constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
               R acc[mr][nv];
+              if (!P) prefetch_rows(a, t, b0, imin(mr, live - b0), q, nv);
               if (tprev >= 0 && b0 < live_prev) {  // rows past live_prev read zeroed dG
                 const T* dgp = a.dg + tprev * a.dg_st + b0 * a.dg_sb;
                 if (mirror) micro<V, mr, nv, true>(dgp, a.dg_sb, dir.wp + q * K * W, K, acc);
@@ -636,6 +656,27 @@ struct Backward {
     if (dbs)
       for (int g = 0; g < 4; ++g)
         for (int64_t j = c0j; j < c1j; ++j) a.dbias[g * H + j] = static_cast<T>(dbs[g * H + j]);
+  }
+
+  // Asks for the lines step_epilogue will touch for rows [b0, b0 + mr) of tiles [q, q + nv) (the saved
+  // gates and cells, dy, the dG written), so they arrive while the micro-kernel runs (see Forward)
+  static FASTLSTM_INLINE void prefetch_rows(const LstmBackwardArgs<T>& a, int64_t t, int64_t b0, int64_t mr,
+                                            int64_t q, int nv) {
+    if (t < 0) return;
+    const int64_t H = a.H, B = a.B, tp = a.reverse ? t + 1 : t - 1;
+    for (int64_t b = b0; b < b0 + mr; ++b)
+      for (int v = 0; v < nv; ++v) {
+        const int64_t j0 = (q + v) * W;
+        const T* gs = a.gates + (t * B + b) * 4 * H + j0;
+        T* dg = a.dg + t * a.dg_st + b * a.dg_sb + j0;
+        for (int g = 0; g < 4; ++g) {
+          __builtin_prefetch(gs + g * H, 0, 3);
+          __builtin_prefetch(dg + g * H, 1, 3);
+        }
+        __builtin_prefetch(a.cell + (t * B + b) * H + j0, 0, 3);
+        if (tp >= 0 && tp < a.T) __builtin_prefetch(a.cell + (tp * B + b) * H + j0, 0, 3);
+        if (a.dy) __builtin_prefetch(a.dy + t * a.dy_st + b * a.dy_sb + j0, 0, 3);
+      }
   }
 
   // p[0..n) += v's first n lanes, in double
@@ -822,7 +863,17 @@ struct Gemm {
     if (g.trans_b) {
       for (int64_t k = 0; k < kb; ++k)
         for (int64_t j = nc; j < NR; ++j) dst[k * NR + j] = T(0);
-      for (int64_t j = 0; j < nc; ++j) {
+      int64_t j = 0;  // columns [0, j) packed by W x W blocks transposed in registers, where the ISA has it
+      if constexpr (V::kTranspose) {
+        const int64_t kfull = kb / W * W;
+        for (; j + W <= nc; j += W) {
+          const T* src = g.b + (c0 + j) * g.ldb + k0;
+          for (int64_t k = 0; k < kfull; k += W) V::transpose(src + k, g.ldb, dst + k * NR + j, NR);
+          for (int64_t k = kfull; k < kb; ++k)
+            for (int64_t l = 0; l < W; ++l) dst[k * NR + j + l] = src[l * g.ldb + k];
+        }
+      }
+      for (; j < nc; ++j) {
         const T* src = g.b + (c0 + j) * g.ldb + k0;
         for (int64_t k = 0; k < kb; ++k) dst[k * NR + j] = src[k];
       }
