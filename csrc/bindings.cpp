@@ -174,6 +174,10 @@ struct Regularisation {
 struct Projection {
   py::object w_hr = py::none(), h_raw = py::none(), dh_proj = py::none();
 };
+// the fused input projection's operands (CPU forward without gx)
+struct Input {
+  py::object x = py::none(), w_ih = py::none();
+};
 
 // w_hh's shape [D, 4H, KP] -> KP, the width of h: H, or P with a projection
 int64_t h_width(const std::vector<int64_t>& w, const Projection& proj) {
@@ -185,22 +189,28 @@ int64_t h_width(const std::vector<int64_t>& w, const Projection& proj) {
 
 // forward: gx [T, B, D*4H] (time-major) or [B, T, D*4H] (batch_first); w_hh [D, 4H, H]; bias [D, 4H];
 // h0, c0, h_n, c_n [D, B, H]; y like gx with D*H columns; gates [D, T, B, 4H]; cell [D, T, B, H].
+// Or (CPU) gx = None and the input projection fused into the loop: x [T, B, I] or [B, T, I], w_ih [D, 4H, I].
 template <typename T, typename A = HostArrays>
 void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
                   py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first,
                   py::object lengths, int64_t step_offset, const Regularisation& reg, const Projection& proj,
-                  const Launch& launch) {
+                  const Launch& launch, const Input& input = Input{}) {
   FASTLSTM_CHECK(step_offset >= 0, "step_offset: expected >= 0, got " << step_offset);
   const auto w = A::shape(w_hh, "w_hh");
   const int64_t KP = h_width(w, proj), P = proj.w_hr.is_none() ? 0 : KP, D = w[0], H = w[1] / 4;
   FASTLSTM_CHECK(D == 1 || D == 2, "w_hh: expected 1 or 2 directions, got " << D);
-  const auto g = A::shape(gx, "gx");
-  FASTLSTM_CHECK(g.size() == 3, "gx: expected a 3-D array");
-  const int64_t T_ = batch_first ? g[1] : g[0], B = batch_first ? g[0] : g[1];
+  const bool fused = gx.is_none();
+  FASTLSTM_CHECK(fused ? !input.x.is_none() && !input.w_ih.is_none() : input.x.is_none() && input.w_ih.is_none(),
+                 "gx, x and w_ih: pass gx, or x with w_ih");
+  const auto g = A::shape(fused ? input.x : gx, fused ? "x" : "gx");
+  FASTLSTM_CHECK(g.size() == 3, (fused ? "x" : "gx") << ": expected a 3-D array");
+  const int64_t T_ = batch_first ? g[1] : g[0], B = batch_first ? g[0] : g[1], I = fused ? g[2] : 0;
   auto seq = [&](int64_t cols) {
     return batch_first ? std::vector<int64_t>{B, T_, cols} : std::vector<int64_t>{T_, B, cols};
   };
-  const T* pgx = A::template get<T>(gx, "gx", seq(D * 4 * H), false);
+  const T* pgx = fused ? nullptr : A::template get<T>(gx, "gx", seq(D * 4 * H), false);
+  const T* px = fused ? A::template get<T>(input.x, "x", seq(I), false) : nullptr;
+  const T* pwi = fused ? A::template get<T>(input.w_ih, "w_ih", {D, 4 * H, I}, false) : nullptr;
   const T* pw = A::template get<T>(w_hh, "w_hh", {D, 4 * H, KP}, false);
   const T* pb = optional<A, T>(bias, "bias", {D, 4 * H}, false);
   const T* ph0 = optional<A, T>(h0, "h0", {D, B, KP}, false);
@@ -225,9 +235,17 @@ void forward_impl(py::object gx, py::object w_hh, py::object bias, py::object h0
   for (int64_t d = 0; d < D; ++d) {
     LstmForwardArgs<T>& a = args[d];
     a.T = T_; a.B = B; a.H = H; a.P = P;
-    a.gx = pgx + d * 4 * H;
-    a.gx_st = batch_first ? D * 4 * H : B * D * 4 * H;
-    a.gx_sb = batch_first ? T_ * D * 4 * H : D * 4 * H;
+    if (fused) {
+      a.I = I;
+      a.x = px;
+      a.x_st = batch_first ? I : B * I;
+      a.x_sb = batch_first ? T_ * I : I;
+      a.w_ih = pwi + d * 4 * H * I;
+    } else {
+      a.gx = pgx + d * 4 * H;
+      a.gx_st = batch_first ? D * 4 * H : B * D * 4 * H;
+      a.gx_sb = batch_first ? T_ * D * 4 * H : D * 4 * H;
+    }
     a.bias = pb ? pb + d * 4 * H : nullptr;
     a.w_hh = pw + d * 4 * H * KP;
     a.w_hr = pwr ? pwr + d * P * H : nullptr;
@@ -444,21 +462,25 @@ PYBIND11_MODULE(_C, m) {
         [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,
            py::object h_n, py::object c_n, py::object gates, py::object cell, bool batch_first, int num_threads,
            py::object lengths, int64_t step_offset, py::object zoneout_h, py::object zoneout_c, double zoneout_h_p,
-           double zoneout_c_p, py::object rec_mask, py::object w_hr, py::object h_raw) {
+           double zoneout_c_p, py::object rec_mask, py::object w_hr, py::object h_raw, py::object x, py::object w_ih) {
           const Regularisation reg{zoneout_h, zoneout_c, rec_mask, zoneout_h_p, zoneout_c_p};
           const Projection proj{w_hr, h_raw};
+          const Input input{x, w_ih};
           if (HostArrays::is_f64(w_hh))
             forward_impl<double>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
-                                 reg, proj, Launch{num_threads});
+                                 reg, proj, Launch{num_threads}, input);
           else
             forward_impl<float>(gx, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, batch_first, lengths, step_offset,
-                                reg, proj, Launch{num_threads});
+                                reg, proj, Launch{num_threads}, input);
         },
         py::arg("gx"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"),
         py::arg("c_n"), py::arg("gates"), py::arg("cell"), py::arg("batch_first"), py::arg("num_threads") = 0,
         py::arg("lengths") = py::none(), py::arg("step_offset") = 0, py::arg("zoneout_h") = py::none(),
         py::arg("zoneout_c") = py::none(), py::arg("zoneout_h_p") = 0.0, py::arg("zoneout_c_p") = 0.0,
-        py::arg("rec_mask") = py::none(), py::arg("w_hr") = py::none(), py::arg("h_raw") = py::none());
+        py::arg("rec_mask") = py::none(), py::arg("w_hr") = py::none(), py::arg("h_raw") = py::none(),
+        py::arg("x") = py::none(), py::arg("w_ih") = py::none());
+  m.def("fuse_input_projection", &fuse_input_projection, py::arg("I"), py::arg("H"), py::arg("KP"), py::arg("D"),
+        py::arg("elem"));
   m.def("lstm_backward",
         [](py::object w_hh, py::object gates, py::object cell, py::object c0, py::object dy, py::object dh_n,
            py::object dc_n, py::object dg, py::object dh0, py::object dc0, bool batch_first, py::object dbias,

@@ -65,6 +65,15 @@ def isa(request):
         yield request.param
 
 
+@pytest.fixture(params=["fused", "gemm"])
+def input_projection(request, monkeypatch):
+    """Run the test with both CPU routes of x W_ih^T: inside the recurrent kernel (what small and mid-sized
+    layers take) and a GEMM over all steps beforehand (what layers too big for the cache take)."""
+    fused = request.param == "fused"
+    monkeypatch.setattr(fastlstm._C, "fuse_input_projection", lambda *args: fused)
+    yield request.param
+
+
 def random_state_dict(rng, input_size, hidden_size, num_layers=1, bidirectional=False, bias=True, dtype=np.float64,
                       proj_size=0):
     """PyTorch-named parameters with a scale that keeps gates away from saturation (weight_hr with proj_size)."""

@@ -35,7 +35,7 @@ def run_layer(params, x, h0, c0, dy, dh_n, dc_n, dtype, batch_first):
 @pytest.mark.parametrize("T", [1, 5])
 @pytest.mark.parametrize("B", [1, 3, 8])
 @pytest.mark.parametrize("H", [1, 7, 33, 129])
-def test_layer_kernels_match_reference(isa, H, B, T, dtype):
+def test_layer_kernels_match_reference(isa, input_projection, H, B, T, dtype):
     rng = np.random.default_rng(H * 100 + B * 10 + T)
     I = 5
     params = random_state_dict(rng, I, H, bidirectional=True)
@@ -53,7 +53,8 @@ def test_layer_kernels_match_reference(isa, H, B, T, dtype):
         with using_threads(threads):
             got = run_layer(params, x, h0, c0, dy, dh_n, dc_n, dtype, batch_first)
         for key in ref:
-            assert_close(got[key], ref[key], dtype, f"{isa} {key} threads={threads} batch_first={batch_first}")
+            assert_close(got[key], ref[key], dtype,
+                         f"{isa} {input_projection} {key} threads={threads} batch_first={batch_first}")
         results.append(got)
     for key in ref:  # the partition of hidden units over threads must not change a single bit
         np.testing.assert_array_equal(results[0][key], results[2][key], err_msg=f"{key}: 1 vs 3 threads")
@@ -86,6 +87,49 @@ def test_forward_without_optional_inputs(isa):
     _, dh0r, dc0r, _ = R.lstm_backward(None, None, dc_n, cache)
     assert_close(dh0, dh0r, np.float64, "dh0 from dc_n only")
     assert_close(dc0, dc0r, np.float64, "dc0 from dc_n only")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,batch_first,with_lengths", [(1, False, False), (1, True, True), (3, False, True),
+                                                        (3, True, False), (7, True, True)])
+def test_fused_input_projection_matches_the_gx_path(isa, B, batch_first, with_lengths, dtype):
+    """x and w_ih in place of gx: the kernel computes x W_ih^T itself, a chunk of steps at a time (T = 101 is
+    more than one chunk on every ISA at B = 1), in row blocks across steps (time-major, or B = 1) or per
+    step (batch_first with B > 1, where only live rows are computed); both directions, odd I and H."""
+    rng = np.random.default_rng(B * 10 + batch_first)
+    T, I, H, D = 101, 19, 21, 2
+    seq = (lambda c: (B, T, c)) if batch_first else (lambda c: (T, B, c))
+    x = rng.standard_normal(seq(I)).astype(dtype)
+    w_ih = (0.3 * rng.standard_normal((D, 4 * H, I))).astype(dtype)
+    w_hh = (0.3 * rng.standard_normal((D, 4 * H, H))).astype(dtype)
+    bias = (0.1 * rng.standard_normal((D, 4 * H))).astype(dtype)
+    h0, c0 = rng.standard_normal((2, D, B, H)).astype(dtype)
+    lengths = np.sort(rng.integers(1, T + 1, B))[::-1].copy() if with_lengths else None
+    gx = np.einsum("abi,dgi->abdg", x.astype(np.float64), w_ih.astype(np.float64)).reshape(seq(D * 4 * H))
+    x_before = x.copy()
+    results = {}
+    for route, threads in [("gx", 1), ("fused", 1), ("fused", 3)]:
+        y = np.zeros(seq(D * H), dtype)
+        h_n, c_n = np.empty((2, D, B, H), dtype)
+        gates, cell = np.zeros((D, T, B, 4 * H), dtype), np.zeros((D, T, B, H), dtype)
+        inputs = dict(x=x, w_ih=w_ih) if route == "fused" else {}
+        _C.lstm_forward(gx.astype(dtype) if route == "gx" else None, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell,
+                        batch_first, num_threads=threads, lengths=lengths, **inputs)
+        results[route, threads] = dict(y=y, h_n=h_n, c_n=c_n, gates=gates, cell=cell)
+    np.testing.assert_array_equal(x, x_before)
+    for key, want in results["gx", 1].items():
+        assert_close(results["fused", 1][key], want, dtype, f"{isa} fused {key}")
+        np.testing.assert_array_equal(results["fused", 3][key], results["fused", 1][key], err_msg=f"{key}: 1 vs 3 threads")
+
+
+def test_fuse_input_projection_is_for_weights_that_fit_in_cache():
+    assert _C.fuse_input_projection(128, 128, 128, 1, 4)        # 0.5 MiB of weights
+    assert not _C.fuse_input_projection(8192, 8192, 8192, 2, 8)  # 4 GiB
+    with pytest.raises(ValueError, match="gx, x and w_ih"):
+        T, B, H = 2, 1, 3
+        f = np.zeros
+        _C.lstm_forward(None, f((1, 4 * H, H)), None, None, None, f((T, B, H)), f((1, B, H)), f((1, B, H)), None, None,
+                        False)
 
 
 # K = 2100 and 16500 cross the K block of every ISA and dtype (256 KiB of packed B)

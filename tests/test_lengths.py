@@ -10,7 +10,7 @@ from conftest import assert_close, check_layer_against_reference, random_state_d
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lengths", [[5, 3, 3, 1], [2, 5, 1, 4], [5, 5, 5, 5], [1, 1, 1, 1]])
-def test_lengths_match_the_reference(isa, lengths, dtype):
+def test_lengths_match_the_reference(isa, input_projection, lengths, dtype):
     rng = np.random.default_rng(sum(lengths))
     T, B, I, H, L = 5, 4, 3, 33, 2
     params = random_state_dict(rng, I, H, num_layers=L, bidirectional=True)

@@ -270,6 +270,10 @@ struct Forward {
     T* hbuf;    // [2][B][KP] double-buffered h (times rec_mask: the recurrence's input)
     T* hr;      // [B][H] o * tanh(c~) of the step (P > 0)
     T* zeros;   // [B][KP] zeros, the h0 of a direction without one
+    T* wi;      // packed W_ih (fused input projection): [tiles][I][4][W], as wp
+    T* gxs;     // per team member, its units' x W_ih^T for a chunk of steps: [chunk steps][B][own tiles][4][W]
+    int64_t gxs_size;  // elements of one member's gxs
+    int64_t chunk;     // steps per chunk
     SpinBarrier* barrier;
   };
   struct Ctx {
@@ -278,23 +282,80 @@ struct Forward {
     TeamLayout team;
   };
 
+  // rows of x per chunk of the fused input projection: enough row blocks that a thread's packed W_ih is
+  // read from L2 once per ~16 blocks even at B = 1 (where one step is a single row)
+  static constexpr int64_t kChunkRows = 16 * kMR;
+
   static void run(const LstmForwardArgs<T>* dirs, int ndirs, int num_threads) {
-    const int64_t B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
-    const int64_t ptiles = ceil_div(P, W);
-    int n = choose_threads(2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
+    const int64_t T_ = dirs[0].T, B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
+    const int64_t ptiles = ceil_div(P, W), I = dirs[0].x ? dirs[0].I : 0;
+    int n = choose_threads(2.0 * B * 4 * H * (KP + I) * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
     Parallel par(n);
     n = par.size();
     Ctx ctx;
     ctx.ndirs = ndirs;
     ctx.team.groups = (ndirs == 2 && n >= 2) ? 2 : 1;
+    const int members = ctx.team.groups == 2 ? n - n / 2 : n;                         // the larger team
+    const int64_t own_tiles = ceil_div(tiles, ctx.team.groups == 2 ? n / 2 : n);      // in the smaller one
+    const int64_t chunk = I ? imin(T_, imax(1, kChunkRows / B)) : 0, gxs_size = chunk * B * own_tiles * 4 * W;
     Scratch<T> wp(ndirs * tiles * W * 4 * KP), wr(ndirs * ptiles * W * H), hb(ndirs * 2 * B * KP),
-        hr(P ? ndirs * B * H : 0), zeros(B * KP);
+        hr(P ? ndirs * B * H : 0), zeros(B * KP), wi(ndirs * tiles * W * 4 * I), gxs(ndirs * members * gxs_size);
     for (int64_t i = 0; i < B * KP; ++i) zeros.p[i] = T(0);
     SpinBarrier b0(ctx.team.groups == 2 ? n / 2 : n), b1(n - n / 2);
     for (int d = 0; d < ndirs; ++d)
       ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * KP, wr.p + d * ptiles * W * H, hb.p + d * 2 * B * KP,
-                       P ? hr.p + d * B * H : nullptr, zeros.p, d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
+                       P ? hr.p + d * B * H : nullptr, zeros.p, wi.p + d * tiles * W * 4 * I,
+                       gxs.p + d * members * gxs_size, gxs_size, chunk,
+                       d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
     par.run(&worker, &ctx);
+  }
+
+  // tile u of a [4H, K] gate-major weight matrix (W_hh or W_ih) -> dst [K][4][W]: the i, f, g, o rows of
+  // units [u W, u W + W), zero past H. W x W blocks are transposed in registers where the ISA has it,
+  // the ragged edges element by element.
+  static void pack_gate_tile(const T* w, int64_t H, int64_t K, int64_t u, T* dst) {
+    int64_t k0 = 0;  // columns [0, k0) packed by blocks
+    if constexpr (V::kTranspose) {
+      if ((u + 1) * W <= H) {  // a full tile: rows g H + u W .. + W - 1 for each gate g
+        const T* rows = w + u * W * K;
+        for (; k0 + W <= K; k0 += W)
+          for (int g = 0; g < 4; ++g) V::transpose(rows + g * H * K + k0, K, dst + (k0 * 4 + g) * W, 4 * W);
+      }
+    }
+    for (int64_t k = k0; k < K; ++k)
+      for (int g = 0; g < 4; ++g)
+        for (int l = 0; l < W; ++l) {
+          int64_t j = u * W + l;
+          dst[(k * 4 + g) * W + l] = j < H ? w[(g * H + j) * K + k] : T(0);
+        }
+  }
+
+  // gxs <- x W_ih^T (no bias) for steps [tlo, tlo + steps) of this member's tiles [u0, u1): row (t - tlo) B + b.
+  // Row blocks span steps where x's rows are evenly spaced (time-major, or B = 1), so a small batch still
+  // gets full micro-kernel blocks; otherwise each step's live rows are blocked on their own.
+  static void project_input(const LstmForwardArgs<T>& a, const Dir& dir, int64_t tlo, int64_t steps, int64_t u0,
+                            int64_t u1, T* gxs) {
+    const int64_t B = a.B, I = a.I, row_len = (u1 - u0) * 4 * W;
+    auto block = [&](const T* xrows, int64_t lda, int64_t row0, int64_t rows) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const T* wu = dir.wi + u * I * 4 * W;
+        for (int64_t r0 = 0; r0 < rows; r0 += kMR) {
+          with_rows(static_cast<int>(imin(kMR, rows - r0)), [&](auto MRc) {
+            constexpr int mr = decltype(MRc)::value;
+            R acc[mr][4];
+            micro<V, mr, 4>(xrows + r0 * lda, lda, wu, I, acc);
+            for (int r = 0; r < mr; ++r)
+              for (int g = 0; g < 4; ++g) V::store(gxs + (row0 + r0 + r) * row_len + ((u - u0) * 4 + g) * W, acc[r][g]);
+          });
+        }
+      }
+    };
+    const bool even = B == 1 || a.x_st == B * a.x_sb;
+    if (even) {
+      block(a.x + tlo * a.x_st, B == 1 ? a.x_st : a.x_sb, 0, steps * B);
+      return;
+    }
+    for (int64_t t = tlo; t < tlo + steps; ++t) block(a.x + t * a.x_st, a.x_sb, (t - tlo) * B, live_rows(a.lengths, B, t));
   }
 
   static void worker(void* vctx, int tid, int n) {
@@ -311,24 +372,10 @@ struct Forward {
     int64_t u0, u1, q0 = 0, q1 = 0;
     split(tiles, size, idx, u0, u1);
     if (P) split(ceil_div(P, W), size, idx, q0, q1);
-    // pack this thread's slice of W_hh (first touch by the thread that reuses it every step): W x W blocks
-    // transposed in registers where the ISA has it, element by element at the edges
+    // pack this thread's slices of W_hh and W_ih (first touch by the thread that reuses them every step)
     for (int64_t u = u0; u < u1; ++u) {
-      T* dst = dir.wp + u * KP * 4 * W;
-      int64_t k0 = 0;  // columns [0, k0) packed by blocks
-      if constexpr (V::kTranspose) {
-        if ((u + 1) * W <= H) {  // a full tile: rows g H + u W .. + W - 1 of w_hh for each gate g
-          const T* rows = a.w_hh + u * W * KP;
-          for (; k0 + W <= KP; k0 += W)
-            for (int g = 0; g < 4; ++g) V::transpose(rows + g * H * KP + k0, KP, dst + (k0 * 4 + g) * W, 4 * W);
-        }
-      }
-      for (int64_t k = k0; k < KP; ++k)
-        for (int g = 0; g < 4; ++g)
-          for (int l = 0; l < W; ++l) {
-            int64_t j = u * W + l;
-            dst[(k * 4 + g) * W + l] = j < H ? a.w_hh[(g * H + j) * KP + k] : T(0);
-          }
+      pack_gate_tile(a.w_hh, H, KP, u, dir.wp + u * KP * 4 * W);
+      if (a.x) pack_gate_tile(a.w_ih, H, a.I, u, dir.wi + u * a.I * 4 * W);
     }
     for (int64_t q = q0; q < q1; q += kGroup) {  // and of W_hr^T: outputs [q W, ...) of the projection
       const int nv = static_cast<int>(imin(kGroup, q1 - q));
@@ -357,6 +404,12 @@ struct Forward {
     }
     if (regularised) dir.barrier->wait();  // every column of the first step's input is in hbuf[1]
     const T* h_first = regularised ? dir.hbuf + B * KP : (a.h0 ? a.h0 : dir.zeros);
+    // streamed arrays larger than L2 are prefetched (below that they stay cached and the prefetches only
+    // cost instructions: 100,1,128,128 runs ~3% slower with them, 100,16,256,256 ~7% faster)
+    const bool prefetch = double(T_) * B * H * ((a.gates ? 5 : 0) + (a.x ? 1 : 5)) * sizeof(T) > double(1 << 20);
+    T* gxs = a.x ? dir.gxs + idx * dir.gxs_size : nullptr;
+    const int64_t gxs_row = (u1 - u0) * 4 * W;
+    int64_t tlo = 0;  // the first step (in t) of the chunk in gxs
 
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = a.reverse ? T_ - 1 - s : s;
@@ -364,6 +417,11 @@ struct Forward {
       T* hout = dir.hbuf + (s & 1) * B * KP;
       const bool last = s == T_ - 1;
       const int64_t live = live_rows(a.lengths, B, t);
+      if (a.x && s % dir.chunk == 0) {  // this member's units of x W_ih^T for the next chunk of steps
+        const int64_t steps = imin(dir.chunk, T_ - s);
+        tlo = a.reverse ? t - steps + 1 : t;
+        project_input(a, dir, tlo, steps, u0, u1, gxs);
+      }
       for (int64_t b = live; b < B; ++b) {  // absent sequences: state carried, output 0
         for (int64_t j = h0j; j < h1j; ++j) {
           hout[b * KP + j] = hprev[b * KP + j];
@@ -383,10 +441,18 @@ struct Forward {
           with_rows(static_cast<int>(imin(kMR, live - b0)), [&](auto MRc) {
             constexpr int mr = decltype(MRc)::value;
             R acc[mr][4];
-            prefetch_rows(a, t, b0, mr, j0);
+            if (prefetch) prefetch_rows(a, t, b0, mr, j0);
             if (mirror) micro<V, mr, 4, true>(hprev + b0 * KP, KP, wu, KP, acc);
             else micro<V, mr, 4>(hprev + b0 * KP, KP, wu, KP, acc);
-            for (int r = 0; r < mr; ++r) step_epilogue(a, t, b0 + r, j0, nv, acc[r], hout, last, dir.hr);
+            for (int r = 0; r < mr; ++r) {  // x W_ih^T: from gx (gates H apart) or this chunk's gxs (W apart)
+              const int64_t b = b0 + r;
+              if (a.x) {
+                const T* gp = gxs + ((t - tlo) * B + b) * gxs_row + (u - u0) * 4 * W;
+                step_epilogue(a, t, b, j0, nv, acc[r], gp, W, hout, last, dir.hr);
+              } else {
+                step_epilogue(a, t, b, j0, nv, acc[r], a.gx + t * a.gx_st + b * a.gx_sb + j0, H, hout, last, dir.hr);
+              }
+            }
           });
         }
       }
@@ -423,8 +489,10 @@ struct Forward {
     const int64_t H = a.H;
     for (int r = 0; r < mr; ++r) {
       const int64_t b = b0 + r;
-      const T* gx = a.gx + t * a.gx_st + b * a.gx_sb + j0;
-      for (int g = 0; g < 4; ++g) __builtin_prefetch(gx + g * H, 0, 3);
+      if (a.gx) {
+        const T* gx = a.gx + t * a.gx_st + b * a.gx_sb + j0;
+        for (int g = 0; g < 4; ++g) __builtin_prefetch(gx + g * H, 0, 3);
+      }
       __builtin_prefetch(a.y + t * a.y_st + b * a.y_sb + j0, 1, 3);
       if (a.gates) {
         T* gs = a.gates + (t * a.B + b) * 4 * H + j0;
@@ -435,13 +503,14 @@ struct Forward {
   }
 
   // gates -> activations -> cell update, in registers; writes h (and, training, gates and c)
+  // gx: this row's x W_ih^T for the tile's units, gate g at gx + g * gstride
   static FASTLSTM_INLINE void step_epilogue(const LstmForwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
-                                            int nv, R* acc, T* hout, bool last, T* hr) {
+                                            int nv, R* acc, const T* gx, int64_t gstride, T* hout, bool last,
+                                            T* hr) {
     const int64_t H = a.H;
-    const T* gx = a.gx + t * a.gx_st + b * a.gx_sb + j0;
     R pre[4];
     for (int g = 0; g < 4; ++g) {
-      pre[g] = V::add(acc[g], ld<V>(gx + g * H, nv));
+      pre[g] = V::add(acc[g], ld<V>(gx + g * gstride, nv));
       if (a.bias) pre[g] = V::add(pre[g], ld<V>(a.bias + g * H + j0, nv));
     }
     R ig = Math<V>::sigmoid(pre[0]);
@@ -599,7 +668,6 @@ struct Backward {
             with_rows(m, [&](auto MRc) {
               constexpr int nv = decltype(NVc)::value, mr = decltype(MRc)::value;
               R acc[mr][nv];
-              if (!P) prefetch_rows(a, t, b0, imin(mr, live - b0), q, nv);
               if (tprev >= 0 && b0 < live_prev) {  // rows past live_prev read zeroed dG
                 const T* dgp = a.dg + tprev * a.dg_st + b0 * a.dg_sb;
                 if (mirror) micro<V, mr, nv, true>(dgp, a.dg_sb, dir.wp + q * K * W, K, acc);
@@ -656,27 +724,6 @@ struct Backward {
     if (dbs)
       for (int g = 0; g < 4; ++g)
         for (int64_t j = c0j; j < c1j; ++j) a.dbias[g * H + j] = static_cast<T>(dbs[g * H + j]);
-  }
-
-  // Asks for the lines step_epilogue will touch for rows [b0, b0 + mr) of tiles [q, q + nv) (the saved
-  // gates and cells, dy, the dG written), so they arrive while the micro-kernel runs (see Forward)
-  static FASTLSTM_INLINE void prefetch_rows(const LstmBackwardArgs<T>& a, int64_t t, int64_t b0, int64_t mr,
-                                            int64_t q, int nv) {
-    if (t < 0) return;
-    const int64_t H = a.H, B = a.B, tp = a.reverse ? t + 1 : t - 1;
-    for (int64_t b = b0; b < b0 + mr; ++b)
-      for (int v = 0; v < nv; ++v) {
-        const int64_t j0 = (q + v) * W;
-        const T* gs = a.gates + (t * B + b) * 4 * H + j0;
-        T* dg = a.dg + t * a.dg_st + b * a.dg_sb + j0;
-        for (int g = 0; g < 4; ++g) {
-          __builtin_prefetch(gs + g * H, 0, 3);
-          __builtin_prefetch(dg + g * H, 1, 3);
-        }
-        __builtin_prefetch(a.cell + (t * B + b) * H + j0, 0, 3);
-        if (tp >= 0 && tp < a.T) __builtin_prefetch(a.cell + (tp * B + b) * H + j0, 0, 3);
-        if (a.dy) __builtin_prefetch(a.dy + t * a.dy_st + b * a.dy_sb + j0, 0, 3);
-      }
   }
 
   // p[0..n) += v's first n lanes, in double

@@ -5,6 +5,11 @@
 #include "../check.h"
 #include "../lstm.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
 namespace fastlstm {
 namespace {
 
@@ -19,7 +24,9 @@ template <typename T>
 void check_forward(const LstmForwardArgs<T>& a, const LstmForwardArgs<T>& first) {
   FASTLSTM_CHECK(a.T > 0 && a.B > 0 && a.H > 0, "sizes must be positive: T=" << a.T << " B=" << a.B << " H=" << a.H);
   FASTLSTM_CHECK(a.T == first.T && a.B == first.B && a.H == first.H, "directions of a layer must agree in T, B, H");
-  FASTLSTM_CHECK(a.gx && a.w_hh && a.y && a.h_n && a.c_n, "gx, w_hh, y, h_n, c_n are required");
+  FASTLSTM_CHECK(a.w_hh && a.y && a.h_n && a.c_n, "w_hh, y, h_n, c_n are required");
+  FASTLSTM_CHECK((a.gx != nullptr) != (a.x != nullptr), "pass gx, or x with w_ih, not both");
+  FASTLSTM_CHECK(!a.x || (a.w_ih && a.I > 0 && a.I == first.I), "x needs w_ih and an input size I > 0");
   FASTLSTM_CHECK((a.gates == nullptr) == (a.cell == nullptr), "gates and cell are saved together or not at all");
 }
 
@@ -55,6 +62,30 @@ void gemm(const GemmArgs<T>& g, int num_threads) {
   FASTLSTM_CHECK(g.lda >= (g.trans_a ? g.M : g.K), "lda=" << g.lda << " too small");
   FASTLSTM_CHECK(g.ldb >= (g.trans_b ? g.K : g.N), "ldb=" << g.ldb << " too small");
   set<T>().gemm(g, num_threads);
+}
+
+namespace {
+// The last-level cache of CPU 0 in bytes, from Linux's sysfs (glibc's sysconf(_SC_LEVEL3_CACHE_SIZE) reads
+// cpuid and reported 320 MiB for the 32 MiB L3 of a virtual machine); 8 MiB where nothing says.
+double last_level_cache_bytes() {
+  double best = 0;
+  for (int index = 0; index < 8; ++index) {
+    std::ifstream f("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+    std::string text;
+    if (!(f >> text)) break;
+    char* end = nullptr;
+    double v = std::strtod(text.c_str(), &end);
+    if (end && *end == 'K') v *= 1024;
+    else if (end && *end == 'M') v *= 1024 * 1024;
+    best = std::max(best, v);  // the largest is the last level
+  }
+  return best > 0 ? best : double(8 << 20);
+}
+}  // namespace
+
+bool fuse_input_projection(int64_t I, int64_t H, int64_t KP, int D, int64_t elem) {
+  static const double llc = last_level_cache_bytes();
+  return double(D) * 4 * H * (I + KP) * elem <= llc / 2;
 }
 
 template void lstm_forward<float>(const LstmForwardArgs<float>*, int, int);

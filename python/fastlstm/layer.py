@@ -9,7 +9,8 @@ explicit ``backward(dy, (dh_n, dc_n))``. What it is not: an autograd system; the
 
 Data flow of layer l (D = 1 or 2 directions, all directions' weights stacked so each GEMM is one call;
 Ho = proj_size or H is the width of h):
-    gx  = x W_ih^T                 [rows, D*4H]   _C.gemm (rows = T*B, any time/batch order)
+    gx  = x W_ih^T                 [rows, D*4H]   _C.gemm (rows = T*B, any time/batch order), or on the
+                                                  CPU inside _C.lstm_forward (_C.fuse_input_projection)
     y   = recurrence(gx + b, W_hh) [.., D*Ho]     _C.lstm_forward, saving gates and c when training
   backward:
     dG  = recurrence'(dy, W_hh)    [rows, D*4H]   _C.lstm_backward
@@ -548,8 +549,15 @@ class LSTM:
         inp = xp.ascontiguousarray(x)
         saved = []
         for l, w in enumerate(self._layers):
-            gx = xp.empty((rows, D * 4 * H), dt) if cuda else _gx_buffer((rows, D * 4 * H), dt)
-            _backend.matmul(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True, m_rows=live)
+            I_l = inp.shape[-1]
+            # on the CPU, x W_ih^T is computed inside the recurrent loop while both weights fit in cache
+            fused = not cuda and _C.fuse_input_projection(I_l, H, w.w_hh.shape[2], D, dt.itemsize)
+            if fused:
+                gx, proj_in = None, dict(x=inp, w_ih=w.w_ih.reshape(D, 4 * H, I_l))
+            else:
+                gx = xp.empty((rows, D * 4 * H), dt) if cuda else _gx_buffer((rows, D * 4 * H), dt)
+                _backend.matmul(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True, m_rows=live)
+                gx, proj_in = gx.reshape(seq(D * 4 * H)), {}
             bias = (w.b_ih + w.b_hh) if self.bias else None
             y = xp.empty(seq(D * Ho), dt)
             keep = self._saved_buffer if training else (lambda key, shape: None)
@@ -561,12 +569,12 @@ class LSTM:
             c0l = None if c0 is None else c0[ks]
             reg = self._regularisation(training, D, T, B)
             if cuda:
-                _C.cuda_lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks], gates,
+                _C.cuda_lstm_forward(gx, w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks], gates,
                                      cell, bf, lengths=kernel_lengths, **reg, **self._cuda_launch())
             else:
-                _C.lstm_forward(gx.reshape(seq(D * 4 * H)), w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
+                _C.lstm_forward(gx, w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
                                 gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0,
-                                **reg, **proj)
+                                **reg, **proj, **proj_in)
             mask = None
             if training and self.dropout > 0 and l < L - 1:
                 kept = self._rng.random(y.shape, dtype=dt) >= self.dropout  # on the host: the same seed, the same
