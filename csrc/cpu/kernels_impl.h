@@ -331,8 +331,9 @@ struct Forward {
   }
 
   // gxs <- x W_ih^T (no bias) for steps [tlo, tlo + steps) of this member's tiles [u0, u1): row (t - tlo) B + b.
-  // Row blocks span steps where x's rows are evenly spaced (time-major, or B = 1), so a small batch still
-  // gets full micro-kernel blocks; otherwise each step's live rows are blocked on their own.
+  // A batch smaller than a row block is blocked across steps where x's rows are evenly spaced (time-major,
+  // or B = 1), so it still gets full micro-kernel blocks (rows past a length are computed too, but no step
+  // past the longest); otherwise each step's live rows are blocked on their own.
   static void project_input(const LstmForwardArgs<T>& a, const Dir& dir, int64_t tlo, int64_t steps, int64_t u0,
                             int64_t u1, T* gxs) {
     const int64_t B = a.B, I = a.I, row_len = (u1 - u0) * 4 * W;
@@ -350,9 +351,9 @@ struct Forward {
         }
       }
     };
-    const bool even = B == 1 || a.x_st == B * a.x_sb;
-    if (even) {
-      block(a.x + tlo * a.x_st, B == 1 ? a.x_st : a.x_sb, 0, steps * B);
+    if (B < kMR && (B == 1 || a.x_st == B * a.x_sb)) {
+      const int64_t tend = a.lengths ? imin(tlo + steps, a.lengths[0]) : tlo + steps;
+      if (tend > tlo) block(a.x + tlo * a.x_st, B == 1 ? a.x_st : a.x_sb, 0, (tend - tlo) * B);
       return;
     }
     for (int64_t t = tlo; t < tlo + steps; ++t) block(a.x + t * a.x_st, a.x_sb, (t - tlo) * B, live_rows(a.lengths, B, t));
