@@ -163,7 +163,6 @@ const int64_t* lengths_arg(const py::object& obj, int64_t B, int64_t T) {
   return p;
 }
 
-
 // zoneout masks [D, T, B, H] (training) or weights (eval), recurrent-dropout masks [D, B, H]; see lstm.h
 struct Regularisation {
   py::object zoneout_h = py::none(), zoneout_c = py::none(), rec_mask = py::none();

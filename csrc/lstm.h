@@ -171,7 +171,8 @@ void gemm(const GemmArgs<T>& args, int num_threads);
 // array, but W_ih is read again every chunk of steps: it pays while both weights stay in the last-level
 // cache (half of it, leaving room for the streamed arrays). Measured on the README's 2-core EPYC (32 MiB
 // L3), one layer forward: 100,1,128,128 1.06x, 1000,1,32,64 1.14x, 100,16,256,256 1.06x, 100,64,512,512
-// 1.09x, 50,32,768,768 1.04x (19 MiB of weights), 50,32,1024,1024 0.88x (32 MiB).
+// 1.09x, 50,32,640,640 1.00x, 50,32,768,768 1.04x (19 MiB of weights: left on the GEMM route, a margin
+// for machines whose cache holds less), 50,32,1024,1024 0.88x (32 MiB).
 bool fuse_input_projection(int64_t I, int64_t H, int64_t KP, int D, int64_t elem);
 
 }  // namespace fastlstm

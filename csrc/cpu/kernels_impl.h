@@ -9,7 +9,8 @@
 // The one micro-kernel: acc[MR][NV] (+)= A[MR rows, K] * Bp[K, NV vectors], A read by rows with a
 // stride (broadcast one element per row per k), Bp packed [K][NV][W]. It serves three masters:
 //   forward step:  A = h[t-1] [B, H],  Bp = W_hh^T for one tile of W hidden units, the NV = 4 vectors
-//                  being the i, f, g, o rows of the same units  -> gate epilogue in registers;
+//                  being the i, f, g, o rows of the same units  -> gate epilogue in registers
+//                  (and, fused input projection, A = a chunk of x's rows, Bp = W_ih^T of the same tile);
 //   backward step: A = dG[t+1] [B, 4H], Bp = W_hh[:, up to 4 tiles of units] -> derivative epilogue;
 //   GEMM:          A = x or dG (packed when transposed), Bp = a panel of 4W columns of B -> store.
 // Threads split hidden units (forward/backward) or panels (GEMM); every output element is computed
@@ -445,14 +446,11 @@ struct Forward {
             if (prefetch) prefetch_rows(a, t, b0, mr, j0);
             if (mirror) micro<V, mr, 4, true>(hprev + b0 * KP, KP, wu, KP, acc);
             else micro<V, mr, 4>(hprev + b0 * KP, KP, wu, KP, acc);
-            for (int r = 0; r < mr; ++r) {  // x W_ih^T: from gx (gates H apart) or this chunk's gxs (W apart)
+            for (int r = 0; r < mr; ++r) {  // x W_ih^T: from this chunk's gxs (gates W apart) or gx (H apart)
               const int64_t b = b0 + r;
-              if (a.x) {
-                const T* gp = gxs + ((t - tlo) * B + b) * gxs_row + (u - u0) * 4 * W;
-                step_epilogue(a, t, b, j0, nv, acc[r], gp, W, hout, last, dir.hr);
-              } else {
-                step_epilogue(a, t, b, j0, nv, acc[r], a.gx + t * a.gx_st + b * a.gx_sb + j0, H, hout, last, dir.hr);
-              }
+              const T* gp = a.x ? gxs + ((t - tlo) * B + b) * gxs_row + (u - u0) * 4 * W
+                                : a.gx + t * a.gx_st + b * a.gx_sb + j0;
+              step_epilogue(a, t, b, j0, nv, acc[r], gp, a.x ? W : H, hout, last, dir.hr);
             }
           });
         }

@@ -553,11 +553,11 @@ class LSTM:
             # on the CPU, x W_ih^T is computed inside the recurrent loop while both weights fit in cache
             fused = not cuda and _C.fuse_input_projection(I_l, H, w.w_hh.shape[2], D, dt.itemsize)
             if fused:
-                gx, proj_in = None, dict(x=inp, w_ih=w.w_ih.reshape(D, 4 * H, I_l))
+                gx, x_in = None, dict(x=inp, w_ih=w.w_ih.reshape(D, 4 * H, I_l))
             else:
                 gx = xp.empty((rows, D * 4 * H), dt) if cuda else _gx_buffer((rows, D * 4 * H), dt)
                 _backend.matmul(inp.reshape(rows, -1), w.w_ih, gx, trans_b=True, m_rows=live)
-                gx, proj_in = gx.reshape(seq(D * 4 * H)), {}
+                gx, x_in = gx.reshape(seq(D * 4 * H)), {}
             bias = (w.b_ih + w.b_hh) if self.bias else None
             y = xp.empty(seq(D * Ho), dt)
             keep = self._saved_buffer if training else (lambda key, shape: None)
@@ -574,7 +574,7 @@ class LSTM:
             else:
                 _C.lstm_forward(gx, w.w_hh, bias, h0l, c0l, y, h_n[ks], c_n[ks],
                                 gates, cell, bf, lengths=lengths, step_offset=self._streamed if self.stateful else 0,
-                                **reg, **proj, **proj_in)
+                                **reg, **proj, **x_in)
             mask = None
             if training and self.dropout > 0 and l < L - 1:
                 kept = self._rng.random(y.shape, dtype=dt) >= self.dropout  # on the host: the same seed, the same
