@@ -133,7 +133,8 @@ def test_fuse_input_projection_is_for_weights_that_fit_in_cache():
 
 
 # K = 2100 and 16500 cross the K block of every ISA and dtype (256 KiB of packed B)
-GEMM_SHAPES = [(1, 1, 1), (7, 65, 300), (13, 129, 513), (6, 64, 256), (100, 3, 17), (5, 70, 2100), (3, 5, 16500)]
+GEMM_SHAPES = [(1, 1, 1), (7, 65, 300), (13, 129, 513), (6, 64, 256), (100, 3, 17), (5, 70, 2100), (3, 5, 16500),
+               (200, 33, 1100)]  # M = 200: more than one group of row blocks packed from a transposed A
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

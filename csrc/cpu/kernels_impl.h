@@ -882,23 +882,41 @@ struct Gemm {
   // rows [m0, m1) of op(A), columns [k0, k0 + kb) -> dst, per block of kMR rows [kb][kMR] (k-major,
   // rows past m1 zero), so the micro-kernel reads A as one sequential stream
   static void pack_a(const GemmArgs<T>& g, int64_t m0, int64_t m1, int64_t k0, int64_t kb, T* dst) {
+    if (g.trans_a) {
+      // row k of A holds column k of op(A): a group of row blocks takes its kMR-element pieces from
+      // each row of A in turn, so every cache line of A is used up in one visit
+      constexpr int64_t kGroupRows = 16 * kMR, kAhead = 16;
+      for (int64_t g0 = m0; g0 < m1; g0 += kGroupRows) {
+        const int64_t g1 = imin(g0 + kGroupRows, m1);
+        for (int64_t k = 0; k < kb; ++k) {
+          const T* src = g.a + krow(g, k0 + k) * g.lda;
+          if (k + kAhead < kb) {  // rows of A are far apart (a new page each): no hardware prefetch
+            const T* next = g.a + krow(g, k0 + k + kAhead) * g.lda;
+            for (int64_t m = g0; m < g1; m += 64 / sizeof(T)) __builtin_prefetch(next + m);
+            __builtin_prefetch(next + g1 - 1);
+          }
+          for (int64_t mb = g0; mb < g1; mb += kMR) {
+            T* d = dst + (mb - m0) * kb + k * kMR;
+            if (mb + kMR <= m1) {
+              for (int64_t r = 0; r < kMR; ++r) d[r] = src[mb + r];
+            } else {
+              for (int64_t r = 0; r < kMR; ++r) d[r] = mb + r < m1 ? src[mb + r] : T(0);
+            }
+          }
+        }
+      }
+      return;
+    }
     for (int64_t mb = m0; mb < m1; mb += kMR) {
       T* d = dst + (mb - m0) * kb;
       const int64_t rows = imin(kMR, m1 - mb);
-      if (g.trans_a) {
-        for (int64_t k = 0; k < kb; ++k) {
-          const T* src = g.a + krow(g, k0 + k) * g.lda + mb;  // rows mb.. of column k0 + k (rows >= 1)
-          for (int64_t r = 0; r < kMR; ++r) d[k * kMR + r] = r < rows ? src[r] : T(0);
+      for (int64_t r = 0; r < kMR; ++r) {
+        if (r >= rows) {
+          for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = T(0);
+          continue;
         }
-      } else {
-        for (int64_t r = 0; r < kMR; ++r) {
-          if (r >= rows) {
-            for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = T(0);
-            continue;
-          }
-          const T* src = g.a + crow(g, mb + r) * g.lda + k0;
-          for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = src[k];
-        }
+        const T* src = g.a + crow(g, mb + r) * g.lda + k0;
+        for (int64_t k = 0; k < kb; ++k) d[k * kMR + r] = src[k];
       }
     }
   }
