@@ -890,7 +890,7 @@ struct Gemm {
         const int64_t g1 = imin(g0 + kGroupRows, m1);
         for (int64_t k = 0; k < kb; ++k) {
           const T* src = g.a + krow(g, k0 + k) * g.lda;
-          if (k + kAhead < kb) {  // rows of A are far apart (a new page each): no hardware prefetch
+          if (k + kAhead < kb) {  // rows lda apart (dG's: a page each) defeat the hardware prefetcher
             const T* next = g.a + krow(g, k0 + k + kAhead) * g.lda;
             for (int64_t m = g0; m < g1; m += 64 / sizeof(T)) __builtin_prefetch(next + m);
             __builtin_prefetch(next + g1 - 1);
