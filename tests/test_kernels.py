@@ -125,6 +125,9 @@ def test_fused_input_projection_matches_the_gx_path(isa, B, batch_first, with_le
 def test_fuse_input_projection_is_for_weights_that_fit_in_cache():
     assert _C.fuse_input_projection(128, 128, 128, 1, 4)        # 0.5 MiB of weights
     assert not _C.fuse_input_projection(8192, 8192, 8192, 2, 8)  # 4 GiB
+
+
+def test_forward_takes_gx_or_x_with_w_ih():
     T, B, H = 2, 1, 3
     f = np.zeros
     with pytest.raises(ValueError, match="gx, x and w_ih"):  # neither gx nor x

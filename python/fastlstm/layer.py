@@ -534,8 +534,8 @@ class LSTM:
         rows = T * B
         Ho = self._hout
         # gx and y; in training the saved gates, c (and h_raw with a projection); the layer's input
-        kept = rows * D * (4 * H + H + (H if self.proj_size else 0)) if training else 0
-        per_layer = rows * D * (4 * H + Ho) + kept + rows * max(self.input_size, D * Ho)
+        for_backward = rows * D * (4 * H + H + (H if self.proj_size else 0)) if training else 0
+        per_layer = rows * D * (4 * H + Ho) + for_backward + rows * max(self.input_size, D * Ho)
         if training and any(self.zoneout):
             per_layer += rows * D * (Ho + H)  # the zoneout masks
         if not cuda:  # (CuPy raises OutOfMemoryError itself, before anything runs)
