@@ -154,7 +154,8 @@ void tanh_array(const typename V::T* x, typename V::T* y, int64_t n) {
 // inside the k loop (measured: recurrent forward at 1 thread, B=16, H=256, 81 -> 94 GFLOP/s).
 template <class V, int MR, int NV, bool Backwards = false>
 __attribute__((noinline)) void micro_acc(const typename V::T* a, int64_t lda, const typename V::T* bp, int64_t K,
-                                         typename V::R (&acc)[MR][NV], int64_t aks) {
+                                         typename V::R (&acc)[MR][NV], int64_t aks, const void* const* pf,
+                                         int64_t npf) {
   constexpr int W = V::W;
   if constexpr (Backwards) {  // k from K-1 down to 0: the same loop over mirrored pointers
     a += (K - 1) * aks;
@@ -166,8 +167,7 @@ __attribute__((noinline)) void micro_acc(const typename V::T* a, int64_t lda, co
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) c[r][v] = acc[r][v];
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < K; ++k) {
+  auto step = [&](int64_t k) __attribute__((always_inline)) {
     typename V::R b[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = V::load(bp + (dir * k * NV + v) * W);
@@ -177,6 +177,18 @@ __attribute__((noinline)) void micro_acc(const typename V::T* a, int64_t lda, co
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) c[r][v] = V::fma(av, b[v], c[r][v]);
     }
+  };
+  // pf[0, npf): lines the caller's epilogue will touch, prefetched (for writing: PREFETCHW where the
+  // ISA's flags allow it) one per S iterations at the end of the loop, ~16 FMAs apart so a narrow tile
+  // does not issue them in a burst
+  constexpr int S = (16 + MR * NV - 1) / (MR * NV);
+  const int64_t n = imin(npf, K / S), kp = K - n * S;
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kp; ++k) step(k);
+  for (int64_t i = 0; i < n; ++i) {
+    __builtin_prefetch(pf[i], 1, 3);
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s) step(kp + i * S + s);
   }
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -185,10 +197,11 @@ __attribute__((noinline)) void micro_acc(const typename V::T* a, int64_t lda, co
 }
 template <class V, int MR, int NV, bool Backwards = false>
 FASTLSTM_INLINE void micro(const typename V::T* a, int64_t lda, const typename V::T* bp, int64_t K,
-                           typename V::R (&acc)[MR][NV], int64_t aks = 1) {
+                           typename V::R (&acc)[MR][NV], int64_t aks = 1, const void* const* pf = nullptr,
+                           int64_t npf = 0) {
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
-  micro_acc<V, MR, NV, Backwards>(a, lda, bp, K, acc, aks);
+  micro_acc<V, MR, NV, Backwards>(a, lda, bp, K, acc, aks, pf, npf);
 }
 
 // load / store W lanes, or the first n of them
@@ -643,6 +656,10 @@ struct Backward {
       for (int g = 0; g < 4; ++g)
         for (int64_t j = c0j; j < c1j; ++j) dbs[g * H + j] = 0.0;
 
+    // the epilogue's lines are prefetched (epilogue_lines) when they stream from beyond L2 and a micro-kernel
+    // call has full row blocks to hide them behind (at B = 1 the list costs more than it saves: measured
+    // 0.87-0.93x at (1000,1,32,64) and (100,1,128,128); 1.02-1.06x at B >= 16)
+    const bool prefetch = !P && B >= kMR && double(T_) * B * H * 10 * sizeof(T) > double(1 << 20);
     int64_t tprev = -1, live_prev = 0;  // the step processed last (its dG feeds this step's dh), its rows
     for (int64_t s = 0; s <= T_; ++s) {
       const int64_t t = s == T_ ? -1 : (a.reverse ? s : T_ - 1 - s);
@@ -669,8 +686,11 @@ struct Backward {
               R acc[mr][nv];
               if (tprev >= 0 && b0 < live_prev) {  // rows past live_prev read zeroed dG
                 const T* dgp = a.dg + tprev * a.dg_st + b0 * a.dg_sb;
-                if (mirror) micro<V, mr, nv, true>(dgp, a.dg_sb, dir.wp + q * K * W, K, acc);
-                else micro<V, mr, nv>(dgp, a.dg_sb, dir.wp + q * K * W, K, acc);
+                const void* pf[kMaxLines];
+                const int64_t npf = prefetch ? epilogue_lines(a, t, b0, imin(b0 + m, live), q * W,
+                                                              imin((q + nvt) * W, H), pf) : 0;
+                if (mirror) micro<V, mr, nv, true>(dgp, a.dg_sb, dir.wp + q * K * W, K, acc, 1, pf, npf);
+                else micro<V, mr, nv>(dgp, a.dg_sb, dir.wp + q * K * W, K, acc, 1, pf, npf);
               } else {
                 for (int r = 0; r < mr; ++r)
                   for (int v = 0; v < nv; ++v) acc[r][v] = V::zero();
@@ -723,6 +743,37 @@ struct Backward {
     if (dbs)
       for (int g = 0; g < 4; ++g)
         for (int64_t j = c0j; j < c1j; ++j) a.dbias[g * H + j] = static_cast<T>(dbs[g * H + j]);
+  }
+
+  // The cache lines the step epilogue of rows [b0, b1) and units [j0, j1) touches at step t (none before
+  // the first step or past the last): its gates, cells and dy were written or read a whole pass ago and
+  // dG's lines are cold too, so they come from L3 or memory; the micro-kernel whose result that epilogue
+  // takes prefetches them in its last iterations. Returns how many it wrote to out.
+  static constexpr int kLinesPerRun = static_cast<int>((kGroup * W * sizeof(T) + 63) / 64) + 1;  // any alignment
+  static constexpr int kMaxLines = kMR * 11 * kLinesPerRun;
+  static int64_t epilogue_lines(const LstmBackwardArgs<T>& a, int64_t t, int64_t b0, int64_t b1, int64_t j0,
+                                int64_t j1, const void** out) {
+    if (t < 0) return 0;
+    const int64_t H = a.H, B = a.B;
+    int64_t n = 0;
+    auto run = [&](const T* p) {
+      const auto first = reinterpret_cast<uintptr_t>(p + j0) & ~uintptr_t(63);
+      const auto end = reinterpret_cast<uintptr_t>(p + j1);
+      for (uintptr_t l = first; l < end; l += 64) out[n++] = reinterpret_cast<const void*>(l);
+    };
+    const int64_t tp = a.reverse ? t + 1 : t - 1;
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* gs = a.gates + (t * B + b) * 4 * H;
+      const T* dg = a.dg + t * a.dg_st + b * a.dg_sb;
+      for (int g = 0; g < 4; ++g) {
+        run(gs + g * H);
+        run(dg + g * H);
+      }
+      if (!a.zoneout()) run(a.cell + (t * B + b) * H);
+      if (tp >= 0 && tp < (a.lengths ? a.lengths[b] : a.T)) run(a.cell + (tp * B + b) * H);
+      if (a.dy) run(a.dy + t * a.dy_st + b * a.dy_sb);
+    }
+    return n;
   }
 
   // p[0..n) += v's first n lanes, in double
