@@ -906,23 +906,26 @@ struct Gemm {
       const bool first = k0 == 0 && !g.accumulate;
       for (int64_t p = p0; p < p1; ++p) {
         pack_b(g, k0, kb, p, bpack);
-        for (int64_t m = m0; m < m1; m += kMR) {
-          with_rows(static_cast<int>(imin(kMR, m1 - m)), [&](auto MRc) {
-            constexpr int mr = decltype(MRc)::value;
-            R acc[mr][NV];
-            micro<V, mr, NV>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR);
-            for (int v = 0; v < NV; ++v) {
-              const int64_t col = p * NR + v * W;
-              if (col >= g.N) break;
-              const int nl = static_cast<int>(imin(W, g.N - col));
-              R add = (first && g.bias) ? ld<V>(g.bias + col, nl) : V::zero();
-              for (int r = 0; r < mr; ++r) {
-                T* cp = g.c + crow(g, m + r) * g.ldc + col;
-                st<V>(cp, V::add(acc[r][v], first ? add : ld<V>(cp, nl)), nl);
+        // a last, narrower panel takes only the vectors it has (N = 32 would otherwise waste half the FMAs)
+        with_vecs(static_cast<int>(panel_vecs(g, p)), [&](auto NVc) {
+          constexpr int nv = decltype(NVc)::value;
+          for (int64_t m = m0; m < m1; m += kMR) {
+            with_rows(static_cast<int>(imin(kMR, m1 - m)), [&](auto MRc) {
+              constexpr int mr = decltype(MRc)::value;
+              R acc[mr][nv];
+              micro<V, mr, nv>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR);
+              for (int v = 0; v < nv; ++v) {
+                const int64_t col = p * NR + v * W;
+                const int nl = static_cast<int>(imin(W, g.N - col));
+                R add = (first && g.bias) ? ld<V>(g.bias + col, nl) : V::zero();
+                for (int r = 0; r < mr; ++r) {
+                  T* cp = g.c + crow(g, m + r) * g.ldc + col;
+                  st<V>(cp, V::add(acc[r][v], first ? add : ld<V>(cp, nl)), nl);
+                }
               }
-            }
-          });
-        }
+            });
+          }
+        });
       }
     }
   }
@@ -973,31 +976,35 @@ struct Gemm {
   }
 
   // panel p of op(B), rows [k0, k0 + kb) -> dst [kb][NR], zero beyond column N
+  // vectors in panel p: NV, or fewer in a last panel narrower than NR
+  static FASTLSTM_INLINE int64_t panel_vecs(const GemmArgs<T>& g, int64_t p) { return ceil_div(imin(NR, g.N - p * NR), W); }
+
+  // panel p of op(B) rows [k0, k0 + kb) as [kb][panel_vecs][W], zero past column N
   static void pack_b(const GemmArgs<T>& g, int64_t k0, int64_t kb, int64_t p, T* dst) {
-    const int64_t c0 = p * NR, nc = imin(NR, g.N - c0);
+    const int64_t c0 = p * NR, nc = imin(NR, g.N - c0), ps = panel_vecs(g, p) * W;
     if (g.trans_b) {
       for (int64_t k = 0; k < kb; ++k)
-        for (int64_t j = nc; j < NR; ++j) dst[k * NR + j] = T(0);
+        for (int64_t j = nc; j < ps; ++j) dst[k * ps + j] = T(0);
       int64_t j = 0;  // columns [0, j) packed by W x W blocks transposed in registers, where the ISA has it
       if constexpr (V::kTranspose) {
         const int64_t kfull = kb / W * W;
         for (; j + W <= nc; j += W) {
           const T* src = g.b + (c0 + j) * g.ldb + k0;
-          for (int64_t k = 0; k < kfull; k += W) V::transpose(src + k, g.ldb, dst + k * NR + j, NR);
+          for (int64_t k = 0; k < kfull; k += W) V::transpose(src + k, g.ldb, dst + k * ps + j, ps);
           for (int64_t k = kfull; k < kb; ++k)
-            for (int64_t l = 0; l < W; ++l) dst[k * NR + j + l] = src[l * g.ldb + k];
+            for (int64_t l = 0; l < W; ++l) dst[k * ps + j + l] = src[l * g.ldb + k];
         }
       }
       for (; j < nc; ++j) {
         const T* src = g.b + (c0 + j) * g.ldb + k0;
-        for (int64_t k = 0; k < kb; ++k) dst[k * NR + j] = src[k];
+        for (int64_t k = 0; k < kb; ++k) dst[k * ps + j] = src[k];
       }
     } else {
       for (int64_t k = 0; k < kb; ++k) {
         const T* src = g.b + krow(g, k0 + k) * g.ldb + c0;
-        T* d = dst + k * NR;
+        T* d = dst + k * ps;
         for (int64_t j = 0; j < nc; ++j) d[j] = src[j];
-        for (int64_t j = nc; j < NR; ++j) d[j] = T(0);
+        for (int64_t j = nc; j < ps; ++j) d[j] = T(0);
       }
     }
   }
