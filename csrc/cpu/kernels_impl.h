@@ -977,7 +977,9 @@ struct Gemm {
 
   // panel p of op(B), rows [k0, k0 + kb) -> dst [kb][NR], zero beyond column N
   // vectors in panel p: NV, or fewer in a last panel narrower than NR
-  static FASTLSTM_INLINE int64_t panel_vecs(const GemmArgs<T>& g, int64_t p) { return ceil_div(imin(NR, g.N - p * NR), W); }
+  static FASTLSTM_INLINE int64_t panel_vecs(const GemmArgs<T>& g, int64_t p) {
+    return ceil_div(imin(NR, g.N - p * NR), W);
+  }
 
   // panel p of op(B) rows [k0, k0 + kb) as [kb][panel_vecs][W], zero past column N
   static void pack_b(const GemmArgs<T>& g, int64_t k0, int64_t kb, int64_t p, T* dst) {
