@@ -657,8 +657,9 @@ struct Backward {
         for (int64_t j = c0j; j < c1j; ++j) dbs[g * H + j] = 0.0;
 
     // the epilogue's lines are prefetched (epilogue_lines) when they stream from beyond L2 and a micro-kernel
-    // call has full row blocks to hide them behind (at B = 1 the list costs more than it saves: measured
-    // 0.87-0.93x at (1000,1,32,64) and (100,1,128,128); 1.02-1.06x at B >= 16)
+    // call has full row blocks to hide them behind. Measured (same process): at B = 1 the list costs more
+    // than it saves, 0.87-0.93x at (1000,1,32,64) and (100,1,128,128); (100,16,256,256) 1.05x at 1 thread and
+    // 0.99-1.02x at 2; (100,64,512,512) 1.04x and (50,32,1024,1024) 1.02x at 2
     const bool prefetch = !P && B >= kMR && double(T_) * B * H * 10 * sizeof(T) > double(1 << 20);
     int64_t tprev = -1, live_prev = 0;  // the step processed last (its dG feeds this step's dh), its rows
     for (int64_t s = 0; s <= T_; ++s) {
