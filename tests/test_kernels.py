@@ -62,16 +62,16 @@ def test_layer_kernels_match_reference(isa, input_projection, H, B, T, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_streaming_sizes_match_reference(isa, input_projection, dtype):
-    """A batch of full row blocks whose saved gates, cells and gradients outgrow L2 (> 1 MiB): the sizes where
-    the recurrent loops prefetch each step's lines (forward: prefetch_rows, backward: epilogue_lines), with
-    unsorted lengths so the prefetched rows and steps change as sequences end."""
+    """A batch of full row blocks whose saved gates, cells and gradients outgrow L2 (> 1 MiB, on either input
+    route and dtype): the sizes where both recurrent loops prefetch their epilogues' lines (epilogue_lines),
+    with unsorted lengths so the prefetched rows and steps change as sequences end."""
     rng = np.random.default_rng(3)
-    T, B, I, H = 40, 8, 5, 129
+    T, B, I, H = 48, 8, 5, 129
     params = random_state_dict(rng, I, H, bidirectional=True)
     x = rng.standard_normal((T, B, I))
     state = rng.standard_normal((2, B, H)), rng.standard_normal((2, B, H))
     grads = rng.standard_normal((T, B, 2 * H)), rng.standard_normal((2, B, H)), rng.standard_normal((2, B, H))
-    lengths = [40, 17, 40, 1, 33, 40, 8, 39]
+    lengths = [48, 17, 48, 1, 33, 48, 8, 47]
     make = lambda bf: fastlstm.LSTM(I, H, bidirectional=True, batch_first=bf, dtype=np.dtype(dtype).name)
     check_layer_against_reference(make, params, x, state, grads, lengths, dtype, f"{isa} {input_projection}")
 

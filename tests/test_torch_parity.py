@@ -1,6 +1,6 @@
 """fastlstm.LSTM against torch.nn.LSTM: a PyTorch state_dict loads unchanged and gives the same
 outputs and gradients to float32 rounding (relative error ~1e-5), for mixes of the layer's options
-(projections, proj_size, included).
+(proj_size included).
 
 Skipped where torch is not installed (`pip install torch==2.13.0`; .ci/run installs it).
 """

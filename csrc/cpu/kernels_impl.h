@@ -204,6 +204,19 @@ FASTLSTM_INLINE void micro(const typename V::T* a, int64_t lda, const typename V
   micro_acc<V, MR, NV, Backwards>(a, lda, bp, K, acc, aks, pf, npf);
 }
 
+// Appends to out[n..] the 64-byte cache lines that hold elements [j0, j1) of p: the prefetch lists the
+// recurrent loops hand to micro() for their step epilogues. At most lines_per_run(j1 - j0) of them.
+template <typename T>
+FASTLSTM_INLINE void append_lines(const T* p, int64_t j0, int64_t j1, const void** out, int64_t& n) {
+  const auto end = reinterpret_cast<uintptr_t>(p + j1);
+  for (auto l = reinterpret_cast<uintptr_t>(p + j0) & ~uintptr_t(63); l < end; l += 64)
+    out[n++] = reinterpret_cast<const void*>(l);
+}
+template <typename T>
+constexpr int lines_per_run(int64_t elements) {  // whatever the alignment
+  return static_cast<int>((elements * int64_t(sizeof(T)) + 63) / 64) + 1;
+}
+
 // load / store W lanes, or the first n of them
 template <class V>
 FASTLSTM_INLINE typename V::R ld(const typename V::T* p, int n) {
@@ -370,7 +383,8 @@ struct Forward {
       if (tend > tlo) block(a.x + tlo * a.x_st, B == 1 ? a.x_st : a.x_sb, 0, (tend - tlo) * B);
       return;
     }
-    for (int64_t t = tlo; t < tlo + steps; ++t) block(a.x + t * a.x_st, a.x_sb, (t - tlo) * B, live_rows(a.lengths, B, t));
+    for (int64_t t = tlo; t < tlo + steps; ++t)
+      block(a.x + t * a.x_st, a.x_sb, (t - tlo) * B, live_rows(a.lengths, B, t));
   }
 
   static void worker(void* vctx, int tid, int n) {
@@ -419,9 +433,13 @@ struct Forward {
     }
     if (regularised) dir.barrier->wait();  // every column of the first step's input is in hbuf[1]
     const T* h_first = regularised ? dir.hbuf + B * KP : (a.h0 ? a.h0 : dir.zeros);
-    // streamed arrays larger than L2 are prefetched (below that they stay cached and the prefetches only
-    // cost instructions: 100,1,128,128 runs ~3% slower with them, 100,16,256,256 ~7% faster)
-    const bool prefetch = double(T_) * B * H * ((a.gates ? 5 : 0) + (a.x ? 1 : 5)) * sizeof(T) > double(1 << 20);
+    // the epilogues' lines are prefetched (epilogue_lines) under the backward loop's rule: arrays streamed from
+    // beyond L2 (below that they stay cached: 100,1,128,128 ran ~3% slower with prefetches) and full row
+    // blocks to hide them behind (1000,1,32,64 training: the list cost 5-7%, no prefetch 0.99-1.00x of the
+    // earlier per-row prefetch). Same process against that earlier prefetch before each micro-kernel call:
+    // (100,16,256,256) training 1.00-1.02x fused, 1.07-1.10x from gx; (100,64,512,512) 1.02x
+    const int64_t streamed = T_ * B * H * ((a.gates ? 5 : 0) + (a.x ? 1 : 5)) * int64_t(sizeof(T));
+    const bool prefetch = B >= kMR && streamed > (int64_t(1) << 20);
     T* gxs = a.x ? dir.gxs + idx * dir.gxs_size : nullptr;
     const int64_t gxs_row = (u1 - u0) * 4 * W;
     int64_t tlo = 0;  // the first step (in t) of the chunk in gxs
@@ -456,9 +474,10 @@ struct Forward {
           with_rows(static_cast<int>(imin(kMR, live - b0)), [&](auto MRc) {
             constexpr int mr = decltype(MRc)::value;
             R acc[mr][4];
-            if (prefetch) prefetch_rows(a, t, b0, mr, j0);
-            if (mirror) micro<V, mr, 4, true>(hprev + b0 * KP, KP, wu, KP, acc);
-            else micro<V, mr, 4>(hprev + b0 * KP, KP, wu, KP, acc);
+            const void* pf[kMaxLines];
+            const int64_t npf = prefetch ? epilogue_lines(a, t, b0, mr, j0, nv, pf) : 0;
+            if (mirror) micro<V, mr, 4, true>(hprev + b0 * KP, KP, wu, KP, acc, 1, pf, npf);
+            else micro<V, mr, 4>(hprev + b0 * KP, KP, wu, KP, acc, 1, pf, npf);
             for (int r = 0; r < mr; ++r) {  // x W_ih^T: from this chunk's gxs (gates W apart) or gx (H apart)
               const int64_t b = b0 + r;
               const T* gp = a.x ? gxs + ((t - tlo) * B + b) * gxs_row + (u - u0) * 4 * W
@@ -494,24 +513,22 @@ struct Forward {
     });
   }
 
-  // Asks for the lines the epilogues of rows [b0, b0 + mr) of tile j0 will touch in memory that does not
-  // stay in cache between steps (gx[t], y[t] and, training, the saved gates and cell), so they arrive
-  // while the micro-kernel runs instead of stalling the epilogue
-  static FASTLSTM_INLINE void prefetch_rows(const LstmForwardArgs<T>& a, int64_t t, int64_t b0, int mr, int64_t j0) {
-    const int64_t H = a.H;
-    for (int r = 0; r < mr; ++r) {
-      const int64_t b = b0 + r;
-      if (a.gx) {
-        const T* gx = a.gx + t * a.gx_st + b * a.gx_sb + j0;
-        for (int g = 0; g < 4; ++g) __builtin_prefetch(gx + g * H, 0, 3);
-      }
-      __builtin_prefetch(a.y + t * a.y_st + b * a.y_sb + j0, 1, 3);
-      if (a.gates) {
-        T* gs = a.gates + (t * a.B + b) * 4 * H + j0;
-        for (int g = 0; g < 4; ++g) __builtin_prefetch(gs + g * H, 1, 3);
-        __builtin_prefetch(a.cell + (t * a.B + b) * H + j0, 1, 3);
-      }
+  // The cache lines the epilogues of rows [b0, b0 + mr) of units [j0, j0 + nv) touch at step t in arrays
+  // that do not stay in cache between steps (gx[t], y[t] and, training, the saved gates and cell): the
+  // micro-kernel before those epilogues prefetches them in its last iterations. Returns how many.
+  static constexpr int kMaxLines = kMR * 10 * lines_per_run<T>(W);
+  static int64_t epilogue_lines(const LstmForwardArgs<T>& a, int64_t t, int64_t b0, int mr, int64_t j0, int nv,
+                                const void** out) {
+    const int64_t H = a.H, j1 = j0 + nv;
+    int64_t n = 0;
+    for (int64_t b = b0; b < b0 + mr; ++b) {
+      for (int g = 0; g < 4 && a.gx; ++g) append_lines(a.gx + t * a.gx_st + b * a.gx_sb + g * H, j0, j1, out, n);
+      append_lines(a.y + t * a.y_st + b * a.y_sb, j0, j1, out, n);
+      if (!a.gates) continue;
+      for (int g = 0; g < 4; ++g) append_lines(a.gates + (t * a.B + b) * 4 * H + g * H, j0, j1, out, n);
+      append_lines(a.cell + (t * a.B + b) * H, j0, j1, out, n);
     }
+    return n;
   }
 
   // gates -> activations -> cell update, in registers; writes h (and, training, gates and c)
@@ -660,7 +677,7 @@ struct Backward {
     // call has full row blocks to hide them behind. Measured (same process): at B = 1 the list costs more
     // than it saves, 0.87-0.93x at (1000,1,32,64) and (100,1,128,128); (100,16,256,256) 1.05x at 1 thread and
     // 0.99-1.02x at 2; (100,64,512,512) 1.04x and (50,32,1024,1024) 1.02x at 2
-    const bool prefetch = !P && B >= kMR && double(T_) * B * H * 10 * sizeof(T) > double(1 << 20);
+    const bool prefetch = !P && B >= kMR && T_ * B * H * 10 * int64_t(sizeof(T)) > (int64_t(1) << 20);
     int64_t tprev = -1, live_prev = 0;  // the step processed last (its dG feeds this step's dh), its rows
     for (int64_t s = 0; s <= T_; ++s) {
       const int64_t t = s == T_ ? -1 : (a.reverse ? s : T_ - 1 - s);
@@ -750,29 +767,21 @@ struct Backward {
   // the first step or past the last): its gates, cells and dy were written or read a whole pass ago and
   // dG's lines are cold too, so they come from L3 or memory; the micro-kernel whose result that epilogue
   // takes prefetches them in its last iterations. Returns how many it wrote to out.
-  static constexpr int kLinesPerRun = static_cast<int>((kGroup * W * sizeof(T) + 63) / 64) + 1;  // any alignment
-  static constexpr int kMaxLines = kMR * 11 * kLinesPerRun;
+  static constexpr int kMaxLines = kMR * 11 * lines_per_run<T>(kGroup * W);
   static int64_t epilogue_lines(const LstmBackwardArgs<T>& a, int64_t t, int64_t b0, int64_t b1, int64_t j0,
                                 int64_t j1, const void** out) {
     if (t < 0) return 0;
     const int64_t H = a.H, B = a.B;
     int64_t n = 0;
-    auto run = [&](const T* p) {
-      const auto first = reinterpret_cast<uintptr_t>(p + j0) & ~uintptr_t(63);
-      const auto end = reinterpret_cast<uintptr_t>(p + j1);
-      for (uintptr_t l = first; l < end; l += 64) out[n++] = reinterpret_cast<const void*>(l);
-    };
     const int64_t tp = a.reverse ? t + 1 : t - 1;
     for (int64_t b = b0; b < b1; ++b) {
-      const T* gs = a.gates + (t * B + b) * 4 * H;
-      const T* dg = a.dg + t * a.dg_st + b * a.dg_sb;
       for (int g = 0; g < 4; ++g) {
-        run(gs + g * H);
-        run(dg + g * H);
+        append_lines(a.gates + (t * B + b) * 4 * H + g * H, j0, j1, out, n);
+        append_lines(a.dg + t * a.dg_st + b * a.dg_sb + g * H, j0, j1, out, n);
       }
-      if (!a.zoneout()) run(a.cell + (t * B + b) * H);
-      if (tp >= 0 && tp < (a.lengths ? a.lengths[b] : a.T)) run(a.cell + (tp * B + b) * H);
-      if (a.dy) run(a.dy + t * a.dy_st + b * a.dy_sb);
+      if (!a.zoneout()) append_lines(a.cell + (t * B + b) * H, j0, j1, out, n);
+      if (tp >= 0 && tp < (a.lengths ? a.lengths[b] : a.T)) append_lines(a.cell + (tp * B + b) * H, j0, j1, out, n);
+      if (a.dy) append_lines(a.dy + t * a.dy_st + b * a.dy_sb, j0, j1, out, n);
     }
     return n;
   }
@@ -976,7 +985,6 @@ struct Gemm {
     }
   }
 
-  // panel p of op(B), rows [k0, k0 + kb) -> dst [kb][NR], zero beyond column N
   // vectors in panel p: NV, or fewer in a last panel narrower than NR
   static FASTLSTM_INLINE int64_t panel_vecs(const GemmArgs<T>& g, int64_t p) {
     return ceil_div(imin(NR, g.N - p * NR), W);
