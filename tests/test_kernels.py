@@ -151,9 +151,11 @@ def test_forward_takes_gx_or_x_with_w_ih():
                         False)
 
 
-# K = 2100 and 16500 cross the K block of every ISA and dtype (256 KiB of packed B)
+# K = 2100 and 16500 cross the K block of every ISA and dtype (256 KiB of packed B); M = 200: more than one
+# group of row blocks packed from a transposed A; N = 2100: more than 16 panels a thread, so an untransposed A
+# is packed too (with fewer it is read in place)
 GEMM_SHAPES = [(1, 1, 1), (7, 65, 300), (13, 129, 513), (6, 64, 256), (100, 3, 17), (5, 70, 2100), (3, 5, 16500),
-               (200, 33, 1100)]  # M = 200: more than one group of row blocks packed from a transposed A
+               (200, 33, 1100), (7, 2100, 30)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

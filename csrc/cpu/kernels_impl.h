@@ -849,8 +849,8 @@ struct Backward {
 
 // ---------------------------------------------------------------------------------------------------
 // GEMM: C (+)= op(A) op(B) (+ bias). Blocked over K (kKc) so a packed B panel [kKc][4W] stays in L2
-// while every row block of the thread's M range streams past it; A is packed per K block into
-// k-major row blocks (one sequential stream per micro-kernel call, whatever op(A)'s layout).
+// while every row block of the thread's M range streams past it; op(A) is read in place (kMR rows) where
+// its rows are, otherwise packed per K block into k-major row blocks (one sequential stream per call).
 // Threads take a grid of (M range, panel range) blocks.
 template <class V>
 struct Gemm {
@@ -865,8 +865,9 @@ struct Gemm {
     const GemmArgs<T>* g;
     int pm, pn;        // thread grid
     T* bpack;          // per thread [kKc][NR]
-    T* apack;          // per thread [mrange][kKc], A packed by pack_a
+    T* apack;          // per thread [mrange][kKc], A packed by pack_a (unless a_in_place)
     int64_t mrange;    // rows of the largest M range
+    bool a_in_place;   // op(A) = A, read where it lies (kMR rows lda apart)
   };
 
   static void run(const GemmArgs<T>& g, int num_threads) {
@@ -883,7 +884,7 @@ struct Gemm {
     n = par.size();
     // the thread grid (pm x pn) that minimises a thread's multiply work plus its packing: each thread
     // packs its own rows of A and its own panels of B, so splitting the smaller side duplicates less
-    Ctx ctx{&g, 1, 1, nullptr, nullptr, 0};
+    Ctx ctx{&g, 1, 1, nullptr, nullptr, 0, false};
     double best = -1;
     for (int pn = 1; pn <= n; ++pn) {
       const int pm = n / pn;
@@ -891,9 +892,13 @@ struct Gemm {
       const double cost = rows * cols / (2.0 * W) + rows + cols;  // per k: FMAs / 2W lanes vs packed elements
       if (best < 0 || cost < best) { best = cost; ctx.pm = pm; ctx.pn = pn; }
     }
+    // A with its rows in place is not packed unless many panels stream past the same rows: one pass over A
+    // pays off there. Same process against always packing: 4-16 panels a thread (dx = dG W_ih at every
+    // benchmark shape, x W_ih^T at H = 256) 1.01-1.47x; 32 (x W_ih^T at B = 64, I = H = 512) 0.98x
+    ctx.a_in_place = !g.trans_a && !g.m_rows && ceil_div(panels, ctx.pn) <= 16;
     // all scratch is allocated here: an exception must never leave a worker thread
     ctx.mrange = ceil_div(mblocks, ctx.pm) * kMR;
-    Scratch<T> bpack(n * kKc * NR), apack(n * ctx.mrange * kKc);
+    Scratch<T> bpack(n * kKc * NR), apack(ctx.a_in_place ? 0 : n * ctx.mrange * kKc);
     ctx.bpack = bpack.p;
     ctx.apack = apack.p;
     par.run(&worker, &ctx);
@@ -912,7 +917,7 @@ struct Gemm {
     T* apack = ctx.apack + tid * ctx.mrange * kKc;
     for (int64_t k0 = 0; k0 < g.K; k0 += kKc) {
       const int64_t kb = imin(kKc, g.K - k0);
-      pack_a(g, m0, m1, k0, kb, apack);
+      if (!ctx.a_in_place) pack_a(g, m0, m1, k0, kb, apack);
       const bool first = k0 == 0 && !g.accumulate;
       for (int64_t p = p0; p < p1; ++p) {
         pack_b(g, k0, kb, p, bpack);
@@ -923,7 +928,8 @@ struct Gemm {
             with_rows(static_cast<int>(imin(kMR, m1 - m)), [&](auto MRc) {
               constexpr int mr = decltype(MRc)::value;
               R acc[mr][nv];
-              micro<V, mr, nv>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR);
+              if (ctx.a_in_place) micro<V, mr, nv>(g.a + m * g.lda + k0, g.lda, bpack, kb, acc);
+              else micro<V, mr, nv>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR);
               for (int v = 0; v < nv; ++v) {
                 const int64_t col = p * NR + v * W;
                 const int nl = static_cast<int>(imin(W, g.N - col));
