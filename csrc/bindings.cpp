@@ -367,7 +367,8 @@ const int64_t* index_arg(const py::object& obj, const char* name, int64_t n, int
 
 template <typename T>
 void gemm_impl(py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias,
-               bool accumulate, py::object m_rows, py::object k_rows, int num_threads) {
+               bool accumulate, py::object m_rows, py::object k_rows, py::object b2, py::object c2,
+               int64_t b2_offset, int num_threads) {
   GemmArgs<T> g;
   int64_t ar, ac, br, bc, cr, cc;
   g.a = mat<T>(a, "a", ar, ac, g.lda, false);
@@ -381,6 +382,20 @@ void gemm_impl(py::object a, py::object b, py::object c, bool trans_a, bool tran
   const int64_t kb = trans_b ? bc : br;
   FASTLSTM_CHECK(kb == g.K, "gemm: inner sizes differ (" << g.K << " vs " << kb << ")");
   FASTLSTM_CHECK(cr == g.M && cc == g.N, "c: expected shape (" << g.M << ", " << g.N << ")");
+  FASTLSTM_CHECK(b2.is_none() == c2.is_none(), "gemm: b2 and c2 go together");
+  if (!b2.is_none()) {  // c2 (+)= op(a) b2', b2' = b2 moved down by b2_offset rows, zero outside
+    int64_t r2, n2, c2r, c2c;
+    g.b2 = mat<T>(b2, "b2", r2, n2, g.ldb2, false);
+    g.c2 = mat<T>(c2, "c2", c2r, c2c, g.ldc2, true);
+    FASTLSTM_CHECK(!trans_b && bias.is_none(), "b2: needs trans_b=False and no bias");
+    FASTLSTM_CHECK(c2r == g.M && c2c == n2, "c2: expected shape (" << g.M << ", " << n2 << ")");
+    FASTLSTM_CHECK(b2_offset >= 0 && b2_offset + r2 <= g.K,
+                   "b2_offset: expected 0.." << g.K - r2 << " (b2's " << r2 << " rows inside a's " << g.K
+                                             << "), got " << b2_offset);
+    g.N2 = n2;
+    g.b2_lo = b2_offset;
+    g.b2_hi = b2_offset + r2;
+  }
   if (!m_rows.is_none()) {  // compute only these rows of A and C
     FASTLSTM_CHECK(!trans_a, "m_rows: needs trans_a=False");
     const int64_t n = py::len(m_rows);
@@ -501,13 +516,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("w_hr") = py::none(), py::arg("h_raw") = py::none(), py::arg("dh_proj") = py::none());
   m.def("gemm",
         [](py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias, bool accumulate,
-           int num_threads, py::object m_rows, py::object k_rows) {
-          if (HostArrays::is_f64(c)) gemm_impl<double>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, num_threads);
-          else gemm_impl<float>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, num_threads);
+           int num_threads, py::object m_rows, py::object k_rows, py::object b2, py::object c2, int64_t b2_offset) {
+          if (HostArrays::is_f64(c))
+            gemm_impl<double>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, b2, c2, b2_offset, num_threads);
+          else gemm_impl<float>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, b2, c2, b2_offset, num_threads);
         },
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false, py::arg("trans_b") = false,
         py::arg("bias") = py::none(), py::arg("accumulate") = false, py::arg("num_threads") = 0,
-        py::arg("m_rows") = py::none(), py::arg("k_rows") = py::none());
+        py::arg("m_rows") = py::none(), py::arg("k_rows") = py::none(), py::arg("b2") = py::none(),
+        py::arg("c2") = py::none(), py::arg("b2_offset") = 0);
 #ifdef FASTLSTM_HAVE_CUDA
   // The CUDA kernels: the arguments of lstm_forward / lstm_backward (without the CPU-only options) on
   // CuPy arrays, enqueued on `stream` (an integer cudaStream_t, CuPy's current stream) of `device`.

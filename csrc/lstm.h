@@ -129,6 +129,15 @@ struct GemmArgs {
   const int64_t* m_rows = nullptr;  // m_rows: [M] storage rows of A and of C to compute (needs !trans_a)
   const int64_t* k_rows = nullptr;  // k_rows: [K] storage rows of A and of B to sum over (needs trans_a
                                     //         and !trans_b: the weight gradients dG^T x)
+  // A second product over the same A, for one pass over A where two share it (the weight gradients
+  // dG^T x and dG^T h[t-1]): C2 (+)= op(A) B2, [M, N2], row stride ldc2. B2's row for A's storage row k
+  // (see k_rows) is b2 + (k - b2_lo) ldb2 for k in [b2_lo, b2_hi) and zero elsewhere: h[t-1] is y one step
+  // away. Needs !trans_b and no bias. N2 = 0: none.
+  int64_t N2 = 0;
+  const Real* b2 = nullptr;
+  int64_t ldb2 = 0, b2_lo = 0, b2_hi = 0;
+  Real* c2 = nullptr;
+  int64_t ldc2 = 0;
 };
 
 // ---- instruction sets ------------------------------------------------------------------------------

@@ -140,3 +140,25 @@ def test_gemm_row_selections_are_checked():
         _C.gemm(a, b, c, m_rows=np.array([4], np.int64))
     with pytest.raises(ValueError, match="k_rows: needs trans_a=True"):
         _C.gemm(a, b, c, k_rows=np.array([0], np.int64))
+
+
+def test_gemm_second_product_is_checked():
+    from fastlstm import _C
+
+    a, b, c = np.ones((5, 4)), np.ones((5, 2)), np.zeros((4, 2))  # c = a^T b with trans_a: K = 5 rows
+    b2, c2 = np.ones((3, 6)), np.zeros((4, 6))
+    with pytest.raises(ValueError, match="b2 and c2 go together"):
+        _C.gemm(a, b, c, True, b2=b2)
+    with pytest.raises(ValueError, match="c2: expected shape \\(4, 6\\)"):
+        _C.gemm(a, b, c, True, b2=b2, c2=np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="b2: needs trans_b=False and no bias"):
+        _C.gemm(a, b, c, True, False, np.ones(2), b2=b2, c2=c2)
+    with pytest.raises(ValueError, match=r"b2_offset: expected 0..2 \(b2's 3 rows inside a's 5\), got 3"):
+        _C.gemm(a, b, c, True, b2=b2, c2=c2, b2_offset=3)
+    with pytest.raises(ValueError, match="b2_offset: expected 0..2"):
+        _C.gemm(a, b, c, True, b2=b2, c2=c2, b2_offset=-1)
+    with pytest.raises(ValueError, match="c2: expected a writable array"):
+        ro = np.zeros((4, 6))
+        ro.flags.writeable = False
+        _C.gemm(a, b, c, True, b2=b2, c2=ro)
+    assert not c.any() and not c2.any(), "a refused call wrote its outputs"

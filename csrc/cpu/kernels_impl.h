@@ -848,10 +848,11 @@ struct Backward {
 };
 
 // ---------------------------------------------------------------------------------------------------
-// GEMM: C (+)= op(A) op(B) (+ bias). Blocked over K (kKc) so a packed B panel [kKc][4W] stays in L2
-// while every row block of the thread's M range streams past it; op(A) is read in place (kMR rows) where
-// its rows are, otherwise packed per K block into k-major row blocks (one sequential stream per call).
-// Threads take a grid of (M range, panel range) blocks.
+// GEMM: C (+)= op(A) op(B) (+ bias), and C2 (+)= op(A) B2 in the same pass where asked (GemmArgs). Blocked
+// over K (kKc) so a packed B panel [kKc][4W] stays in L2 while every row block of the thread's M range
+// streams past it; op(A) is read in place (kMR rows) where its rows are, otherwise packed per K block into
+// k-major row blocks (one sequential stream per call). The panels of B2 follow those of B: both products
+// share the packed A.
 template <class V>
 struct Gemm {
   using T = typename V::T;
@@ -861,8 +862,20 @@ struct Gemm {
   static constexpr int64_t NR = NV * W;                 // columns per panel
   static constexpr int64_t kKc = 262144 / (NR * sizeof(T));  // 256 KiB of packed B per K block (L2)
 
+  // one product's right-hand side and output: B's row for A's storage row k is b + (k - lo) ldb for k in
+  // [lo, hi), zero elsewhere (the first product: lo = 0, hi = no limit)
+  struct Part {
+    const T* b;
+    int64_t ldb, lo, hi;
+    T* c;
+    int64_t ldc, N;
+    const T* bias;
+  };
+
   struct Ctx {
     const GemmArgs<T>* g;
+    Part part[2];
+    int64_t panels0;   // panels of the first product; the second's follow
     int pm, pn;        // thread grid
     T* bpack;          // per thread [kKc][NR]
     T* apack;          // per thread [mrange][kKc], A packed by pack_a (unless a_in_place)
@@ -871,20 +884,24 @@ struct Gemm {
   };
 
   static void run(const GemmArgs<T>& g, int num_threads) {
-    if (g.M == 0 || g.N == 0) return;
+    Ctx ctx{&g,
+            {Part{g.b, g.ldb, 0, INT64_MAX, g.c, g.ldc, g.N, g.bias},
+             Part{g.b2, g.ldb2, g.b2_lo, g.b2_hi, g.c2, g.ldc2, g.N2, nullptr}},
+            ceil_div(g.N, NR), 1, 1, nullptr, nullptr, 0, false};
+    const int64_t panels = ctx.panels0 + ceil_div(g.N2, NR), mblocks = ceil_div(g.M, kMR);
+    if (g.M == 0 || panels == 0) return;
     if (g.K == 0) {
       if (!g.accumulate)
-        for (int64_t m = 0; m < g.M; ++m)
-          for (int64_t j = 0; j < g.N; ++j) g.c[crow(g, m) * g.ldc + j] = g.bias ? g.bias[j] : T(0);
+        for (const Part& pt : ctx.part)
+          for (int64_t m = 0; m < g.M; ++m)
+            for (int64_t j = 0; j < pt.N; ++j) pt.c[crow(g, m) * pt.ldc + j] = pt.bias ? pt.bias[j] : T(0);
       return;
     }
-    const int64_t panels = ceil_div(g.N, NR), mblocks = ceil_div(g.M, kMR);
-    int n = choose_threads(2.0 * g.M * g.N * g.K, panels * mblocks, num_threads);
+    int n = choose_threads(2.0 * g.M * (g.N + g.N2) * g.K, panels * mblocks, num_threads);
     Parallel par(n);
     n = par.size();
     // the thread grid (pm x pn) that minimises a thread's multiply work plus its packing: each thread
     // packs its own rows of A and its own panels of B, so splitting the smaller side duplicates less
-    Ctx ctx{&g, 1, 1, nullptr, nullptr, 0, false};
     double best = -1;
     for (int pn = 1; pn <= n; ++pn) {
       const int pm = n / pn;
@@ -910,7 +927,7 @@ struct Gemm {
     if (tid >= ctx.pm * ctx.pn) return;
     int64_t mb0, mb1, p0, p1;
     split(ceil_div(g.M, kMR), ctx.pm, tid / ctx.pn, mb0, mb1);
-    split(ceil_div(g.N, NR), ctx.pn, tid % ctx.pn, p0, p1);
+    split(ctx.panels0 + ceil_div(g.N2, NR), ctx.pn, tid % ctx.pn, p0, p1);
     const int64_t m0 = mb0 * kMR, m1 = imin(mb1 * kMR, g.M);
     if (m0 >= m1 || p0 >= p1) return;
     T* bpack = ctx.bpack + tid * kKc * NR;
@@ -920,9 +937,12 @@ struct Gemm {
       if (!ctx.a_in_place) pack_a(g, m0, m1, k0, kb, apack);
       const bool first = k0 == 0 && !g.accumulate;
       for (int64_t p = p0; p < p1; ++p) {
-        pack_b(g, k0, kb, p, bpack);
+        const bool second = p >= ctx.panels0;
+        const Part& pt = ctx.part[second];
+        const int64_t c0 = (second ? p - ctx.panels0 : p) * NR;  // the panel's first column in its product
+        pack_b(g, pt, k0, kb, c0, bpack);
         // a last, narrower panel takes only the vectors it has (N = 32 would otherwise waste half the FMAs)
-        with_vecs(static_cast<int>(panel_vecs(g, p)), [&](auto NVc) {
+        with_vecs(static_cast<int>(panel_vecs(pt, c0)), [&](auto NVc) {
           constexpr int nv = decltype(NVc)::value;
           for (int64_t m = m0; m < m1; m += kMR) {
             with_rows(static_cast<int>(imin(kMR, m1 - m)), [&](auto MRc) {
@@ -931,11 +951,11 @@ struct Gemm {
               if (ctx.a_in_place) micro<V, mr, nv>(g.a + m * g.lda + k0, g.lda, bpack, kb, acc);
               else micro<V, mr, nv>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR);
               for (int v = 0; v < nv; ++v) {
-                const int64_t col = p * NR + v * W;
-                const int nl = static_cast<int>(imin(W, g.N - col));
-                R add = (first && g.bias) ? ld<V>(g.bias + col, nl) : V::zero();
+                const int64_t col = c0 + v * W;
+                const int nl = static_cast<int>(imin(W, pt.N - col));
+                R add = (first && pt.bias) ? ld<V>(pt.bias + col, nl) : V::zero();
                 for (int r = 0; r < mr; ++r) {
-                  T* cp = g.c + crow(g, m + r) * g.ldc + col;
+                  T* cp = pt.c + crow(g, m + r) * pt.ldc + col;
                   st<V>(cp, V::add(acc[r][v], first ? add : ld<V>(cp, nl)), nl);
                 }
               }
@@ -991,37 +1011,39 @@ struct Gemm {
     }
   }
 
-  // vectors in panel p: NV, or fewer in a last panel narrower than NR
-  static FASTLSTM_INLINE int64_t panel_vecs(const GemmArgs<T>& g, int64_t p) {
-    return ceil_div(imin(NR, g.N - p * NR), W);
-  }
+  // vectors in the panel at column c0 of pt: NV, or fewer in a last panel narrower than NR
+  static FASTLSTM_INLINE int64_t panel_vecs(const Part& pt, int64_t c0) { return ceil_div(imin(NR, pt.N - c0), W); }
 
-  // panel p of op(B) rows [k0, k0 + kb) as [kb][panel_vecs][W], zero past column N
-  static void pack_b(const GemmArgs<T>& g, int64_t k0, int64_t kb, int64_t p, T* dst) {
-    const int64_t c0 = p * NR, nc = imin(NR, g.N - c0), ps = panel_vecs(g, p) * W;
-    if (g.trans_b) {
+  // columns [c0, c0 + NR) of pt's op(B), rows [k0, k0 + kb), as [kb][panel_vecs][W], zero past column N
+  static void pack_b(const GemmArgs<T>& g, const Part& pt, int64_t k0, int64_t kb, int64_t c0, T* dst) {
+    const int64_t nc = imin(NR, pt.N - c0), ps = panel_vecs(pt, c0) * W;
+    if (g.trans_b) {  // (the first product only)
       for (int64_t k = 0; k < kb; ++k)
         for (int64_t j = nc; j < ps; ++j) dst[k * ps + j] = T(0);
       int64_t j = 0;  // columns [0, j) packed by W x W blocks transposed in registers, where the ISA has it
       if constexpr (V::kTranspose) {
         const int64_t kfull = kb / W * W;
         for (; j + W <= nc; j += W) {
-          const T* src = g.b + (c0 + j) * g.ldb + k0;
-          for (int64_t k = 0; k < kfull; k += W) V::transpose(src + k, g.ldb, dst + k * ps + j, ps);
+          const T* src = pt.b + (c0 + j) * pt.ldb + k0;
+          for (int64_t k = 0; k < kfull; k += W) V::transpose(src + k, pt.ldb, dst + k * ps + j, ps);
           for (int64_t k = kfull; k < kb; ++k)
-            for (int64_t l = 0; l < W; ++l) dst[k * ps + j + l] = src[l * g.ldb + k];
+            for (int64_t l = 0; l < W; ++l) dst[k * ps + j + l] = src[l * pt.ldb + k];
         }
       }
       for (; j < nc; ++j) {
-        const T* src = g.b + (c0 + j) * g.ldb + k0;
+        const T* src = pt.b + (c0 + j) * pt.ldb + k0;
         for (int64_t k = 0; k < kb; ++k) dst[k * ps + j] = src[k];
       }
     } else {
       for (int64_t k = 0; k < kb; ++k) {
-        const T* src = g.b + krow(g, k0 + k) * g.ldb + c0;
+        const int64_t row = krow(g, k0 + k);
         T* d = dst + k * ps;
-        for (int64_t j = 0; j < nc; ++j) d[j] = src[j];
-        for (int64_t j = nc; j < ps; ++j) d[j] = T(0);
+        int64_t j = 0;
+        if (row >= pt.lo && row < pt.hi) {
+          const T* src = pt.b + (row - pt.lo) * pt.ldb + c0;
+          for (; j < nc; ++j) d[j] = src[j];
+        }
+        for (; j < ps; ++j) d[j] = T(0);
       }
     }
   }

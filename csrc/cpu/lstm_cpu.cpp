@@ -61,6 +61,13 @@ void gemm(const GemmArgs<T>& g, int num_threads) {
   FASTLSTM_CHECK(g.ldc >= g.N, "ldc=" << g.ldc << " < N=" << g.N);
   FASTLSTM_CHECK(g.lda >= (g.trans_a ? g.M : g.K), "lda=" << g.lda << " too small");
   FASTLSTM_CHECK(g.ldb >= (g.trans_b ? g.K : g.N), "ldb=" << g.ldb << " too small");
+  FASTLSTM_CHECK(g.N2 >= 0, "gemm N2 must be >= 0");
+  if (g.N2 > 0) {
+    FASTLSTM_CHECK(g.c2 && (g.K == 0 || g.b2), "gemm: the second product's operands are required");
+    FASTLSTM_CHECK(!g.trans_b && !g.bias, "gemm: a second product needs trans_b=False and no bias");
+    FASTLSTM_CHECK(g.ldc2 >= g.N2 && g.ldb2 >= g.N2, "ldc2=" << g.ldc2 << " or ldb2=" << g.ldb2 << " < N2=" << g.N2);
+    FASTLSTM_CHECK(g.b2_lo <= g.b2_hi, "gemm: b2's rows [" << g.b2_lo << ", " << g.b2_hi << ") are not a range");
+  }
   set<T>().gemm(g, num_threads);
 }
 
