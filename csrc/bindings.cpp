@@ -368,7 +368,7 @@ const int64_t* index_arg(const py::object& obj, const char* name, int64_t n, int
 template <typename T>
 void gemm_impl(py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias,
                bool accumulate, py::object m_rows, py::object k_rows, py::object b2, py::object c2,
-               int64_t b2_offset, int num_threads) {
+               int64_t b2_offset, py::object a_sums, int num_threads) {
   GemmArgs<T> g;
   int64_t ar, ac, br, bc, cr, cc;
   g.a = mat<T>(a, "a", ar, ac, g.lda, false);
@@ -410,6 +410,10 @@ void gemm_impl(py::object a, py::object b, py::object c, bool trans_a, bool tran
   }
   g.bias = optional<HostArrays, T>(bias, "bias", {g.N}, false);
   g.accumulate = accumulate;
+  if (!a_sums.is_none()) {
+    FASTLSTM_CHECK(trans_a, "a_sums: needs trans_a=True");
+    g.a_sums = arr<double>(a_sums, "a_sums", {g.M}, true);
+  }
   py::gil_scoped_release nogil;
   gemm<T>(g, num_threads);
 }
@@ -516,15 +520,18 @@ PYBIND11_MODULE(_C, m) {
         py::arg("w_hr") = py::none(), py::arg("h_raw") = py::none(), py::arg("dh_proj") = py::none());
   m.def("gemm",
         [](py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias, bool accumulate,
-           int num_threads, py::object m_rows, py::object k_rows, py::object b2, py::object c2, int64_t b2_offset) {
+           int num_threads, py::object m_rows, py::object k_rows, py::object b2, py::object c2, int64_t b2_offset,
+           py::object a_sums) {
           if (HostArrays::is_f64(c))
-            gemm_impl<double>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, b2, c2, b2_offset, num_threads);
-          else gemm_impl<float>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, b2, c2, b2_offset, num_threads);
+            gemm_impl<double>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, b2, c2, b2_offset, a_sums,
+                              num_threads);
+          else gemm_impl<float>(a, b, c, trans_a, trans_b, bias, accumulate, m_rows, k_rows, b2, c2, b2_offset, a_sums,
+                                num_threads);
         },
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false, py::arg("trans_b") = false,
         py::arg("bias") = py::none(), py::arg("accumulate") = false, py::arg("num_threads") = 0,
         py::arg("m_rows") = py::none(), py::arg("k_rows") = py::none(), py::arg("b2") = py::none(),
-        py::arg("c2") = py::none(), py::arg("b2_offset") = 0);
+        py::arg("c2") = py::none(), py::arg("b2_offset") = 0, py::arg("a_sums") = py::none());
 #ifdef FASTLSTM_HAVE_CUDA
   // The CUDA kernels: the arguments of lstm_forward / lstm_backward (without the CPU-only options) on
   // CuPy arrays, enqueued on `stream` (an integer cudaStream_t, CuPy's current stream) of `device`.

@@ -138,6 +138,9 @@ struct GemmArgs {
   int64_t ldb2 = 0, b2_lo = 0, b2_hi = 0;
   Real* c2 = nullptr;
   int64_t ldc2 = 0;
+  // a_sums: [M] = op(A)'s rows summed over the K rows taken, in double, or nullptr. Needs trans_a: the bias
+  // gradient (dG summed over steps and sequences) from the pass that packs dG^T for the weight gradients.
+  double* a_sums = nullptr;
 };
 
 // ---- instruction sets ------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_gemm_row_selections_are_checked():
         _C.gemm(a, b, c, k_rows=np.array([0], np.int64))
 
 
-def test_gemm_second_product_is_checked():
+def test_gemm_second_product_and_sums_are_checked():
     from fastlstm import _C
 
     a, b, c = np.ones((5, 4)), np.ones((5, 2)), np.zeros((4, 2))  # c = a^T b with trans_a: K = 5 rows
@@ -161,4 +161,8 @@ def test_gemm_second_product_is_checked():
         ro = np.zeros((4, 6))
         ro.flags.writeable = False
         _C.gemm(a, b, c, True, b2=b2, c2=ro)
+    with pytest.raises(ValueError, match="a_sums: needs trans_a=True"):
+        _C.gemm(np.ones((4, 5)), b, c, a_sums=np.zeros(4))
+    with pytest.raises(ValueError, match="a_sums"):
+        _C.gemm(a, b, c, True, a_sums=np.zeros(5))  # one per row of op(a): 4
     assert not c.any() and not c2.any(), "a refused call wrote its outputs"

@@ -205,8 +205,8 @@ def test_gemm_strided_rows_and_thread_counts(isa, trans_a, trans_b):
 @pytest.mark.parametrize("M,N,N2,K", [(1, 1, 1, 1), (13, 65, 33, 300), (100, 32, 129, 2100), (7, 300, 5, 40)])
 def test_gemm_second_product_matches_numpy(isa, dtype, M, N, N2, K):
     """c (+)= a^T b and c2 (+)= a^T b2' in one pass over a, b2' being b2 moved down by b2_offset rows with zeros
-    elsewhere (the weight gradients dG^T x and dG^T h[t-1]), with and without a row selection, any thread count
-    giving the same bits. K = 2100 crosses every ISA's K block; N = 300, N2 = 5: panels of both on one thread."""
+    elsewhere (the weight gradients dG^T x and dG^T h[t-1]), and a's columns summed in double (the bias
+    gradient), with and without a row selection, any thread count giving the same bits. K = 2100 crosses every ISA's K block; N = 300, N2 = 5: panels of both on one thread."""
     rng = np.random.default_rng(M + N + N2 + K)
     a, b = rng.standard_normal((K, M)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
     rows2 = max(K - 3, 1)
@@ -218,16 +218,21 @@ def test_gemm_second_product_matches_numpy(isa, dtype, M, N, N2, K):
             keep = slice(None) if k_rows is None else k_rows
             ref = a[keep].T.astype(np.float64) @ b[keep]
             ref2 = a[keep].T.astype(np.float64) @ moved[keep]
+            sums_ref = a[keep].astype(np.float64).sum(axis=0)
             results = []
             for threads in (1, 2, 3):
                 c, c2 = np.full((M, N), 1.0, dtype), np.full((M, N2), -1.0, dtype)
-                _C.gemm(a, b, c, True, False, None, True, threads, k_rows=k_rows, b2=b2, c2=c2, b2_offset=offset)
+                sums = np.full(M, np.nan)
+                _C.gemm(a, b, c, True, False, None, True, threads, k_rows=k_rows, b2=b2, c2=c2, b2_offset=offset,
+                        a_sums=sums)
                 assert_close(c, 1.0 + ref, dtype, f"c += a^T b, offset {offset}")
                 assert_close(c2, ref2 - 1.0, dtype, f"c2 += a^T b2', offset {offset}")
-                results.append((c, c2))
-            for c, c2 in results[1:]:
-                np.testing.assert_array_equal(c, results[0][0])
-                np.testing.assert_array_equal(c2, results[0][1])
+                np.testing.assert_allclose(sums, sums_ref, rtol=1e-12, atol=1e-12 * np.abs(a).sum(),
+                                           err_msg="a_sums: a's columns summed over the rows taken")
+                results.append((c, c2, sums))
+            for got in results[1:]:
+                for x, y in zip(got, results[0]):
+                    np.testing.assert_array_equal(x, y)
             c, c2 = np.full((M, N), np.nan, dtype), np.full((M, N2), np.nan, dtype)  # and without accumulate
             _C.gemm(a, b, c, True, k_rows=k_rows, b2=b2, c2=c2, b2_offset=offset)
             assert_close(c2, ref2, dtype, "c2 = a^T b2'")

@@ -889,6 +889,8 @@ struct Gemm {
              Part{g.b2, g.ldb2, g.b2_lo, g.b2_hi, g.c2, g.ldc2, g.N2, nullptr}},
             ceil_div(g.N, NR), 1, 1, nullptr, nullptr, 0, false};
     const int64_t panels = ctx.panels0 + ceil_div(g.N2, NR), mblocks = ceil_div(g.M, kMR);
+    if (g.a_sums)
+      for (int64_t m = 0; m < g.M; ++m) g.a_sums[m] = 0.0;
     if (g.M == 0 || panels == 0) return;
     if (g.K == 0) {
       if (!g.accumulate)
@@ -912,7 +914,7 @@ struct Gemm {
     // A with its rows in place is not packed unless many panels stream past the same rows: one pass over A
     // pays off there. Same process against always packing: 4-16 panels a thread (dx = dG W_ih at every
     // benchmark shape, x W_ih^T at H = 256) 1.01-1.47x; 32 (x W_ih^T at B = 64, I = H = 512) 0.98x
-    ctx.a_in_place = !g.trans_a && !g.m_rows && ceil_div(panels, ctx.pn) <= 16;
+    ctx.a_in_place = !g.trans_a && !g.m_rows && ceil_div(panels, ctx.pn) <= 16;  // (a_sums: trans_a, packed)
     // all scratch is allocated here: an exception must never leave a worker thread
     ctx.mrange = ceil_div(mblocks, ctx.pm) * kMR;
     Scratch<T> bpack(n * kKc * NR), apack(ctx.a_in_place ? 0 : n * ctx.mrange * kKc);
@@ -934,7 +936,8 @@ struct Gemm {
     T* apack = ctx.apack + tid * ctx.mrange * kKc;
     for (int64_t k0 = 0; k0 < g.K; k0 += kKc) {
       const int64_t kb = imin(kKc, g.K - k0);
-      if (!ctx.a_in_place) pack_a(g, m0, m1, k0, kb, apack);
+      // (threads that share an M range pack the same rows: the first of them sums them)
+      if (!ctx.a_in_place) pack_a(g, m0, m1, k0, kb, apack, tid % ctx.pn == 0 ? g.a_sums : nullptr);
       const bool first = k0 == 0 && !g.accumulate;
       for (int64_t p = p0; p < p1; ++p) {
         const bool second = p >= ctx.panels0;
@@ -970,8 +973,9 @@ struct Gemm {
   static FASTLSTM_INLINE int64_t krow(const GemmArgs<T>& g, int64_t k) { return g.k_rows ? g.k_rows[k] : k; }
 
   // rows [m0, m1) of op(A), columns [k0, k0 + kb) -> dst, per block of kMR rows [kb][kMR] (k-major,
-  // rows past m1 zero), so the micro-kernel reads A as one sequential stream
-  static void pack_a(const GemmArgs<T>& g, int64_t m0, int64_t m1, int64_t k0, int64_t kb, T* dst) {
+  // rows past m1 zero), so the micro-kernel reads A as one sequential stream; with trans_a, adds each row's
+  // elements to sums[m] (if given) on the way, in k order
+  static void pack_a(const GemmArgs<T>& g, int64_t m0, int64_t m1, int64_t k0, int64_t kb, T* dst, double* sums) {
     if (g.trans_a) {
       // row k of A holds column k of op(A): a group of row blocks takes its kMR-element pieces from
       // each row of A in turn, so every cache line of A is used up in one visit
@@ -993,6 +997,8 @@ struct Gemm {
               for (int64_t r = 0; r < kMR; ++r) d[r] = mb + r < m1 ? src[mb + r] : T(0);
             }
           }
+          if (sums)
+            for (int64_t m = g0; m < g1; ++m) sums[m] += static_cast<double>(src[m]);
         }
       }
       return;

@@ -68,6 +68,7 @@ void gemm(const GemmArgs<T>& g, int num_threads) {
     FASTLSTM_CHECK(g.ldc2 >= g.N2 && g.ldb2 >= g.N2, "ldc2=" << g.ldc2 << " or ldb2=" << g.ldb2 << " < N2=" << g.N2);
     FASTLSTM_CHECK(g.b2_lo <= g.b2_hi, "gemm: b2's rows [" << g.b2_lo << ", " << g.b2_hi << ") are not a range");
   }
+  FASTLSTM_CHECK(!g.a_sums || g.trans_a, "gemm: a_sums needs trans_a");
   set<T>().gemm(g, num_threads);
 }
 

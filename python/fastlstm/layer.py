@@ -14,8 +14,8 @@ Ho = proj_size or H is the width of h):
     y   = recurrence(gx + b, W_hh) [.., D*Ho]     _C.lstm_forward, saving gates and c when training
   backward:
     dG  = recurrence'(dy, W_hh)    [rows, D*4H]   _C.lstm_backward
-    db += sum dG                                   (summed by _C.lstm_backward)
-    dW_ih += dG^T x;  dW_hh += dG^T h[t-1];  dx = dG W_ih   (_C.gemm; time-major reads h[t-1] from y)
+    dW_ih += dG^T x;  dW_hh += dG^T h[t-1];  dx = dG W_ih   (_C.gemm; time-major reads h[t-1] from y,
+    db += sum dG                                     and on the CPU one pass over dG gives dW_ih, dW_hh, db)
     dW_hr += dh^T (o tanh c~)                      (with a projection; dh saved by _C.lstm_backward)
 Options handled inside the kernels: lengths (the batch is sorted longest first here and unsorted
 after; GEMMs skip the padding rows), zoneout and recurrent dropout (masks drawn here from the layer's
@@ -476,11 +476,12 @@ class LSTM:
 
     _keep_every_forward = False
 
-    def _scratch(self, key, shape):
+    def _scratch(self, key, shape, dtype=None):
         """A training-mode buffer reused across calls (fresh pages cost a page fault each)."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
         buf = self._workspace.get(key)
-        if buf is None or buf.shape != shape:
-            buf = self._xp.empty(shape, self.dtype)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._xp.empty(shape, dtype)
             self._workspace[key] = buf
         return buf
 
@@ -713,7 +714,7 @@ class LSTM:
             s, w = ctx["layers"][l], self._layers[l]
             ks = slice(l * D, (l + 1) * D)
             dg = self._scratch("dg", seq(D * 4 * H))
-            db = self._scratch(("db", l), (D, 4 * H)) if self.bias else None
+            db = self._scratch(("db", l), (D, 4 * H), np.float64) if self.bias else None  # dG summed, in double
             proj = {}
             if self.proj_size:
                 dh_proj = self._scratch(("dh_proj", l), (D, T, B, self.proj_size))
@@ -724,11 +725,11 @@ class LSTM:
             if cuda:
                 _C.cuda_lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks],
                                       bf, lengths=ctx["kernel_lengths"], **self._cuda_launch(), **masks)
-                if db is not None:  # the bias gradient: dG summed over steps and sequences (in double, as the CPU)
+                if db is not None:  # the bias gradient: dG summed over steps and sequences
                     db[...] = xp.sum(dg.reshape(rows, D, 4 * H), axis=0, dtype=xp.float64)
-            else:
+            else:  # (the CPU sums dG for the bias gradient where it packs dG^T for dW_ih below)
                 _C.lstm_backward(w.w_hh, s["gates"], s["cell"], s["c0"], dout, dh_nl, dc_nl, dg, dh0[ks], dc0[ks], bf,
-                                 db, lengths, **masks, **proj)
+                                 None, lengths, **masks, **proj)
             if self.proj_size:  # dW_hr += sum over steps of dh_proj^T h_raw (both [T, B, ...] in the kernels' order)
                 for d in range(D):
                     _C.gemm(dh_proj[d].reshape(rows, -1), s["h_raw"][d].reshape(rows, H), w.g_w_hr[d], trans_a=True,
@@ -738,12 +739,16 @@ class LSTM:
             # on the CPU, time-major without a recurrent mask, h[t-1] is y one step away: a direction's dW_ih and
             # dW_hh then come from one pass over its dG (one packing of dG^T: 1.03-1.17x at the benchmark shapes)
             together = not cuda and not bf and rec_mask is None
-            if not together:
-                _backend.matmul(dg2, inp, w.g_w_ih, trans_a=True, accumulate=True, k_rows=live)
+            if cuda:
+                _backend.matmul(dg2, inp, w.g_w_ih, trans_a=True, accumulate=True)
+            elif not together:
+                _C.gemm(dg2, inp, w.g_w_ih, trans_a=True, accumulate=True, k_rows=live,
+                        a_sums=None if db is None else db.reshape(-1))
             for d in range(D):
                 self._grad_w_hh(w.g_w_hh[d], dg, s["y"], s["h0"], d, T, B, bf, lengths, live,
                                 None if rec_mask is None else rec_mask[d],
-                                (inp, w.g_w_ih[d * 4 * H:(d + 1) * 4 * H]) if together else None)
+                                (inp, w.g_w_ih[d * 4 * H:(d + 1) * 4 * H], None if db is None else db[d])
+                                if together else None)
             if self.bias:
                 w.g_b_ih += db
                 w.g_b_hh += db
@@ -764,8 +769,8 @@ class LSTM:
     def _grad_w_hh(self, g_w_hh, dg, y, h0, d, T, B, bf, lengths=None, live=None, mask=None, with_ih=None):
         """g_w_hh += sum over steps of dG[t]^T h[t-1] for direction d (h[t-1]: the state before step t
         in processing order, h0 or zeros before the first; times the recurrent-dropout mask if any).
-        with_ih = (inp, g_w_ih of direction d): also g_w_ih += dG^T inp, in the same pass over dG (CPU,
-        time-major, no mask)."""
+        with_ih = (inp, g_w_ih, db of direction d): also g_w_ih += dG^T inp and db = dG summed over its rows
+        (unless db is None), in the same pass over dG (CPU, time-major, no mask)."""
         dt, H, G = self.dtype, self._hout, 4 * self.hidden_size  # H: h[t-1]'s width; G: dG's per direction
         gcols, hcols = slice(d * G, (d + 1) * G), slice(d * H, (d + 1) * H)
         h0d = None if h0 is None else (h0[d] if mask is None else h0[d] * mask)
@@ -784,10 +789,10 @@ class LSTM:
             dg2, y2 = dg.reshape(T * B, -1), y.reshape(T * B, -1)
             head, tail = slice(B, None), slice(None, (T - 1) * B)
             if with_ih is not None:  # B2 = y moved one step: rows past either end are zeros (h0 comes below)
-                inp, g_w_ih = with_ih
+                inp, g_w_ih, db = with_ih
                 b2, offset = (y2[tail, hcols], B) if d == 0 else (y2[head, hcols], 0)
                 _C.gemm(dg2[:, gcols], inp, g_w_ih, trans_a=True, accumulate=True, k_rows=live, b2=b2, c2=g_w_hh,
-                        b2_offset=offset)
+                        b2_offset=offset, a_sums=db)
             elif T > 1:
                 g_rows, h_rows = (head, tail) if d == 0 else (tail, head)
                 k_rows = None
