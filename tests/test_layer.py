@@ -5,6 +5,7 @@ Numbers are checked against fastlstm.reference; the rest of the API contract in 
 calls, inputs left untouched) is checked directly.
 """
 
+import sys
 import threading
 
 import numpy as np
@@ -189,6 +190,33 @@ def test_results_do_not_depend_on_layout_alignment_or_threads():
     for n in (1, 2, 3):
         with using_threads(n):
             np.testing.assert_array_equal(lstm(x)[0], ref)
+
+
+def test_training_buffers_in_huge_page_memory(monkeypatch):
+    """Buffers of 1 MiB or more that a layer keeps across calls lie in 2 MiB-aligned transparent-huge-page
+    memory on Linux (_backend.host_workspace); a training step gives the same bits as with np.empty buffers."""
+    from fastlstm import _backend
+    a = _backend.host_workspace((300, 1000), np.float32)
+    assert a.shape == (300, 1000) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+    if sys.platform.startswith("linux"):
+        assert a.ctypes.data % (2 << 20) == 0
+    a[...] = 2
+    assert a.sum() == 600000
+    assert _backend.host_workspace((3, 5), np.float64).shape == (3, 5)
+    rng = np.random.default_rng(8)
+    T, B, I, H = 80, 16, 8, 64  # saved gates 1.3 MB
+    x, dy = rng.standard_normal((T, B, I)).astype(np.float32), rng.standard_normal((T, B, H)).astype(np.float32)
+
+    def step():
+        lstm = make(I, H, dtype="float32", seed=0).train()
+        y = lstm(x)[0]
+        dx, _ = lstm.backward(dy)
+        return [y, dx] + [p.grad for _, p in lstm.named_parameters()]
+
+    got = step()
+    monkeypatch.setattr(_backend, "host_workspace", np.empty)
+    for g, r in zip(got, step()):
+        np.testing.assert_array_equal(g, r)
 
 
 def test_concurrent_eval_calls_from_many_threads():

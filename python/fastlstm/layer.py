@@ -75,7 +75,7 @@ def _gx_buffer(shape, dtype) -> np.ndarray:
         return np.empty(shape, dtype)
     buf = getattr(_gx_cache, "buf", None)
     if buf is None or buf.nbytes < nbytes:
-        buf = np.empty(nbytes, np.uint8)
+        buf = _backend.host_workspace((nbytes,), np.uint8)
         _gx_cache.buf = buf
     return buf[:nbytes].view(dtype).reshape(shape)
 
@@ -481,7 +481,7 @@ class LSTM:
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         buf = self._workspace.get(key)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._xp.empty(shape, dtype)
+            buf = self._xp.empty(shape, dtype) if self._xp is not np else _backend.host_workspace(shape, dtype)
             self._workspace[key] = buf
         return buf
 
