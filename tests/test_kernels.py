@@ -206,7 +206,8 @@ def test_gemm_strided_rows_and_thread_counts(isa, trans_a, trans_b):
 def test_gemm_second_product_matches_numpy(isa, dtype, M, N, N2, K):
     """c (+)= a^T b and c2 (+)= a^T b2' in one pass over a, b2' being b2 moved down by b2_offset rows with zeros
     elsewhere (the weight gradients dG^T x and dG^T h[t-1]), and a's columns summed in double (the bias
-    gradient), with and without a row selection, any thread count giving the same bits. K = 2100 crosses every ISA's K block; N = 300, N2 = 5: panels of both on one thread."""
+    gradient), with and without a row selection, any thread count giving the same bits. K = 2100 crosses
+    every ISA's K block; N = 300, N2 = 5: panels of both products on one thread."""
     rng = np.random.default_rng(M + N + N2 + K)
     a, b = rng.standard_normal((K, M)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
     rows2 = max(K - 3, 1)

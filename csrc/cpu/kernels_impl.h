@@ -876,6 +876,7 @@ struct Gemm {
     const GemmArgs<T>* g;
     Part part[2];
     int64_t panels0;   // panels of the first product; the second's follow
+    int64_t panels;    // of both
     int pm, pn;        // thread grid
     T* bpack;          // per thread [kKc][NR]
     T* apack;          // per thread [mrange][kKc], A packed by pack_a (unless a_in_place)
@@ -887,8 +888,8 @@ struct Gemm {
     Ctx ctx{&g,
             {Part{g.b, g.ldb, 0, INT64_MAX, g.c, g.ldc, g.N, g.bias},
              Part{g.b2, g.ldb2, g.b2_lo, g.b2_hi, g.c2, g.ldc2, g.N2, nullptr}},
-            ceil_div(g.N, NR), 1, 1, nullptr, nullptr, 0, false};
-    const int64_t panels = ctx.panels0 + ceil_div(g.N2, NR), mblocks = ceil_div(g.M, kMR);
+            ceil_div(g.N, NR), ceil_div(g.N, NR) + ceil_div(g.N2, NR), 1, 1, nullptr, nullptr, 0, false};
+    const int64_t panels = ctx.panels, mblocks = ceil_div(g.M, kMR);
     if (g.a_sums)
       for (int64_t m = 0; m < g.M; ++m) g.a_sums[m] = 0.0;
     if (g.M == 0 || panels == 0) return;
@@ -929,7 +930,7 @@ struct Gemm {
     if (tid >= ctx.pm * ctx.pn) return;
     int64_t mb0, mb1, p0, p1;
     split(ceil_div(g.M, kMR), ctx.pm, tid / ctx.pn, mb0, mb1);
-    split(ctx.panels0 + ceil_div(g.N2, NR), ctx.pn, tid % ctx.pn, p0, p1);
+    split(ctx.panels, ctx.pn, tid % ctx.pn, p0, p1);
     const int64_t m0 = mb0 * kMR, m1 = imin(mb1 * kMR, g.M);
     if (m0 >= m1 || p0 >= p1) return;
     T* bpack = ctx.bpack + tid * kKc * NR;

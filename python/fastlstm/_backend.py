@@ -23,11 +23,11 @@ _HUGE_PAGE = 2 << 20
 def host_workspace(shape, dtype) -> np.ndarray:
     """An uninitialised NumPy array for a buffer kept across calls (a layer's saved gates and cells, dG).
 
-    On Linux, one of 2 MiB or more lies in its own private mapping, 2 MiB aligned and advised into
+    On Linux, one of 1 MiB or more lies in its own private mapping, 2 MiB aligned and advised into
     transparent huge pages: the kernels walk [T, B, 4H] arrays a row (at 4H = 1024 floats, a 4 KiB page)
     at a time, and with 4 KiB pages a training step's arrays are more pages than the TLB holds (same process,
-    (100, 16, 256, 256): the backward loop 1.04x). Elsewhere, or below that size, np.empty. The mapping
-    is released with the array."""
+    a whole training step at (100, 16, 256, 256): 1.01-1.02x). Elsewhere, or below that size, np.empty. The
+    mapping is released with the array."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _HUGE_PAGE // 2 or not hasattr(mmap, "MADV_HUGEPAGE") or not hasattr(mmap, "MAP_PRIVATE"):
