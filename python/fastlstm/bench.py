@@ -17,10 +17,13 @@ measured at the start of the same run) and the speedups. Before a problem is tim
 output is checked against torch's (a warning is printed past 1e-4; nothing aborts).
 
 Timing: wall clock (time.perf_counter). Every method is warmed up (at least 2 runs and 0.2 s), then
-measured in blocks, in 2 rounds that alternate the methods (A B C, then C B A); each block starts with
-untimed runs (at least one, at least 10 ms) after a short pause, so the thread pools of the method before (torch's OpenMP threads
-and fastlstm's pool spin for a moment after their work) do not bill the next one. The reported time is
-the median over all reps of both rounds.
+measured in blocks, in rounds that alternate the methods (A B C, then C B A, ...: 6 rounds, 2 with
+--quick, ``--rounds N``); each block starts with untimed runs (at least one, at least 10 ms) after a
+short pause, so the thread pools of the method before (torch's OpenMP threads and fastlstm's pool spin
+for a moment after their work) do not bill the next one. The reported time is the median over all reps
+of all rounds. On a shared machine the load changes over seconds: short alternating blocks spread a busy
+spell over every method instead of billing it to one, and the per-round column (the lowest and highest
+of the speedups computed round by round) shows how far a single round could be off.
 
 What it is not: a test (it never fails on slowness), or a multi-layer / bidirectional / float64 sweep.
 ``--device cuda`` runs the GPU benchmark instead (fastlstm/bench_cuda.py: CUDA events, cuDNN through
@@ -98,7 +101,7 @@ class TimingPlan:
     target_s: float = 1.0          # auto reps: about this much measured time per method
     min_reps: int = 5
     max_reps: int = 50
-    rounds: int = 2
+    rounds: int = 6                # alternating rounds (each method's reps are spread over them)
     repeat: Optional[int] = None
     slow_target_s: float = 3.0     # the reference: 1-3 reps, skipped when one run exceeds slow_skip_s
     slow_max_reps: int = 3
@@ -108,8 +111,8 @@ class TimingPlan:
 
 
 FULL_PLAN = TimingPlan()
-QUICK_PLAN = TimingPlan(warmup_runs=2, warmup_s=0.01, target_s=0.02, min_reps=4, max_reps=10, slow_target_s=0.0,
-                        slow_max_reps=1, sgemm_n=1024, sgemm_reps=4)
+QUICK_PLAN = TimingPlan(warmup_runs=2, warmup_s=0.01, target_s=0.02, min_reps=4, max_reps=10, rounds=2,
+                        slow_target_s=0.0, slow_max_reps=1, sgemm_n=1024, sgemm_reps=4)
 
 
 @dataclasses.dataclass
@@ -125,12 +128,23 @@ class Method:
 
 @dataclasses.dataclass
 class Measurement:
-    times: list = dataclasses.field(default_factory=list)   # seconds, all rounds
+    rounds: list = dataclasses.field(default_factory=list)  # per round, its reps in seconds (maybe none)
     status: str = "ok"                                        # ok | skipped
 
     @property
+    def times(self) -> list:
+        """Every rep of every round, in seconds."""
+        return [t for reps in self.rounds for t in reps]
+
+    @property
     def median_ms(self) -> Optional[float]:
-        return statistics.median(self.times) * 1e3 if self.status == "ok" and self.times else None
+        times = self.times
+        return statistics.median(times) * 1e3 if self.status == "ok" and times else None
+
+    def round_median_ms(self, r: int) -> Optional[float]:
+        """Median of round r's reps, or None where it has none."""
+        ok = self.status == "ok" and r < len(self.rounds) and self.rounds[r]
+        return statistics.median(self.rounds[r]) * 1e3 if ok else None
 
 
 # ---- timers: one per device --------------------------------------------------------------------------
@@ -206,14 +220,22 @@ def warm_up(method: Method, timer: CpuTimer, plan: TimingPlan) -> Optional[float
 
 
 def choose_reps(method: Method, seconds: float, plan: TimingPlan) -> int:
-    """Measured reps in total (all rounds): --repeat, or enough for about target_s within the caps."""
+    """Measured reps in total (all rounds): --repeat, or enough for about target_s within the caps (and
+    at least one a round)."""
     if method.slow:
         auto = math.ceil(plan.slow_target_s / max(seconds, 1e-9))
         cap = plan.slow_max_reps if plan.repeat is None else min(plan.repeat, plan.slow_max_reps)
         return max(1, min(auto, cap))
     if plan.repeat is not None:
         return plan.repeat
-    return max(plan.min_reps, min(plan.max_reps, math.ceil(plan.target_s / max(seconds, 1e-9))))
+    auto = max(plan.min_reps, min(plan.max_reps, math.ceil(plan.target_s / max(seconds, 1e-9))))
+    return max(auto, plan.rounds)
+
+
+def reps_per_round(total: int, rounds: int) -> list:
+    """total reps spread over the rounds as evenly as they go, earlier rounds taking the remainder
+    (a method with fewer reps than rounds, the reference, sits out the last rounds)."""
+    return [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
 
 
 def measure_block(method: Method, reps: int, timer: CpuTimer) -> list:
@@ -239,12 +261,13 @@ def measure(methods: list, timer: CpuTimer, plan: TimingPlan) -> dict:
         estimate = warm_up(m, timer, plan)
         results[m.key] = Measurement(status="ok" if estimate is not None else "skipped")
         if estimate is not None:
-            per_round[m.key] = math.ceil(choose_reps(m, estimate, plan) / plan.rounds)
+            per_round[m.key] = reps_per_round(choose_reps(m, estimate, plan), plan.rounds)
     active = [m for m in methods if m.key in per_round]
     gc.collect()  # once: a full collection with torch loaded takes tens of ms
     for r in range(plan.rounds):
         for m in (active if r % 2 == 0 else active[::-1]):
-            results[m.key].times += measure_block(m, per_round[m.key], timer)
+            reps = per_round[m.key][r]
+            results[m.key].rounds.append(measure_block(m, reps, timer) if reps else [])
     timer.synchronize()
     return results
 
@@ -645,6 +668,17 @@ class Row:
         return None if ms is None else ms / self.fastlstm_ms
 
     @property
+    def speedup_vs_torch_rounds(self) -> list:
+        """The speedup against torch's faster thread count computed within each round (its medians)."""
+        threads = self.torch_best[0]
+        if threads is None:
+            return []
+        torch = self.torch[threads]
+        ours = self.fastlstm
+        pairs = ((torch.round_median_ms(r), ours.round_median_ms(r)) for r in range(len(ours.rounds)))
+        return [t / f for t, f in pairs if t is not None and f is not None]
+
+    @property
     def reference_ms(self) -> Optional[float]:
         return None if self.reference is None else self.reference.median_ms
 
@@ -704,6 +738,10 @@ def fmt_x(ratio: Optional[float]) -> str:
     return "-" if ratio is None else f"{ratio:.2f}x"
 
 
+def fmt_range(ratios: list) -> str:
+    return "-" if not ratios else f"{min(ratios):.2f}-{max(ratios):.2f}x"
+
+
 def progress_line(row: Row) -> str:
     parts = [f"{row.cfg.label:>16} {row.mode:<7}  fastlstm {fmt_ms(row.fastlstm_ms)} ms"]
     parts += [f"torch {t}t {fmt_ms(row.torch_ms(t))} ms" for t in row.torch]
@@ -727,6 +765,7 @@ def table_columns(torch_threads: list, with_reference: bool) -> list:
         cols.append(("torch", f"torch {t}t ms", cell))
     if torch_threads:
         cols.append(("torch", "speedup vs torch best", lambda r: fmt_x(r.speedup_vs_torch)))
+        cols.append(("torch", "per round", lambda r: fmt_range(r.speedup_vs_torch_rounds)))
     if with_reference:
         cols += [("ref", "reference ms",
                   lambda r: "skipped" if r.reference_status == "skipped" else fmt_ms(r.reference_ms)),
@@ -789,7 +828,8 @@ def table_notes(torch_threads: list, with_reference: bool) -> list:
     notes = []
     if len(torch_threads) > 1:
         notes.append("* torch's faster thread count; speedup vs torch best = that time / fastlstm's "
-                     "(> 1: fastlstm is faster)")
+                     "(> 1: fastlstm is faster); per round = the lowest and highest of that speedup computed "
+                     "from each round's medians")
     if with_reference:
         notes.append("speedup vs reference = NumPy reference time / fastlstm's; 'skipped': one run took over "
                      "the time budget")
@@ -798,7 +838,8 @@ def table_notes(torch_threads: list, with_reference: bool) -> list:
 
 CSV_FIELDS = ["T", "B", "I", "H", "mode", "flops", "fastlstm_ms", "fastlstm_gflops", "pct_of_sgemm_peak",
               "torch_1t_ms", "torch_nt_ms", "torch_nt_threads", "torch_best_ms", "torch_best_threads",
-              "speedup_vs_torch_best", "reference_ms", "reference_status", "speedup_vs_reference",
+              "speedup_vs_torch_best", "speedup_round_min", "speedup_round_max", "reference_ms", "reference_status",
+              "speedup_vs_reference",
               "max_abs_diff_vs_torch", "fastlstm_reps", "torch_reps", "reference_reps"]
 MACHINE_FIELDS = [f.name for f in dataclasses.fields(Machine)] + ["sgemm_peak_gflops", "timestamp"]
 
@@ -809,6 +850,7 @@ def csv_record(row: Row, torch_threads: list, machine_fields: dict) -> dict:
 
     n_threads = [t for t in torch_threads if t != 1]
     best_t, best_ms = row.torch_best
+    rounds = row.speedup_vs_torch_rounds
     rec = dict(T=row.cfg.T, B=row.cfg.B, I=row.cfg.I, H=row.cfg.H, mode=row.mode, flops=row.flops,
                fastlstm_ms=num(row.fastlstm_ms), fastlstm_gflops=num(row.gflops, 2),
                pct_of_sgemm_peak=num(row.pct_peak, 2),
@@ -817,6 +859,8 @@ def csv_record(row: Row, torch_threads: list, machine_fields: dict) -> dict:
                torch_nt_threads=n_threads[0] if n_threads and row.torch else "",
                torch_best_ms=num(best_ms), torch_best_threads="" if best_t is None else best_t,
                speedup_vs_torch_best=num(row.speedup_vs_torch, 3),
+               speedup_round_min=num(min(rounds), 3) if rounds else "",
+               speedup_round_max=num(max(rounds), 3) if rounds else "",
                reference_ms=num(row.reference_ms), reference_status=row.reference_status,
                speedup_vs_reference=num(row.speedup_vs_reference, 3),
                max_abs_diff_vs_torch="" if row.max_abs_diff is None else f"{row.max_abs_diff:.3g}",
@@ -871,8 +915,11 @@ def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) 
     p.add_argument("--quick", action="store_true",
                    help="smoke test in seconds: small problems, few reps (--configs still applies)")
     p.add_argument("--repeat", type=positive_int, metavar="N",
-                   help="measured reps per method, over both rounds (default: about 1 s each, 5 to 50; "
-                        "the reference takes at most 3)")
+                   help="measured reps per method, over all rounds (default: about 1 s each, 5 to 50 and at "
+                        "least one a round; the reference takes at most 3)")
+    p.add_argument("--rounds", type=positive_int, metavar="N",
+                   help=f"alternating rounds the reps are spread over (default {FULL_PLAN.rounds}, "
+                        f"{QUICK_PLAN.rounds} with --quick)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="fastlstm's thread budget, and torch's multi-thread column (default: fastlstm's)")
     p.add_argument("--no-torch", action="store_true", help="do not time torch.nn.LSTM")
@@ -887,6 +934,12 @@ def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) 
     p.add_argument("--csv", default=str(default_csv), metavar="PATH",
                    help=f"write every row here (default {default_csv}; '' writes none)")
     return p
+
+
+def timing_plan(args) -> TimingPlan:
+    """The full or --quick plan with --repeat and --rounds applied."""
+    plan = dataclasses.replace(QUICK_PLAN if args.quick else FULL_PLAN, repeat=args.repeat)
+    return plan if args.rounds is None else dataclasses.replace(plan, rounds=args.rounds)
 
 
 def load_torch(enabled: bool):
@@ -905,7 +958,7 @@ def log_stderr(message: str) -> None:
 
 
 def run(args, fastlstm, torch) -> int:
-    plan = dataclasses.replace(QUICK_PLAN if args.quick else FULL_PLAN, repeat=args.repeat)
+    plan = timing_plan(args)
     configs = args.configs or [Config(*c) for c in (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)]
     timer = make_timer(args.device)
     reference = None

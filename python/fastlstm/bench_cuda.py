@@ -6,10 +6,10 @@ What this is: the CPU sweep's problems plus T=100, B in 1, 8, 64, 256 and H = I 
 are cleared; CuPy uses TF32 only when CUPY_TF32=1, which this refuses). For each problem, inference
 (``forward``: eval mode) and training (``fwd+bwd``: train-mode forward, then backward with a fixed dy,
 dx included on both sides) are timed with CUDA events on the legacy default stream, where both
-libraries enqueue their work: warm-up, then two alternating rounds, median of all reps. Reported:
-median ms, achieved TFLOP/s (forward = 2*T*B*4H*(I+H) flops, fwd+bwd = 3x) against the fp32 peak
-measured in the same run (cuBLAS SGEMM 8192^3 through CuPy), the strategy fastlstm's heuristic chose,
-and the speedup over cuDNN. Before timing, fastlstm's forward output is compared with torch's.
+libraries enqueue their work: warm-up, then alternating rounds (6, 2 with --quick, or --rounds),
+median of all reps. Reported: median ms, achieved TFLOP/s (forward = 2*T*B*4H*(I+H) flops, fwd+bwd =
+3x) against the fp32 peak measured in the same run (cuBLAS SGEMM 8192^3 through CuPy), the strategy
+fastlstm's heuristic chose, and the speedup over cuDNN. Before timing, fastlstm's forward output is compared with torch's.
 
 What it is not: a test (slowness never fails), or a sweep of stacked / bidirectional / float64 layers.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench import DEFAULT_CONFIGS, FULL_PLAN, MODES, QUICK_PLAN, Config, Method, make_timer, measure, render_table
+from .bench import DEFAULT_CONFIGS, MODES, Config, Method, make_timer, measure, render_table, timing_plan
 
 SWEEP = tuple((100, b, h, h) for b in (1, 8, 64, 256) for h in (256, 512, 1024, 2048))
 QUICK = ((20, 1, 64, 64), (20, 64, 128, 128))
@@ -53,7 +53,7 @@ def run(args, fastlstm, torch, csv_path) -> int:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     timer = make_timer("cuda")
-    plan = dataclasses.replace(QUICK_PLAN if args.quick else FULL_PLAN, repeat=args.repeat)
+    plan = timing_plan(args)
     dev = cp.cuda.Device()
     name = fastlstm.build_info()["cuda_device_names"][dev.id]
     peak = _sgemm_peak_tflops(cp, timer, plan, 2048 if args.quick else 8192)
