@@ -166,3 +166,101 @@ def test_gemm_second_product_and_sums_are_checked():
     with pytest.raises(ValueError, match="a_sums"):
         _C.gemm(a, b, c, True, a_sums=np.zeros(5))  # one per row of op(a): 4
     assert not c.any() and not c2.any(), "a refused call wrote its outputs"
+
+
+def test_lengths_must_be_exact_integers_in_range():
+    lstm = fastlstm.LSTM(3, 4)
+    x = np.ones((5, 2, 3), np.float32)
+    with pytest.raises(TypeError, match="lengths: expected integers"):
+        lstm(x, lengths=np.array([2.7, 5], dtype=object))  # (once truncated to [2, 5] silently)
+    with pytest.raises(TypeError, match="lengths: expected integers"):
+        lstm(x, lengths=[[1, 2], [3]])
+    with pytest.raises(ValueError, match=r"lengths: expected values in 1\.\.5"):
+        lstm(x, lengths=[2**64, 1])  # (once an OverflowError)
+    with pytest.raises(ValueError, match=r"lengths: expected values in 1\.\.5"):
+        lstm(x, lengths=np.array([2**64 - 1, 1], np.uint64))  # not wrapped to -1 on the way to int64
+    y_obj, _ = lstm(x, lengths=np.array([5, 2], dtype=object))
+    y_int, _ = lstm(x, lengths=[5, 2])
+    np.testing.assert_array_equal(y_obj, y_int)
+
+
+def test_empty_batches_are_reported_with_the_callers_shape():
+    with pytest.raises(ValueError, match=r"got shape \(0, 3\)"):
+        fastlstm.LSTM(3, 4)(np.ones((0, 3), np.float32))
+    with pytest.raises(ValueError, match=r"x: expected at least one sequence, got shape \(0, 3\)"):
+        fastlstm.LSTMCell(3, 4)(np.ones((0, 3), np.float32))
+
+
+def test_many_layers_are_refused_before_anything_is_allocated():
+    # the estimate counts each layer's Python objects too (10**7 tiny layers once passed it and were OOM-killed)
+    # and takes no time for any num_layers (a sum over 10**9 layers once ran for minutes)
+    for n in (10**7, 10**9):
+        with pytest.raises(MemoryError, match="parameters"):
+            fastlstm.LSTM(3, 4, num_layers=n)
+
+
+def test_parameter_assignment_takes_real_numbers_of_the_right_shape():
+    lstm = fastlstm.LSTM(3, 4)
+    p = lstm.parameters()[0]
+    before = p.data.copy()
+    for bad in (np.ones(p.shape, np.complex64), np.ones(p.shape, bool), np.ones(p.shape, object)):
+        with pytest.raises(TypeError, match="weight_ih_l0: expected real numbers"):
+            p.data = bad
+        with pytest.raises(TypeError, match=r"weight_ih_l0\.grad: expected real numbers"):
+            p.grad = bad
+    with pytest.raises(TypeError, match="weight_ih_l0: expected an array"):
+        p.data = [[1.0, 2.0], [3.0]]
+    np.testing.assert_array_equal(p.data, before)
+    p.data = np.full(p.shape, 2, np.int64)  # integers convert
+    assert p.data.dtype == np.float32 and np.all(p.data == 2)
+
+
+def test_state_dict_values_torch_cannot_hand_to_numpy_name_their_key():
+    torch = pytest.importorskip("torch")
+    lstm = fastlstm.LSTM(3, 4)
+    before = lstm.state_dict()
+    state = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in before.items()}
+    with pytest.raises(TypeError, match=r"state\['weight_ih_l0'\]: this torch tensor"):
+        lstm.load_state_dict(state)
+    ragged = dict(before, weight_hh_l0=[[1.0], [2.0, 3.0]])
+    with pytest.raises(TypeError, match=r"state\['weight_hh_l0'\]: expected an array"):
+        lstm.load_state_dict(ragged)
+    for k, v in lstm.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_cell_load_state_dict_names_missing_keys_as_the_cell_does():
+    cell = fastlstm.LSTMCell(3, 4)
+    with pytest.raises(ValueError, match=r"missing keys \['weight_hh', 'bias_ih', 'bias_hh'\]"):
+        cell.load_state_dict({"weight_ih": np.zeros((16, 3), np.float32)})
+
+
+def test_a_rejected_cell_backward_keeps_the_recorded_step():
+    cell = fastlstm.LSTMCell(3, 4, seed=0)
+    x = np.ones((2, 3), np.float32)
+    cell(x)
+    with pytest.raises(ValueError, match="dh: expected shape"):
+        cell.backward(np.ones((5, 4), np.float32))
+    dx, _ = cell.backward(np.ones((2, 4), np.float32))  # the step is still there
+    assert dx.shape == (2, 3)
+
+
+def test_keras_layer_index_takes_numpy_integers():
+    lstm = fastlstm.LSTM(3, 4, num_layers=2)
+    assert lstm.keras_weights(layer=np.int64(1))[0].shape == (4, 16)
+    with pytest.raises(ValueError, match=r"layer: expected an int in \[0, 2\)"):
+        lstm.keras_weights(layer=np.int64(2))
+
+
+def test_constructor_dtype_none_is_refused_not_float64():
+    with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64', got None"):
+        fastlstm.LSTM(3, 4, dtype=None)
+
+
+def test_thread_counts_past_the_pool_limit_are_capped_not_a_binding_error():
+    n = fastlstm.get_num_threads()
+    try:
+        fastlstm.set_num_threads(2**40)
+        assert 1 <= fastlstm.get_num_threads() <= 4095
+    finally:
+        fastlstm.set_num_threads(n)

@@ -119,6 +119,16 @@ def test_bad_hyperparameters_are_clear_errors():
         optim.SGD([np.zeros(3)], lr=0.1)
     with pytest.raises(ValueError, match="nesterov"):
         optim.SGD([p], lr=0.1, nesterov=True)
+    with pytest.raises(TypeError, match="nesterov: expected a bool"):
+        optim.SGD([p], lr=0.1, momentum=0.9, nesterov=1)
+    with pytest.raises(TypeError, match=r"betas\[0\]: expected a number"):
+        optim.Adam([p], betas=("a", "b"))
+    with pytest.raises(TypeError, match="betas: expected a pair"):
+        optim.Adam([p], betas=0.9)
+    with pytest.raises(ValueError, match=r"betas\[1\]: expected a number in \[0, 1\)"):
+        optim.Adam([p], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="min_lr: expected at most lr"):
+        optim.CosineLR(0.1, 10, 0, min_lr=10.0)
 
 
 def test_updates_are_in_place_so_the_layer_sees_them():

@@ -38,12 +38,12 @@ def build_info() -> dict:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the kernels may use (each call still picks fewer for small problems)."""
+    """Threads the kernels may use (each call still picks fewer for small problems; capped at 4095)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n: expected a positive int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"n: expected a positive int, got {n}")
-    _C.set_num_threads(n)
+    _C.set_num_threads(min(n, 2**31 - 1))  # (the pool caps it lower still)
 
 
 def get_num_threads() -> int:

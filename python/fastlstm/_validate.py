@@ -45,6 +45,8 @@ def boolean(value, name: str) -> bool:
 
 
 def float_dtype(value, name: str = "dtype") -> np.dtype:
+    if value is None:  # (np.dtype(None) would be float64)
+        raise TypeError(f"{name}: expected 'float32' or 'float64', got None")
     try:
         dt = np.dtype(value)
     except TypeError:

@@ -85,8 +85,9 @@ class LSTMCell:
             raise TypeError(f"state: expected a dict of arrays, got {V.describe(state)}")
         inverse = {v: k for k, v in _NAMES.items()}
         unexpected = [k for k in state if k not in inverse]
-        if strict and unexpected:
-            raise ValueError(f"state: unexpected keys {unexpected}; expected {sorted(self._params)}")
+        missing = [k for k in self._params if k not in state]
+        if strict and (missing or unexpected):
+            raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
         self._core.load_state_dict({inverse[k]: v for k, v in state.items() if k in inverse}, strict=strict)
 
     def __repr__(self) -> str:
@@ -101,6 +102,8 @@ class LSTMCell:
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected shape (batch, {self.input_size}) or ({self.input_size},), got {x.shape}")
         unbatched = x.ndim == 1
+        if not unbatched and x.shape[0] == 0:
+            raise ValueError(f"x: expected at least one sequence, got shape {x.shape}")
         xb = x[None, :] if unbatched else x
         B, H = xb.shape[0], self.hidden_size
         state = None
@@ -125,7 +128,7 @@ class LSTMCell:
         if not self._records:
             raise ValueError("backward: no recorded forward to differentiate; call the cell in training mode "
                              "(cell.train()) first, once per backward")
-        ctx, unbatched = self._records.pop()
+        ctx, unbatched = self._records[-1]  # popped once the arguments are known good
         B, H = ctx["B"], self.hidden_size
         grads = []
         for g, name in ((dh, "dh"), (dc, "dc")):
@@ -134,6 +137,7 @@ class LSTMCell:
                 V.shape(g, name, (H,) if unbatched else (B, H), "(the shape of h)")
                 g = self._core._xp.ascontiguousarray(g).reshape(1, B, H)
             grads.append(g)
+        self._records.pop()
         self._core._ctx = ctx
         dx, (dh0, dc0) = self._core.backward(None, tuple(grads))
         dx, dh0, dc0 = dx[0], dh0[0], dc0[0]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import threading
 import warnings
 
@@ -48,6 +49,9 @@ _gx_cache = threading.local()
 _GX_CACHE_MAX = 1 << 30
 
 _STRATEGIES = ("auto", "persistent", "streaming")
+
+
+_LAYER_OVERHEAD = 4096  # bytes of Python objects per layer besides its arrays' data (see LSTM.__init__)
 
 
 def _live_rows(lengths, T, B, batch_first):
@@ -80,6 +84,21 @@ def _gx_buffer(shape, dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
+def _host_values(value, name) -> np.ndarray:
+    """A value given for weights (NumPy/CuPy array, torch tensor, nested list) as a NumPy array, or a
+    TypeError naming `name` (a ragged list, a dtype NumPy cannot hold such as torch.bfloat16)."""
+    if hasattr(value, "detach"):  # a torch tensor
+        try:
+            return value.detach().cpu().numpy()
+        except (TypeError, RuntimeError) as err:
+            raise TypeError(f"{name}: this torch tensor has no NumPy equivalent ({err}); convert it with "
+                            f".float() first") from None
+    try:
+        return _backend.to_numpy(value)
+    except ValueError as err:  # a ragged nested list
+        raise TypeError(f"{name}: expected an array, got {V.describe(value)} ({err})") from None
+
+
 class Parameter:
     """A parameter's value and gradient, both views into the owning layer's stacked buffers.
 
@@ -100,10 +119,18 @@ class Parameter:
     def data(self, value) -> None:
         if value is self._data:  # `p.data -= u` lands here with the same array
             return
-        value = _backend.to_device(value, _backend.device_of(self._data))
-        if value.shape != self._data.shape:
-            raise ValueError(f"{self.name}: expected shape {self._data.shape}, got {value.shape}")
-        self._data[...] = value
+        self._data[...] = self._incoming(value, self.name, self._data)
+
+    @staticmethod
+    def _incoming(value, name, target):
+        """value as an array on target's device, checked to fit target (shape; real numbers)."""
+        value = _host_values(value, name) if _backend.device_of(target) == "cpu" else value
+        value = _backend.to_device(value, _backend.device_of(target))
+        if value.dtype.kind not in "fiu":
+            raise TypeError(f"{name}: expected real numbers, got dtype {value.dtype}")
+        if value.shape != target.shape:
+            raise ValueError(f"{name}: expected shape {target.shape}, got {value.shape}")
+        return value
 
     @property
     def grad(self) -> np.ndarray:
@@ -112,10 +139,7 @@ class Parameter:
     @grad.setter
     def grad(self, value) -> None:  # `p.grad += g` lands here with the same array; other values are copied in
         if value is not self._grad:
-            value = _backend.to_device(value, _backend.device_of(self._grad))
-            if value.shape != self._grad.shape:
-                raise ValueError(f"{self.name}.grad: expected shape {self._grad.shape}, got {value.shape}")
-            self._grad[...] = value
+            self._grad[...] = self._incoming(value, self.name + ".grad", self._grad)
 
     @property
     def shape(self):
@@ -215,10 +239,13 @@ class LSTM:
         self._ctx = None
         self._workspace = {}  # training-mode scratch reused across calls (eval mode shares nothing)
 
-        D, H, P = self.num_directions, self.hidden_size, self.proj_size
-        nparams = sum(D * (4 * H * (self._layer_input(l) + self._hout + (2 if self.bias else 0)) + P * H)
-                      for l in range(self.num_layers))
-        V.memory(2 * nparams * self.dtype.itemsize, "LSTM parameters and gradients")
+        D, H, P, L = self.num_directions, self.hidden_size, self.proj_size, self.num_layers
+        def per_layer(inputs):
+            return D * (4 * H * (inputs + self._hout + (2 if self.bias else 0)) + P * H)
+
+        nparams = per_layer(self.input_size) + (L - 1) * per_layer(D * self._hout)
+        # (+ the Python objects of each layer: its weight and gradient arrays and Parameters, ~3.5 KiB measured)
+        V.memory(2 * nparams * self.dtype.itemsize + L * _LAYER_OVERHEAD, "LSTM parameters and gradients")
         self._layers = [_LayerWeights(D, H, self._layer_input(l), self.dtype, self.bias, P) for l in range(self.num_layers)]
         self.device = "cpu"
         self._cuda_strategy = "auto"
@@ -375,7 +402,7 @@ class LSTM:
     def _check_layer_index(self, layer):
         if self.proj_size:
             raise ValueError("proj_size: Keras's LSTM has no projection; Keras weights need proj_size=0")
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.num_layers:
             raise ValueError(f"layer: expected an int in [0, {self.num_layers}), got {layer!r}")
 
     def train(self, mode: bool = True) -> "LSTM":
@@ -446,10 +473,7 @@ class LSTM:
         for name in self._params:
             if name not in state:
                 continue
-            v = state[name]
-            if hasattr(v, "detach"):  # a torch tensor
-                v = v.detach().cpu().numpy()
-            v = _backend.to_numpy(v)  # NumPy or CuPy values load into a layer on either device
+            v = _host_values(state[name], f"state[{name!r}]")  # NumPy, CuPy or torch, onto either device
             if v.shape != self._params[name].shape:
                 raise ValueError(f"state[{name!r}]: expected shape {self._params[name].shape}, got {v.shape}")
             if not np.issubdtype(v.dtype, np.floating):
@@ -513,11 +537,11 @@ class LSTM:
             raise ValueError(f"x: expected the last dimension to be input_size={self.input_size}, got shape {x.shape}")
         unbatched = x.ndim == 2
         bf = self.batch_first and not unbatched
+        if 0 in x.shape[:-1]:
+            raise ValueError(f"x: expected at least one time step and one sequence, got shape {x.shape}")
         if unbatched:
             x = x[:, None, :]
         T, B = (x.shape[1], x.shape[0]) if bf else (x.shape[0], x.shape[1])
-        if T == 0 or B == 0:
-            raise ValueError(f"x: expected at least one time step and one sequence, got shape {x.shape}")
         if hx is None and self.stateful and self.state is not None:
             expected = (L * D, self._hout) if unbatched else (L * D, B, self._hout)
             if self.state[0].shape != expected:
@@ -627,18 +651,23 @@ class LSTM:
         """lengths -> (int64 [B] sorted longest first, or None when all are T; the sorting order, or None)."""
         if lengths is None:
             return None, None
-        arr = np.asarray(lengths)
+        try:
+            arr = np.asarray(lengths)
+        except ValueError:  # ragged
+            raise TypeError(f"lengths: expected integers, one per sequence, got {V.describe(lengths)}") from None
+        def integral(v):
+            return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+        if arr.dtype == object and not all(integral(v) for v in arr.ravel()):
+            raise TypeError(f"lengths: expected integers, one per sequence, got {lengths!r}")
         if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == object):
             raise TypeError(f"lengths: expected integers, one per sequence, got dtype {arr.dtype}")
-        try:
-            arr = arr.astype(np.int64)
-        except (TypeError, ValueError):
-            raise TypeError("lengths: expected integers, one per sequence") from None
         if arr.shape != (B,):
             raise ValueError(f"lengths: expected shape ({B},) (one per sequence), got {arr.shape}")
-        if B and (arr.min() < 1 or arr.max() > T):
+        if B and (arr.min() < 1 or arr.max() > T):  # (in their own type: no wrap-around on the way to int64)
             raise ValueError(f"lengths: expected values in 1..{T} (the time steps of x), got min {arr.min()} "
                              f"max {arr.max()}")
+        arr = arr.astype(np.int64)
         if np.all(arr == T):
             return None, None
         if np.all(arr[:-1] >= arr[1:]):
@@ -675,6 +704,8 @@ class LSTM:
         dy: gradient of the loss w.r.t. y (same shape as y), or None; dhx: None or a pair whose members
         (gradients w.r.t. h_n and c_n) may be None. Adds the parameter gradients into ``p.grad`` and
         releases what the forward saved (a second backward needs a new forward).
+        The training forward keeps x and the y it returned (no copies) for this: change either in place
+        before backward and the weight gradients follow the changed values (copy first).
         """
         with self._device_scope():
             return self._backward(dy, dhx)

@@ -69,7 +69,9 @@ class SGD(Optimizer):
         self.momentum = _positive(momentum, "momentum", allow_zero=True)
         self.dampening = _positive(dampening, "dampening", allow_zero=True)
         self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
-        self.nesterov = bool(nesterov)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov: expected a bool, got {type(nesterov).__name__} {nesterov!r}")
+        self.nesterov = nesterov
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov: needs momentum > 0 and dampening = 0")
 
@@ -96,8 +98,13 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
-            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas: expected a pair of numbers in [0, 1), got {betas!r}")
+        for i, b in enumerate(betas):
+            if isinstance(b, bool) or not isinstance(b, numbers.Real):
+                raise TypeError(f"betas[{i}]: expected a number in [0, 1), got {type(b).__name__} {b!r}")
+            if not 0 <= b < 1:
+                raise ValueError(f"betas[{i}]: expected a number in [0, 1), got {b!r}")
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = _positive(eps, "eps")
         self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
@@ -190,6 +197,8 @@ class CosineLR:
             raise ValueError(f"warmup_steps: expected an int in [0, total_steps={total_steps}], got {warmup_steps!r}")
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.min_lr = _positive(min_lr, "min_lr", allow_zero=True)
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr: expected at most lr={self.lr} (the decay ends there), got {self.min_lr}")
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
