@@ -19,12 +19,12 @@ from . import reference
 from .layer import LSTM, Parameter
 from .cell import LSTMCell
 from . import checkpoint, data, losses, nn, optim, tasks, train
-from .checkpoint import load, save
+from .checkpoint import CheckpointError, load, save
 
 __version__ = _C.__version__
 
 __all__ = ["LSTM", "LSTMCell", "Parameter", "reference", "nn", "losses", "optim", "train", "data", "tasks", "checkpoint",
-           "save", "load", "build_info", "set_num_threads", "get_num_threads",
+           "save", "load", "CheckpointError", "build_info", "set_num_threads", "get_num_threads",
            "set_isa", "get_isa", "__version__"]
 
 

@@ -116,11 +116,11 @@ def _available_memory() -> int:
 _CHECK_ABOVE = 64 << 20
 
 
-def memory(nbytes: int, what: str) -> None:
+def memory(nbytes: int, what: str, advice: str = "use a smaller batch or sequence length") -> None:
     """Raise MemoryError up front when `what` needs more memory than the machine has available."""
     if nbytes < _CHECK_ABOVE:
         return
     avail = _available_memory()
     if nbytes > avail:
         raise MemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB of working memory but only "
-                          f"{avail / 2**30:.2f} GiB is available; use a smaller batch or sequence length")
+                          f"{avail / 2**30:.2f} GiB is available; {advice}")

@@ -9,7 +9,8 @@ dx included on both sides) are timed with CUDA events on the legacy default stre
 libraries enqueue their work: warm-up, then alternating rounds (6, 2 with --quick, or --rounds),
 median of all reps. Reported: median ms, achieved TFLOP/s (forward = 2*T*B*4H*(I+H) flops, fwd+bwd =
 3x) against the fp32 peak measured in the same run (cuBLAS SGEMM 8192^3 through CuPy), the strategy
-fastlstm's heuristic chose, and the speedup over cuDNN. Before timing, fastlstm's forward output is compared with torch's.
+fastlstm's heuristic chose, and the speedup over cuDNN. Before timing, fastlstm's forward output is
+compared with torch's.
 
 What it is not: a test (slowness never fails), or a sweep of stacked / bidirectional / float64 layers.
 """

@@ -12,19 +12,23 @@ over ``path``; a crash at any point leaves either the previous checkpoint or the
 mix. A save that fails with an exception removes its temporary file (a killed process may leave a
 ``.tmp-*.npz`` behind, never a damaged checkpoint).
 
-Tests: tests/test_checkpoint.py (round trip, simulated crash, truncated / corrupted / foreign files).
+Tests: tests/test_checkpoint.py (round trip, simulated crash, truncated / corrupted / foreign files) and
+tests/test_train_errors.py (malformed archives, headers, configurations and weights; bad paths).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
 from . import _backend
+from . import _validate as V
 from . import nn
 
 __all__ = ["save", "load", "load_checkpoint", "CheckpointError"]
@@ -38,17 +42,51 @@ class CheckpointError(ValueError):
     """A file that is not a readable fastlstm checkpoint (truncated, corrupted, foreign or newer)."""
 
 
+# What a damaged or foreign archive raises while it is read: zipfile's and NumPy's own errors, the
+# decompressors' (zlib.error; bz2 raises OSError), RuntimeError for an encrypted member (its subclasses
+# NotImplementedError for an unknown compression method or zip version, and RecursionError for JSON
+# nested too deeply), MemoryError for an array header that claims an enormous shape and struct.error for a
+# mangled zip record.
+_UNREADABLE = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError, RuntimeError,
+               MemoryError, zlib.error, struct.error)
+try:
+    import lzma
+
+    _UNREADABLE += (lzma.LZMAError,)
+except ImportError:  # a Python built without lzma cannot open such members at all (NotImplementedError)
+    pass
+
+# What building the stored model can raise for a configuration that does not describe one: bad or unknown
+# arguments (TypeError, ValueError, KeyError), sizes too large for this machine (MemoryError, OverflowError),
+# a CUDA device that is not usable here and nesting too deep to rebuild (RuntimeError, RecursionError).
+_UNBUILDABLE = (KeyError, TypeError, ValueError, MemoryError, OverflowError, RuntimeError)
+
+
+def check_path(path, name: str = "path") -> str:
+    """path as a str, after checking it is a str or os.PathLike that names a file (not "", "dir/" or ".npz")."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a str or os.PathLike file name, got {V.describe(path)}")
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise TypeError(f"{name}: expected a path that gives a str, got {V.describe(path)}")
+    if not os.path.basename(path).removesuffix(".npz"):
+        raise ValueError(f"{name}: expected a file name, got {path!r}")
+    return path
+
+
 def save(model, path, meta=None) -> str:
     """Write model (weights + config) and meta (JSON-able) to path (".npz" appended if missing)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a fastlstm.nn.Module, got {type(model).__name__}")
-    path = os.fspath(path)
+    path = check_path(path)
     if not path.endswith(".npz"):
         path += ".npz"
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta: expected a dict or None, got {V.describe(meta)}")
     header = {"format": FORMAT, "version": VERSION, "model": model.config(), "meta": meta or {}}
     try:
         blob = json.dumps(header).encode("utf-8")
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RecursionError) as err:
         raise TypeError(f"meta: expected JSON-serialisable values ({err})") from None
     arrays = {name: _backend.to_numpy(p.data) for name, p in model.named_parameters()}
     if _META_KEY in arrays:
@@ -92,13 +130,35 @@ def _fsync_dir(directory: str) -> None:
 
 def load_checkpoint(path):
     """(model, meta) from a file written by save; the model is in eval mode."""
-    path = os.fspath(path)
+    path = check_path(path)
     if not os.path.isfile(path) and os.path.isfile(path + ".npz"):  # as save() names it
         path += ".npz"
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: a directory, not a checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:  # a file we may not read is an OSError of its own, not a damaged checkpoint
+        header, weights = _read(f, path)
+    _check_header(header, path)
+    for name, w in weights.items():
+        if w.dtype.kind != "f":
+            raise CheckpointError(f"{path}: weight {name!r} holds {w.dtype} values; expected floating point")
     try:
-        z = np.load(path, allow_pickle=False)
+        model = nn.from_config(header["model"])
+    except _UNBUILDABLE as err:
+        raise CheckpointError(f"{path}: cannot build the stored model from its configuration "
+                              f"({type(err).__name__}: {err})") from None
+    try:
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: the weights do not fit the stored model ({err})") from None
+    return model.eval(), header.get("meta", {})
+
+
+def _read(f, path):
+    """(header, weights) from an open .npz file; CheckpointError for anything that is not one."""
+    try:
+        z = np.load(f, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise CheckpointError(f"{path}: not a fastlstm checkpoint (a single NumPy array, not an .npz archive)")
         with z:
@@ -109,20 +169,46 @@ def load_checkpoint(path):
             weights = {k: z[k] for k in z.files if k != _META_KEY}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not a readable fastlstm checkpoint (truncated or corrupted: {err})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a fastlstm checkpoint (format tag {header.get('format')!r})"
-                              if isinstance(header, dict) else f"{path}: not a fastlstm checkpoint")
-    if header.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {header.get('version')!r}; "
-                              f"this fastlstm reads version {VERSION}")
-    try:
-        model = nn.from_config(header["model"])
-        model.load_state_dict(weights)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: the weights do not fit the stored model ({err})") from None
-    return model.eval(), header.get("meta", {})
+    except MemoryError as err:
+        raise CheckpointError(f"{path}: not a readable fastlstm checkpoint (an array in it claims more memory "
+                              f"than is available: {err})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a readable fastlstm checkpoint (its {_META_KEY} header is "
+                              "nested too deeply)") from None
+    except _UNREADABLE as err:
+        kind = type(err).__name__
+        if type(err).__module__ != "builtins":  # zlib.error, zipfile.BadZipFile
+            kind = f"{type(err).__module__}.{kind}"
+        raise CheckpointError(f"{path}: not a readable fastlstm checkpoint (truncated or corrupted: "
+                              f"{kind}: {err})") from None
+    return header, weights
+
+
+def _json_kind(value) -> str:
+    """The JSON name of a decoded value's type, for messages about a header."""
+    for kind, name in ((dict, "object"), (list, "array"), (str, "string"), (bool, "boolean"), (type(None), "null")):
+        if isinstance(value, kind):
+            return name
+    return "number"
+
+
+def _check_header(header, path) -> None:
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a fastlstm checkpoint (its header is a JSON {_json_kind(header)}, "
+                              "expected an object)")
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a fastlstm checkpoint (format tag {header.get('format')!r})")
+    version = header.get("version")
+    if isinstance(version, bool) or version != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}; this fastlstm reads version {VERSION}")
+    if "model" not in header:
+        raise CheckpointError(f"{path}: its header has no 'model' entry (the model's configuration)")
+    if not isinstance(header["model"], dict):
+        raise CheckpointError(f"{path}: its header's 'model' is a JSON {_json_kind(header['model'])}, "
+                              "expected an object (the model's configuration)")
+    if not isinstance(header.get("meta", {}), dict):
+        raise CheckpointError(f"{path}: its header's 'meta' is a JSON {_json_kind(header['meta'])}, "
+                              "expected an object")
 
 
 def load(path):

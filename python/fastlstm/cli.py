@@ -10,7 +10,7 @@
     fastlstm info                   what this build contains and selected
 
 Bad arguments and bad files print one line (``fastlstm: error: ...``) and exit non-zero, no traceback.
-Tests: tests/test_cli.py.
+Tests: tests/test_cli.py, tests/test_train_errors.py (bad options and files).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 
 
@@ -74,14 +75,38 @@ def _plot(history, path) -> bool:
     return True
 
 
+def _writable_dir(path, option) -> None:
+    """Create directory `path` if needed and check a file can be made in it, before a long run needs it."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CliError(f"{option} {path}: not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise CliError(f"{option} {path}: cannot write files there ({err.strerror or err})") from None
+
+
+def _writable_file(path, option) -> None:
+    """Check file `path` can be written (a directory, a missing parent or no permission fails), leaving no trace."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as err:
+        raise CliError(f"{option} {path}: cannot write this file ({err.strerror or err})") from None
+    if not existed:
+        os.unlink(path)
+
+
 def _train(args) -> int:
-    from . import checkpoint, optim, tasks, train
+    from . import _backend, checkpoint, optim, tasks, train
 
-    if args.device != "cpu":
-        import fastlstm
-
-        if not fastlstm.build_info()["cuda_compiled"]:
-            raise CliError(f"--device {args.device}: this build of fastlstm has no CUDA backend")
+    if args.device != "cpu":  # as fastlstm bench --device cuda reports it
+        try:
+            _backend.require_cuda(f"--device {args.device}")
+        except RuntimeError as err:
+            raise CliError(f"{err}; use --device cpu") from None
     defaults = tasks.TASKS[args.task]
     text = _read_text(args.text) if args.text else None
     if args.task == "charlm" and text is None:
@@ -90,10 +115,12 @@ def _train(args) -> int:
     lr = args.lr or defaults.lr
     batch = args.batch_size or defaults.batch_size
     clip = defaults.clip if args.clip is None else args.clip
-    task = tasks.build(args.task, model=args.model, hidden=args.hidden, layers=args.layers, seq_len=args.seq_len,
-                       seed=args.seed, text=text)
     out_dir = args.out or os.path.join("runs", args.task if args.model == "lstm" else f"{args.task}-{args.model}")
-    os.makedirs(out_dir, exist_ok=True)
+    _writable_dir(out_dir, "--out")
+    if args.report:
+        _writable_file(args.report, "--report")
+    task = tasks.build(args.task, model=args.model, hidden=args.hidden, layers=args.layers, seq_len=args.seq_len,
+                       seed=args.seed, text=text, device=args.device)
 
     print(f"task {task.name}: {task.metric_name} baseline {task.baseline:.4g} "
           f"({'always 1.0' if task.name == 'adding' else 'seasonal naive' if task.name == 'sine' else 'unigram'})")
@@ -151,6 +178,16 @@ def _positive_float(text):
     return value
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
 def _clip_value(text):
     try:
         value = float(text)
@@ -179,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on a built-in task (default: the adding problem)")
     p.add_argument("--task", choices=sorted(TASKS), default="adding", help="what to learn (default adding)")
     p.add_argument("--model", choices=("lstm", "rnn"), default="lstm", help="lstm (default) or a plain tanh rnn")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to train (default cpu; cuda is refused for now: the built-in tasks' Linear, "
+                        "Embedding and RNN layers run on the CPU only)")
     p.add_argument("--steps", type=_positive_int, help="optimizer steps (task default)")
     p.add_argument("--hidden", type=_positive_int, help="hidden units (task default)")
     p.add_argument("--layers", type=_positive_int, default=1, help="stacked LSTM layers (default 1)")
@@ -188,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, help="peak learning rate of Adam (task default)")
     p.add_argument("--clip", type=_clip_value, help="global gradient-norm clip, 0 for none (default 1.0)")
     p.add_argument("--eval-every", type=_positive_int, help="steps between validations (default steps/10)")
-    p.add_argument("--seed", type=int, default=0, help="data, init and shuffling seed (default 0)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="data, init and shuffling seed (default 0)")
     p.add_argument("--text", metavar="FILE", help="UTF-8 text for --task charlm")
     p.add_argument("--out", metavar="DIR", help="where the checkpoint and plot go (default runs/TASK)")
     p.add_argument("--report", metavar="FILE.json", help="also write the result as JSON")
@@ -198,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate text from a char-LM checkpoint")
     p.add_argument("checkpoint", help="a model.npz written by fastlstm train --task charlm")
     p.add_argument("--prime", default="", help="text to start from (default: a random character)")
-    p.add_argument("--length", type=int, default=200, help="characters to generate (default 200)")
+    p.add_argument("--length", type=_non_negative_int, default=200, help="characters to generate (default 200)")
     p.add_argument("--temperature", type=_positive_float, default=1.0, help="softmax temperature (default 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: fresh)")
+    p.add_argument("--seed", type=_non_negative_int, default=None, help="sampling seed (default: fresh)")
     p.set_defaults(func=_sample)
 
     sub.add_parser("bench", help="kernel benchmark against PyTorch and the NumPy reference "

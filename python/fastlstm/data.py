@@ -9,10 +9,13 @@ and a character corpus from any text.
     forecast_windows(series, T, h)    inputs [n, T, 1] (the last T values), targets [n, h] (the next h)
     CharCorpus(text)                  a vocabulary, integer ids, random training windows, evaluation windows
 
-Tests: tests/test_data.py.
+Tests: tests/test_train.py (the adding problem's markers and sums), tests/test_train_errors.py (bad arguments).
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import numpy as np
 
@@ -24,12 +27,28 @@ __all__ = ["adding_problem", "ADDING_BASELINE_MSE", "seasonal_series", "forecast
 ADDING_BASELINE_MSE = 1.0 / 6.0
 
 
+def _generator(rng):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got {V.describe(rng)}")
+    return rng
+
+
+def _number(value, name: str, allow_zero: bool = False) -> float:
+    expected = "a finite number >= 0" if allow_zero else "a finite positive number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {expected}, got {V.describe(value)}")
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+    return float(value)
+
+
 def adding_problem(n, seq_len, rng, dtype=np.float32):
     """(inputs [n, seq_len, 2], targets [n, 1]); values ~ U(0, 1), exactly two markers per sequence."""
     n = V.positive_int(n, "n")
     T = V.positive_int(seq_len, "seq_len")
     if T < 2:
         raise ValueError(f"seq_len: expected at least 2 (one marker in each half), got {T}")
+    rng, dtype = _generator(rng), V.float_dtype(dtype)
     x = np.zeros((n, T, 2), dtype)
     x[:, :, 0] = rng.random((n, T))
     half = T // 2
@@ -45,6 +64,9 @@ def adding_problem(n, seq_len, rng, dtype=np.float32):
 def seasonal_series(n_steps, rng, period=24, long_period=168, noise=0.1, dtype=np.float32):
     """A series like hourly demand: a daily cycle, a weekly cycle, a slow trend and Gaussian noise."""
     n_steps = V.positive_int(n_steps, "n_steps")
+    rng, dtype = _generator(rng), V.float_dtype(dtype)
+    period, long_period = _number(period, "period"), _number(long_period, "long_period")
+    noise = _number(noise, "noise", allow_zero=True)
     t = np.arange(n_steps, dtype=np.float64)
     s = (np.sin(2 * np.pi * t / period) + 0.5 * np.sin(2 * np.pi * t / long_period + 1.0)
          + 0.3 * np.sin(2 * np.pi * t / (7.3 * long_period)) + noise * rng.standard_normal(n_steps))
@@ -54,6 +76,8 @@ def seasonal_series(n_steps, rng, period=24, long_period=168, noise=0.1, dtype=n
 def forecast_windows(series, seq_len, horizon):
     """(inputs [n, seq_len, 1], targets [n, horizon]) for every window that fits."""
     T, h = V.positive_int(seq_len, "seq_len"), V.positive_int(horizon, "horizon")
+    if not isinstance(series, np.ndarray) or series.ndim != 1:
+        raise TypeError(f"series: expected a 1-D numpy.ndarray, got {V.describe(series)}")
     n = len(series) - T - h + 1
     if n < 1:
         raise ValueError(f"series: expected at least seq_len + horizon = {T + h} values, got {len(series)}")
@@ -74,6 +98,8 @@ class CharCorpus:
         if not isinstance(text, str):
             raise TypeError(f"text: expected a str, got {V.describe(text)}")
         self.seq_len = V.positive_int(seq_len, "seq_len")
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real):
+            raise TypeError(f"val_fraction: expected a number in [0, 1), got {V.describe(val_fraction)}")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
         self.vocab = list(vocab) if vocab is not None else sorted(set(text))

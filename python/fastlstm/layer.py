@@ -245,7 +245,8 @@ class LSTM:
 
         nparams = per_layer(self.input_size) + (L - 1) * per_layer(D * self._hout)
         # (+ the Python objects of each layer: its weight and gradient arrays and Parameters, ~3.5 KiB measured)
-        V.memory(2 * nparams * self.dtype.itemsize + L * _LAYER_OVERHEAD, "LSTM parameters and gradients")
+        V.memory(2 * nparams * self.dtype.itemsize + L * _LAYER_OVERHEAD, "LSTM parameters and gradients",
+                 advice="use fewer or smaller layers")
         self._layers = [_LayerWeights(D, H, self._layer_input(l), self.dtype, self.bias, P) for l in range(self.num_layers)]
         self.device = "cpu"
         self._cuda_strategy = "auto"

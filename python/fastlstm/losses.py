@@ -3,11 +3,14 @@
 What this is: ``CrossEntropyLoss`` (softmax cross-entropy over sequences of logits, with an ignore
 index and/or a mask) and ``MSELoss``. Both also report ``sum_and_count`` so evaluation over many
 batches weighs every token or element equally. NumPy or CuPy arrays, computed on their device.
+Predictions and logits must be floating point (a model's output; an integer prediction is refused,
+as in PyTorch, rather than promoted to a precision nobody chose); targets and masks may be lists.
 
     loss_fn = CrossEntropyLoss(ignore_index=0)
     loss, dlogits = loss_fn(logits, targets)     # logits [..., V], targets [...] integer ids
 
-Tests: tests/test_nn.py (gradients against central finite differences, hand-computed values).
+Tests: tests/test_nn.py (gradients against central finite differences, hand-computed values);
+tests/test_nn_errors.py (bad arguments).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import numbers
 
 from . import _backend
+from .nn import _as_array
 
 __all__ = ["CrossEntropyLoss", "MSELoss"]
 
@@ -35,17 +39,21 @@ class CrossEntropyLoss:
         self.ignore_index = ignore_index
 
     def _parts(self, logits, targets, mask):
+        logits = _as_array(logits, "logits", "f", "a floating-point array of shape (..., classes)")
+        targets = _as_array(targets, "targets", "iu", "integer class ids")
         xp = _backend.array_module(logits)
-        if logits.ndim < 1 or tuple(targets.shape) != tuple(logits.shape[:-1]):
+        if logits.ndim < 1 or logits.shape[-1] == 0:
+            raise ValueError(f"logits: expected shape (..., classes) with at least one class, "
+                             f"got {tuple(logits.shape)}")
+        if tuple(targets.shape) != tuple(logits.shape[:-1]):
             raise ValueError(f"targets: expected shape {tuple(logits.shape[:-1])} (logits' without the class axis), "
                              f"got {tuple(targets.shape)}")
-        if not xp.issubdtype(targets.dtype, xp.integer):
-            raise TypeError(f"targets: expected integer class ids, got dtype {targets.dtype}")
         V = logits.shape[-1]
         weight = xp.ones(targets.shape, logits.dtype)
         if self.ignore_index is not None:
             weight *= targets != self.ignore_index
         if mask is not None:
+            mask = _as_array(mask, "mask", "biuf", f"an array of shape {tuple(targets.shape)} (nonzero counts)")
             if tuple(mask.shape) != tuple(targets.shape):
                 raise ValueError(f"mask: expected shape {tuple(targets.shape)}, got {tuple(mask.shape)}")
             weight *= mask != 0
@@ -83,18 +91,21 @@ class MSELoss:
     name = "mse"
 
     @staticmethod
-    def _check(pred, target):
+    def _diff(pred, target):
+        """pred - target in the prediction's floating dtype."""
+        pred = _as_array(pred, "pred", "f", "a floating-point array of predictions")
+        target = _as_array(target, "target", "fiu",
+                           f"a real-valued array of the prediction's shape {tuple(pred.shape)}")
         if tuple(pred.shape) != tuple(target.shape):
             raise ValueError(f"target: expected the prediction's shape {tuple(pred.shape)}, got {tuple(target.shape)}")
+        return pred - target.astype(pred.dtype, copy=False)
 
     def __call__(self, pred, target):
-        self._check(pred, target)
-        diff = pred - target.astype(pred.dtype, copy=False)
+        diff = self._diff(pred, target)
         n = diff.size
         loss = float((diff * diff).sum()) / n if n else 0.0
-        return loss, diff * pred.dtype.type(2.0 / n if n else 0.0)
+        return loss, diff * diff.dtype.type(2.0 / n if n else 0.0)
 
     def sum_and_count(self, pred, target):
-        self._check(pred, target)
-        diff = pred - target.astype(pred.dtype, copy=False)
+        diff = self._diff(pred, target)
         return float((diff * diff).sum()), float(diff.size)

@@ -14,7 +14,8 @@ Data layout: batch first, ``[B, T, features]`` for sequences, like Keras; ``Line
     logits = model(x)                 # x: [B, T] integer ids
     model.backward(dlogits)           # grads now in p.grad for p in model.parameters()
 
-Tests: tests/test_nn.py (every backward against central finite differences in float64).
+Tests: tests/test_nn.py (every backward against central finite differences in float64);
+tests/test_nn_errors.py (bad arguments are rejected before anything is modified).
 """
 
 from __future__ import annotations
@@ -46,6 +47,39 @@ def from_config(config: dict) -> "Module":
     if cls is None:
         raise ValueError(f"config: unknown layer type {config['type']!r}; known: {sorted(_REGISTRY)}")
     return cls._from_config({k: v for k, v in config.items() if k != "type"})
+
+
+def _as_array(value, name: str, kinds: str, expected: str):
+    """`value` as an array whose dtype kind is in `kinds` ('f' floating, 'i'/'u' integer, 'b' bool).
+
+    NumPy and CuPy arrays come back as they are; nested lists, scalars and torch tensors become NumPy
+    arrays. Anything else (None, a str, a ragged list, complex or object values) is a TypeError naming
+    the argument; `expected` says what the argument should be.
+    """
+    if hasattr(value, "detach"):  # a torch tensor (a PyTorch state_dict loads into a same-named model)
+        try:
+            value = value.detach().cpu().numpy()
+        except (TypeError, RuntimeError) as err:  # e.g. bfloat16, which NumPy lacks
+            raise TypeError(f"{name}: this torch tensor has no NumPy equivalent ({err}); convert it with "
+                            f".float() first") from None
+    if not isinstance(value, np.ndarray) and _backend.array_module(value) is np:
+        if value is None or isinstance(value, (str, bytes)):
+            raise TypeError(f"{name}: expected {expected}, got {V.describe(value)}")
+        try:
+            value = np.asarray(value)
+        except ValueError:  # a ragged nested list
+            raise TypeError(f"{name}: expected {expected}, got a ragged {type(value).__name__}") from None
+    if value.dtype.kind not in kinds:
+        hint = " (convert with .astype('float32'))" if kinds == "f" and value.dtype.kind in "iub" else ""
+        raise TypeError(f"{name}: expected {expected}, got {V.describe(value)}{hint}")
+    return value
+
+
+def _check_dy(dy, y_shape: tuple):
+    """dy as a real-valued array of exactly the shape the forward returned (no broadcasting)."""
+    dy = _as_array(dy, "dy", "fiu", f"a real-valued array of shape {tuple(y_shape)} (the shape of y)")
+    V.shape(dy, "dy", y_shape, "(the shape of y)")
+    return dy
 
 
 def _param(name, shape, bound, rng, dtype) -> Parameter:
@@ -95,15 +129,19 @@ class Module:
         if not hasattr(state, "keys"):
             raise TypeError(f"state: expected a dict of arrays, got {V.describe(state)}")
         params = dict(self.named_parameters())
-        missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
+        missing = sorted(set(params) - set(state), key=str)
+        unexpected = sorted(set(state) - set(params), key=str)
         if missing or unexpected:
             raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
+        values = {}  # every value is checked before the first is written
         for name, p in params.items():
-            if tuple(state[name].shape) != tuple(p.shape):
-                raise ValueError(f"state[{name!r}]: expected shape {tuple(p.shape)}, got {tuple(state[name].shape)}")
+            key = f"state[{name!r}]"
+            v = _as_array(state[name], key, "fiu", f"a real-valued array of shape {tuple(p.shape)}")
+            if tuple(v.shape) != tuple(p.shape):
+                raise ValueError(f"{key}: expected shape {tuple(p.shape)}, got {tuple(v.shape)}")
+            values[name] = v
         for name, p in params.items():
-            p.data[...] = _backend.to_device(state[name], _backend.device_of(p.data)).astype(p.dtype, copy=False)
+            p.data[...] = _backend.to_device(values[name], _backend.device_of(p.data)).astype(p.dtype, copy=False)
 
     def save(self, path, meta=None) -> str:
         """Write weights + configuration to one .npz (fastlstm.checkpoint.save); fastlstm.load(path) rebuilds."""
@@ -158,6 +196,9 @@ class Linear(Module):
         self.out_features = V.positive_int(out_features, "out_features")
         self.dtype = V.float_dtype(dtype)
         rng = np.random.default_rng(V.seed(seed))
+        nparams = self.out_features * (self.in_features + 1)
+        V.memory(2 * nparams * self.dtype.itemsize, "Linear parameters and gradients",
+                 advice="use fewer or smaller layers")
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = _param("weight", (self.out_features, self.in_features), bound, rng, self.dtype)
         self.bias = _param("bias", (self.out_features,), bound, rng, self.dtype) if V.boolean(bias, "bias") else None
@@ -171,6 +212,7 @@ class Linear(Module):
             yield "bias", self.bias
 
     def forward(self, x):
+        x = _as_array(x, "x", "fiu", f"a real-valued array of shape (..., {self.in_features})")
         xp = _backend.array_module(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape (..., {self.in_features}), got {tuple(x.shape)}")
@@ -178,11 +220,13 @@ class Linear(Module):
         y = _backend.matmul(x2, self.weight.data, trans_b=True)
         if self.bias is not None:
             y += self.bias.data
-        self._cache = x2 if self.training else None
-        return y.reshape(*x.shape[:-1], self.out_features)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        self._cache = (x2, y.shape) if self.training else None
+        return y
 
     def backward(self, dy):
-        x2 = self._need_cache(self._cache, "Linear")
+        x2, y_shape = self._need_cache(self._cache, "Linear")
+        dy = _check_dy(dy, y_shape)
         self._cache = None
         xp = _backend.array_module(dy)
         dy2 = xp.ascontiguousarray(dy.reshape(-1, self.out_features), dtype=self.dtype)
@@ -204,6 +248,8 @@ class Embedding(Module):
         self.embedding_dim = V.positive_int(embedding_dim, "embedding_dim")
         self.dtype = V.float_dtype(dtype)
         rng = np.random.default_rng(V.seed(seed))
+        V.memory(2 * self.num_embeddings * self.embedding_dim * self.dtype.itemsize,
+                 "Embedding parameters and gradients", advice="use a smaller vocabulary or embedding")
         data = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         self.weight = Parameter("weight", data, np.zeros_like(data))
         self._config = dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
@@ -214,9 +260,7 @@ class Embedding(Module):
         yield "weight", self.weight
 
     def forward(self, ids):
-        xp = _backend.array_module(ids)
-        if not xp.issubdtype(ids.dtype, xp.integer):
-            raise TypeError(f"ids: expected an integer array, got dtype {ids.dtype}")
+        ids = _as_array(ids, "ids", "iu", "an integer array of ids")
         if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
             raise ValueError(f"ids: expected values in [0, {self.num_embeddings}), got min {int(ids.min())} "
                              f"max {int(ids.max())}")
@@ -225,7 +269,9 @@ class Embedding(Module):
 
     def backward(self, dy):
         ids = self._need_cache(self._cache, "Embedding")
+        dy = _check_dy(dy, tuple(ids.shape) + (self.embedding_dim,))
         self._cache = None
+        dy = _backend.array_module(dy).asarray(dy, dtype=self.dtype)
         _backend.scatter_add(self.weight.grad, ids.reshape(-1), dy.reshape(-1, self.embedding_dim))
         return None  # ids have no gradient
 
@@ -242,10 +288,14 @@ class Dropout(Module):
         self._rng = np.random.default_rng(V.seed(seed))
         self._config = dict(p=self.p)
         self._mask = None
+        self._shape = None  # the last training-mode output's, which dy must match
 
     def forward(self, x):
+        # an integer array would come back unscaled (its dtype cannot hold 1/(1-p)): refuse it
+        x = _as_array(x, "x", "f", "a floating-point array")
+        self._mask = None
+        self._shape = tuple(x.shape) if self.training else None
         if not self.training or self.p == 0:
-            self._mask = None
             return x
         xp = _backend.array_module(x)
         keep = self._rng.random(x.shape) >= self.p
@@ -253,6 +303,10 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dy):
+        if self._shape is not None:
+            dy = _check_dy(dy, self._shape)
+        else:
+            dy = _as_array(dy, "dy", "fiu", "a real-valued array")
         return dy if self._mask is None else dy * self._mask
 
 
@@ -276,6 +330,7 @@ class LSTM(Module):
                             num_layers=self.core.num_layers, bidirectional=self.core.bidirectional,
                             dropout=self.core.dropout, return_sequences=self.return_sequences,
                             stateful=self.stateful, proj_size=self.core.proj_size, dtype=self.core.dtype.name)
+        self._y_shape = None  # with return_sequences=False, the last training-mode output's shape
 
     def _own_parameters(self):
         return self.core.named_parameters()
@@ -313,17 +368,23 @@ class LSTM(Module):
         if self.return_sequences:
             return y
         D = self.core.num_directions
-        return _backend.array_module(h_n).concatenate(list(h_n[-D:]), axis=-1) if D == 2 else h_n[-1]
+        last = _backend.array_module(h_n).concatenate(list(h_n[-D:]), axis=-1) if D == 2 else h_n[-1]
+        self._y_shape = tuple(last.shape) if self.training else None
+        return last
 
     def backward(self, dy):
-        if self.return_sequences:
+        if self.return_sequences:  # the core checks dy against y itself
             dx, _ = self.core.backward(dy)
             return dx
+        y_shape = self._need_cache(self._y_shape, "LSTM")
+        dy = _check_dy(dy, y_shape)
         L, D, H = self.core.num_layers, self.core.num_directions, self.core._hout
-        dh_n = _backend.array_module(dy).zeros((L * D, dy.shape[0], H), self.core.dtype)
+        # h_n's last layer, [D, B, H] ([D, H] for an unbatched input), receives dy; the rest get zero
+        dh_n = _backend.array_module(dy).zeros((L * D,) + y_shape[:-1] + (H,), self.core.dtype)
         for d in range(D):
-            dh_n[(L - 1) * D + d] = dy[:, d * H:(d + 1) * H]
+            dh_n[(L - 1) * D + d] = dy[..., d * H:(d + 1) * H]
         dx, _ = self.core.backward(None, (dh_n, None))
+        self._y_shape = None
         return dx
 
     def output_shape(self, input_shape):
@@ -349,6 +410,8 @@ class RNN(Module):
         self.dtype = V.float_dtype(dtype)
         rng = np.random.default_rng(V.seed(seed))
         H, bound = self.hidden_size, 1.0 / math.sqrt(self.hidden_size)
+        V.memory(2 * H * (self.input_size + H + 2) * self.dtype.itemsize, "RNN parameters and gradients",
+                 advice="use fewer or smaller layers")
         self.weight_ih = _param("weight_ih_l0", (H, self.input_size), bound, rng, self.dtype)
         self.weight_hh = _param("weight_hh_l0", (H, H), bound, rng, self.dtype)
         self.bias_ih = _param("bias_ih_l0", (H,), bound, rng, self.dtype)
@@ -362,10 +425,13 @@ class RNN(Module):
             yield p.name, p
 
     def forward(self, x):
+        x = _as_array(x, "x", "fiu", f"a real-valued array of shape (B, T, {self.input_size})")
         if x.ndim != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"x: expected shape (B, T, {self.input_size}), got {tuple(x.shape)}")
         x = np.ascontiguousarray(x, dtype=self.dtype)
         B, T, _ = x.shape
+        if T == 0 or B == 0:
+            raise ValueError(f"x: expected at least one time step and one sequence, got shape {x.shape}")
         H = self.hidden_size
         pre = (x.reshape(B * T, -1) @ self.weight_ih.data.T).reshape(B, T, H) + (self.bias_ih.data + self.bias_hh.data)
         hs = np.empty((B, T + 1, H), self.dtype)  # hs[:, 0] = h0 = 0
@@ -378,9 +444,10 @@ class RNN(Module):
 
     def backward(self, dy):
         x, hs = self._need_cache(self._cache, "RNN")
-        self._cache = None
         B, T, _ = x.shape
         H = self.hidden_size
+        dy = _check_dy(dy, (B, T, H) if self.return_sequences else (B, H))
+        self._cache = None
         dys = np.zeros((B, T, H), self.dtype)
         if self.return_sequences:
             dys[...] = dy
@@ -430,6 +497,7 @@ class Sequential(Module):
             layer.zero_grad()
 
     def forward(self, x):
+        x = _as_array(x, "x", "biuf", "a numeric array")  # the first layer checks the dtype it needs
         self._input_shape = (None,) + tuple(x.shape[1:])
         for layer in self.layers:
             x = layer(x)

@@ -12,7 +12,8 @@ is read, so the CLI, the tests and a user's script all run the same thing:
 
 ``--model rnn`` swaps the LSTM for the plain tanh RNN (nn.RNN) with the same size, to compare.
 
-Tests: tests/test_tasks.py (every task's loss falls on tiny settings; sampling).
+Tests: tests/test_train.py (every task's loss falls on tiny settings; sampling), tests/test_train_errors.py
+(device, vocabulary).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import dataclasses
 
 import numpy as np
 
+from . import _backend
+from . import _validate as V
 from . import data as D
 from . import losses, nn
 
@@ -71,11 +74,26 @@ def _recurrent(kind, input_size, hidden, layers, return_sequences, seed):
     raise ValueError(f"model: expected 'lstm' or 'rnn', got {kind!r}")
 
 
+def _check_device(device) -> None:
+    """The tasks' models train on the CPU: only their LSTM layer has CUDA kernels (nn.Linear, nn.Embedding
+    and nn.RNN hold NumPy weights), so any other device is refused rather than ignored."""
+    if not isinstance(device, str):
+        raise TypeError(f"device: expected 'cpu' or 'cuda', got {V.describe(device)}")
+    if device == "cpu":
+        return
+    if device.partition(":")[0] != "cuda":
+        raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+    _backend.require_cuda(f"device={device!r}")  # RuntimeError naming what is missing
+    raise ValueError(f"device: the built-in tasks train on the CPU only (their Linear, Embedding and RNN layers "
+                     f"have no CUDA version), got {device!r}; use device='cpu'")
+
+
 def build(name, *, model="lstm", hidden=None, layers=1, seq_len=None, seed=0, text=None, n_train=20000,
-          n_val=2000) -> Task:
+          n_val=2000, device="cpu") -> Task:
     """Data, model and loss for task `name` (defaults from TASKS where an argument is None)."""
     if name not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
+    _check_device(device)
     d = TASKS[name]
     hidden = d.hidden if hidden is None else hidden
     seq_len = d.seq_len if seq_len is None else seq_len
@@ -115,8 +133,14 @@ def build(name, *, model="lstm", hidden=None, layers=1, seq_len=None, seed=0, te
 
 def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, seed=None) -> str:
     """prime followed by `length` characters sampled from a char-LM (Embedding -> LSTM -> Linear)."""
-    if not isinstance(model, nn.Sequential) or len(model) != 3 or not isinstance(model[1], nn.LSTM):
+    if (not isinstance(model, nn.Sequential) or len(model) != 3 or not isinstance(model[0], nn.Embedding)
+            or not isinstance(model[1], nn.LSTM) or not isinstance(model[2], nn.Linear)):
         raise ValueError("model: expected a char-LM checkpoint (Embedding -> LSTM -> Linear)")
+    if not isinstance(vocab, (list, tuple)) or not all(isinstance(ch, str) and len(ch) == 1 for ch in vocab):
+        raise ValueError(f"vocab: expected a list of single characters, got {V.describe(vocab)}")
+    if len(vocab) != model[0].num_embeddings or len(vocab) != model[2].out_features:
+        raise ValueError(f"vocab: expected {model[0].num_embeddings} characters (the model's embedding rows) and "
+                         f"as many output classes ({model[2].out_features}), got {len(vocab)} characters")
     if not isinstance(length, int) or isinstance(length, bool) or length < 0:
         raise ValueError(f"length: expected a non-negative int, got {length!r}")
     if not (isinstance(temperature, (int, float)) and temperature > 0):

@@ -14,12 +14,13 @@ Data: a pair (inputs, targets) of arrays with the batch on axis 0, or any object
 ``batches(batch_size, rng)`` (an endless iterator of (inputs, targets)) and ``eval_batches(batch_size)``
 (a finite one), such as ``fastlstm.data.CharCorpus``.
 
-Tests: tests/test_train.py.
+Tests: tests/test_train.py, tests/test_train_errors.py (bad arguments).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 
 import numpy as np
@@ -119,15 +120,43 @@ class TrainState:
         self.stop = False
 
 
+def _monitor(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"monitor: expected the name of a logged metric (e.g. 'val_loss'), got {V.describe(value)}")
+    return value
+
+
+def _mode(value) -> str:
+    if value not in ("min", "max"):
+        raise ValueError(f"mode: expected 'min' or 'max', got {value!r}")
+    return value
+
+
+def _non_negative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a non-negative int, got {V.describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value}")
+    return int(value)
+
+
+def _non_negative_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a finite number >= 0, got {V.describe(value)}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)
+
+
 class EarlyStopping(Callback):
     """Stop when `monitor` has not improved by min_delta for `patience` validations; optionally put the
     best weights back at the end."""
 
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="min", restore_best=True):
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.min_delta, self.mode = monitor, int(patience), float(min_delta), mode
-        self.restore_best = restore_best
+        self.monitor, self.mode = _monitor(monitor), _mode(mode)
+        self.patience = _non_negative_int(patience, "patience")
+        self.min_delta = _non_negative_number(min_delta, "min_delta")
+        self.restore_best = V.boolean(restore_best, "restore_best")
         self.best, self.best_step, self.best_state, self.wait = None, None, None, 0
 
     def on_train_begin(self, state):
@@ -160,9 +189,12 @@ class ModelCheckpoint(Callback):
     """Save the model (fastlstm.checkpoint.save) after each validation, or only when `monitor` improves."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, mode="min", meta=None):
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode: expected 'min' or 'max', got {mode!r}")
-        self.path, self.monitor, self.save_best_only, self.mode, self.meta = path, monitor, save_best_only, mode, meta
+        from .checkpoint import check_path
+
+        if meta is not None and not isinstance(meta, dict):
+            raise TypeError(f"meta: expected a dict or None, got {V.describe(meta)}")
+        self.path, self.monitor, self.mode = check_path(path), _monitor(monitor), _mode(mode)
+        self.save_best_only, self.meta = V.boolean(save_best_only, "save_best_only"), meta
         self.best = None
         self.saved_path = None
 
@@ -187,6 +219,7 @@ class ModelCheckpoint(Callback):
 def evaluate(model, data, loss, batch_size=256) -> float:
     """Mean loss over all of data (every position weighs the same), in eval mode; the mode is restored."""
     data = _as_data(data, "data")
+    batch_size = V.positive_int(batch_size, "batch_size")
     was_training = model.training
     model.eval()
     try:
@@ -202,6 +235,7 @@ def evaluate(model, data, loss, batch_size=256) -> float:
 
 def predict(model, inputs, batch_size=256):
     """model(inputs) in eval mode, batch by batch, concatenated on axis 0."""
+    batch_size = V.positive_int(batch_size, "batch_size")
     if len(inputs) == 0:
         raise ValueError("inputs: expected at least one example, got none")
     was_training = model.training
@@ -215,12 +249,23 @@ def predict(model, inputs, batch_size=256):
     return array_module(outs[0]).concatenate(outs, axis=0)
 
 
+def _scheduled_lr(schedule, step: int) -> float:
+    """schedule(step), checked before the optimizer sees it: a NaN or negative rate would wreck the weights."""
+    lr = schedule(step)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"schedule: expected a learning rate (a number) at step {step}, got {V.describe(lr)}")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"schedule: expected a finite learning rate >= 0 at step {step}, got {lr}")
+    return float(lr)
+
+
 def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32, val=None, eval_every=None,
         seed=0, clip_norm=None, schedule=None, callbacks=(), progress=True, log_every=10) -> History:
     """Train model on data; returns the History (loss, lr, tokens_per_s per logged step; val_loss per validation).
 
     steps or epochs (an epoch = len(data) / batch_size steps) sets the length; eval_every (default: 10
-    validations over the run) sets how often val is evaluated; schedule: step -> learning rate.
+    validations over the run) sets how often val is evaluated; schedule: step -> learning rate (a finite
+    number >= 0, checked before the optimizer sees it).
     """
     data = _as_data(data, "data")
     val = _as_data(val, "val")
@@ -234,6 +279,11 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
     steps = V.positive_int(steps, "steps")
     eval_every = V.positive_int(eval_every, "eval_every") if eval_every is not None else max(1, steps // 10)
     log_every = V.positive_int(log_every, "log_every")
+    if schedule is not None and not callable(schedule):
+        raise TypeError(f"schedule: expected a callable step -> learning rate (e.g. fastlstm.optim.CosineLR), "
+                        f"got {V.describe(schedule)}")
+    if clip_norm is not None and _non_negative_number(clip_norm, "clip_norm") == 0:
+        raise ValueError("clip_norm: expected a positive number (None: no clipping), got 0")
     rng = np.random.default_rng(V.seed(seed))
     history = History()
     state = TrainState(model, optimizer, history)
@@ -253,7 +303,7 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
     try:
         for step in range(steps):
             if schedule is not None:
-                optimizer.lr = float(schedule(step))
+                optimizer.lr = _scheduled_lr(schedule, step)
             inputs, targets = next(batches)
             out = model(inputs)
             value, grad = loss(out, targets)
