@@ -141,10 +141,14 @@ T* mat(const py::object& obj, const char* name, int64_t& rows, int64_t& cols, in
   rows = a.shape(0);
   cols = a.shape(1);
   const auto sz = static_cast<py::ssize_t>(sizeof(T));
-  FASTLSTM_CHECK(cols <= 1 || a.strides(1) == sz, name << ": rows must be contiguous");
-  FASTLSTM_CHECK(a.strides(0) % sz == 0 && (rows <= 1 || a.strides(0) >= cols * sz),
-                 name << ": unsupported row stride " << a.strides(0));
-  ld = rows <= 1 ? cols : a.strides(0) / sz;
+  if (rows == 0 || cols == 0) {  // nothing is read or written: NumPy's strides of an empty array are arbitrary
+    ld = cols;
+  } else {
+    FASTLSTM_CHECK(cols <= 1 || a.strides(1) == sz, name << ": rows must be contiguous");
+    FASTLSTM_CHECK(a.strides(0) % sz == 0 && (rows <= 1 || a.strides(0) >= cols * sz),
+                   name << ": unsupported row stride " << a.strides(0));
+    ld = rows <= 1 ? cols : a.strides(0) / sz;
+  }
   if (writable) {
     FASTLSTM_CHECK(a.writeable(), name << ": expected a writable array");
     return static_cast<T*>(a.mutable_data());

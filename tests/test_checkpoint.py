@@ -115,3 +115,35 @@ def test_npy_file_permissions_and_suffix(tmp_path):
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
     assert ckpt.load(tmp_path / "plain") is not None  # the name save() was given finds the file
+
+
+def test_meta_takes_numpy_numbers_and_keeps_nan(tmp_path):
+    # (a checkpoint of a diverged run may record a NaN loss; NumPy scalars are what metrics usually are)
+    meta = {"loss": np.float32(0.5), "step": np.int64(3), "best": np.array(2.5), "diverged": float("nan")}
+    path = ckpt.save(small_model(), str(tmp_path / "m.npz"), meta=meta)
+    _, loaded = ckpt.load_checkpoint(path)
+    assert loaded["loss"] == 0.5 and loaded["step"] == 3 and loaded["best"] == 2.5
+    assert np.isnan(loaded["diverged"])
+
+
+def test_unwritable_paths_are_reported_under_the_callers_name(tmp_path):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir.npz").mkdir()
+    for path, exc in ((tmp_path / "afile" / "m.npz", FileExistsError), (tmp_path / "adir.npz", IsADirectoryError)):
+        with pytest.raises(exc, match=f"path: cannot write a checkpoint at '{path}'"):
+            ckpt.save(small_model(), str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.npz", "afile"]  # no temporary file left
+    with pytest.raises(ValueError, match="NUL character"):
+        ckpt.save(small_model(), str(tmp_path / "a\0b.npz"))
+
+
+def test_loading_something_that_is_not_a_regular_file(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="not a regular file"):
+        ckpt.load("/dev/null")
+
+
+def test_model_checkpoint_checks_meta_before_training():
+    from fastlstm import train
+    with pytest.raises(TypeError, match="meta: expected JSON-serialisable values"):
+        train.ModelCheckpoint("m.npz", meta={"f": object()})
+    train.ModelCheckpoint("m.npz", meta={"lr": np.float32(0.1)})

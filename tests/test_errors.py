@@ -22,7 +22,7 @@ from fastlstm import _C
                  marks=pytest.mark.skipif(fastlstm._backend.cuda_usable(), reason="a GPU is usable here")),
     (dict(device="cuda:x"), ValueError, "device: expected 'cpu', 'cuda' or 'cuda:N', got 'cuda:x'"),
     (dict(device=0), TypeError, "device: expected 'cpu', 'cuda' or 'cuda:N', got int"),
-    (dict(seed=-3), TypeError, "seed"),
+    (dict(seed=-3), ValueError, "seed"),
     (dict(proj_size=4), ValueError, r"proj_size: expected 0 \(none\) or less than hidden_size=4"),
 ])
 def test_bad_constructor_arguments(kwargs, exc, match):
@@ -265,3 +265,26 @@ def test_thread_counts_past_the_pool_limit_are_capped_not_a_binding_error():
         assert 1 <= fastlstm.get_num_threads() <= 4095
     finally:
         fastlstm.set_num_threads(n)
+
+
+def test_numpy_scalars_are_taken_where_python_numbers_are():
+    assert fastlstm.LSTM(3, 4, proj_size=np.int64(2)).proj_size == 2
+    with pytest.raises(ValueError, match="proj_size: expected a non-negative int, got -1"):
+        fastlstm.LSTM(3, 4, proj_size=-1)
+    lstm = fastlstm.LSTM(3, 4)
+    assert fastlstm.optim.SGD(lstm.parameters(), lr=0.1, momentum=0.9, nesterov=np.bool_(True)).nesterov is True
+    n = fastlstm.get_num_threads()
+    try:
+        fastlstm.set_num_threads(np.int64(1))
+        assert fastlstm.get_num_threads() == 1
+    finally:
+        fastlstm.set_num_threads(n)
+
+
+def test_empty_matrices_multiply_to_empty_or_zero_results():
+    a, b = np.zeros((0, 3), np.float32), np.ones((2, 3), np.float32)
+    c = np.empty((0, 2), np.float32)
+    _C.gemm(a, b, c, trans_b=True)  # (NumPy gives an empty array arbitrary strides; once "rows must be contiguous")
+    c = np.full((4, 2), 7, np.float32)
+    _C.gemm(np.zeros((4, 0), np.float32), np.zeros((0, 2), np.float32), c)
+    np.testing.assert_array_equal(c, 0)  # an empty sum

@@ -264,3 +264,29 @@ def test_dropout_rejects_integer_input_it_could_not_rescale():
 def test_dtype_none_is_rejected(make):
     with pytest.raises(TypeError, match="dtype: expected 'float32' or 'float64', got None"):
         make()
+
+
+def test_empty_batches_pass_through_linear():
+    model = nn.Sequential(nn.Linear(3, 2))
+    y = model(np.zeros((0, 3), np.float32))
+    assert y.shape == (0, 2)
+    assert model.backward(np.zeros((0, 2), np.float32)).shape == (0, 3)
+
+
+def test_lstm_layer_converts_like_the_other_layers():
+    layer = nn.LSTM(3, 4, seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 5, 3))
+    y_list = layer(x.tolist())  # lists and float64 become the layer's float32, as in Linear
+    y_f32 = layer(x.astype(np.float32))
+    assert y_list.dtype == np.float32
+    np.testing.assert_array_equal(y_list, y_f32)
+    assert layer.backward(np.ones((2, 5, 4))).shape == (2, 5, 3)
+    with pytest.raises(TypeError, match="x: expected a real-valued array"):
+        layer(None)
+
+
+def test_summary_checks_input_shape():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="input_shape: expected a tuple of sizes"):
+        model.summary(5)
+    assert "Linear" in model.summary((2,), print_fn=lambda line: None)

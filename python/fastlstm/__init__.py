@@ -15,6 +15,7 @@ FASTLSTM_NUM_THREADS=n sets the thread budget (default: the cores this process m
 import os as _os
 
 from . import _C
+from . import _validate as _V
 from . import reference
 from .layer import LSTM, Parameter
 from .cell import LSTMCell
@@ -39,10 +40,7 @@ def build_info() -> dict:
 
 def set_num_threads(n: int) -> None:
     """Threads the kernels may use (each call still picks fewer for small problems; capped at 4095)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n: expected a positive int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n: expected a positive int, got {n}")
+    n = _V.positive_int(n, "n")
     _C.set_num_threads(min(n, 2**31 - 1))  # (the pool caps it lower still)
 
 

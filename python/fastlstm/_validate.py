@@ -22,7 +22,7 @@ def describe(value) -> str:
 
 
 def positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected a positive int, got {describe(value)}")
     if value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value}")
@@ -59,8 +59,10 @@ def float_dtype(value, name: str = "dtype") -> np.dtype:
 def seed(value, name: str = "seed"):
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected None or a non-negative int, got {describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name}: expected None or a non-negative int, got {value}")
     return int(value)
 
 

@@ -18,6 +18,7 @@ tests/test_train_errors.py (malformed archives, headers, configurations and weig
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -69,9 +70,36 @@ def check_path(path, name: str = "path") -> str:
     path = os.fspath(path)
     if not isinstance(path, str):
         raise TypeError(f"{name}: expected a path that gives a str, got {V.describe(path)}")
+    if "\0" in path:
+        raise ValueError(f"{name}: expected a file name, got {path!r} (a NUL character)")
     if not os.path.basename(path).removesuffix(".npz"):
         raise ValueError(f"{name}: expected a file name, got {path!r}")
     return path
+
+
+def _plain(value):
+    """json.dumps's fallback: NumPy scalars and 0-d arrays as the Python numbers they hold."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
+
+
+def _json(header) -> str:
+    try:
+        return json.dumps(header, default=_plain)
+    except (TypeError, ValueError, RecursionError) as err:
+        raise TypeError(f"meta: expected JSON-serialisable values ({err})") from None
+
+
+def check_meta(meta) -> dict:
+    """meta (None, or a dict of JSON-serialisable values; NumPy scalars count as numbers) as a dict,
+    checked now rather than when a checkpoint is written."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta: expected a dict or None, got {V.describe(meta)}")
+    _json(meta)
+    return meta
 
 
 def save(model, path, meta=None) -> str:
@@ -81,21 +109,22 @@ def save(model, path, meta=None) -> str:
     path = check_path(path)
     if not path.endswith(".npz"):
         path += ".npz"
-    if meta is not None and not isinstance(meta, dict):
-        raise TypeError(f"meta: expected a dict or None, got {V.describe(meta)}")
-    header = {"format": FORMAT, "version": VERSION, "model": model.config(), "meta": meta or {}}
-    try:
-        blob = json.dumps(header).encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as err:
-        raise TypeError(f"meta: expected JSON-serialisable values ({err})") from None
+    header = {"format": FORMAT, "version": VERSION, "model": model.config(), "meta": check_meta(meta)}
+    blob = _json(header).encode("utf-8")
     arrays = {name: _backend.to_numpy(p.data) for name, p in model.named_parameters()}
     if _META_KEY in arrays:
         raise ValueError(f"model: a parameter may not be named {_META_KEY!r}")
     arrays[_META_KEY] = np.frombuffer(blob, np.uint8)
 
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    except OSError as err:  # named after the user's path, not a temporary file or a parent
+        raise type(err)(err.errno, f"path: cannot write a checkpoint at {path!r} ({err.strerror or err})") \
+            from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -135,8 +164,10 @@ def load_checkpoint(path):
         path += ".npz"
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path}: a directory, not a checkpoint file")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not a checkpoint (not a regular file)")
     with open(path, "rb") as f:  # a file we may not read is an OSError of its own, not a damaged checkpoint
         header, weights = _read(f, path)
     _check_header(header, path)

@@ -207,8 +207,11 @@ class LSTM:
         self.dropout = V.probability(dropout, "dropout")
         self.bidirectional = V.boolean(bidirectional, "bidirectional")
         self.dtype = V.float_dtype(dtype)
-        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+        if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
             raise TypeError(f"proj_size: expected a non-negative int, got {V.describe(proj_size)}")
+        proj_size = int(proj_size)
+        if proj_size < 0:
+            raise ValueError(f"proj_size: expected a non-negative int, got {proj_size}")
         if proj_size >= self.hidden_size:
             raise ValueError(f"proj_size: expected 0 (none) or less than hidden_size={self.hidden_size}, got {proj_size}")
         self.proj_size = proj_size

@@ -21,6 +21,7 @@ tests/test_nn_errors.py (bad arguments are rejected before anything is modified)
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -364,6 +365,9 @@ class LSTM(Module):
         self.core.reset_state()
 
     def forward(self, x):
+        # as the other layers: array-likes and other real dtypes are converted to the layer's dtype
+        x = _as_array(x, "x", "fiu", f"a real-valued array of shape (batch, time, {self.core.input_size})")
+        x = _backend.array_module(x).asarray(x, dtype=self.core.dtype)
         y, (h_n, c_n) = self.core(x)  # a stateful core starts from the state its last call left
         if self.return_sequences:
             return y
@@ -373,8 +377,9 @@ class LSTM(Module):
         return last
 
     def backward(self, dy):
-        if self.return_sequences:  # the core checks dy against y itself
-            dx, _ = self.core.backward(dy)
+        if self.return_sequences:  # the core checks dy's shape against y itself
+            dy = _as_array(dy, "dy", "fiu", "a real-valued array of the shape of y")
+            dx, _ = self.core.backward(_backend.array_module(dy).asarray(dy, dtype=self.core.dtype))
             return dx
         y_shape = self._need_cache(self._y_shape, "LSTM")
         dy = _check_dy(dy, y_shape)
@@ -535,6 +540,10 @@ class Sequential(Module):
 
         input_shape: the input's shape without the batch (e.g. (100, 2)); default: the last input seen.
         """
+        if input_shape is not None and not (isinstance(input_shape, (tuple, list))
+                                            and all(isinstance(s, numbers.Integral) and s >= 0 for s in input_shape)):
+            raise TypeError(f"input_shape: expected a tuple of sizes without the batch, e.g. (100, 2), got "
+                            f"{V.describe(input_shape)}")
         shape = (None,) + tuple(input_shape) if input_shape is not None else self._input_shape
         rows = [("Layer (type)", "Output shape", "Params")]
         for i, layer in enumerate(self.layers):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 from . import _backend
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "ConstantLR", "StepLR", "CosineLR"]
@@ -69,9 +71,9 @@ class SGD(Optimizer):
         self.momentum = _positive(momentum, "momentum", allow_zero=True)
         self.dampening = _positive(dampening, "dampening", allow_zero=True)
         self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
-        if not isinstance(nesterov, bool):
+        if not isinstance(nesterov, (bool, np.bool_)):
             raise TypeError(f"nesterov: expected a bool, got {type(nesterov).__name__} {nesterov!r}")
-        self.nesterov = nesterov
+        self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov: needs momentum > 0 and dampening = 0")
 

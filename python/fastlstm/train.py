@@ -26,19 +26,40 @@ import time
 import numpy as np
 
 from . import _validate as V
+from .data import _seed
 from .optim import clip_grad_norm
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint", "ArrayData"]
 
 
+def _batch_array(value, name: str, what: str):
+    """inputs or targets of a data pair: an array with the batch on axis 0 (a list becomes a NumPy array)."""
+    if isinstance(value, (list, tuple)):
+        try:
+            value = np.asarray(value)
+        except ValueError:
+            raise ValueError(f"{name}: expected {what} as a rectangular array, got a ragged list "
+                             "(rows of different lengths)") from None
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{name}: expected {what} as an array of numbers, got a list that becomes "
+                            f"{V.describe(value)}")
+    elif not (hasattr(value, "shape") and hasattr(value, "__getitem__")):
+        raise TypeError(f"{name}: expected {what} as an array with the batch on axis 0, got {V.describe(value)}")
+    if len(value.shape) == 0:
+        raise ValueError(f"{name}: expected {what} with the batch on axis 0, got {V.describe(value)}")
+    return value
+
+
 class ArrayData:
     """(inputs, targets) arrays with the batch on axis 0, served as shuffled mini-batches."""
 
-    def __init__(self, inputs, targets):
+    def __init__(self, inputs, targets, name: str = "data"):
+        inputs = _batch_array(inputs, name, "inputs")
+        targets = _batch_array(targets, name, "targets")
         if len(inputs) != len(targets):
-            raise ValueError(f"data: inputs and targets differ in length ({len(inputs)} vs {len(targets)})")
+            raise ValueError(f"{name}: inputs and targets differ in length ({len(inputs)} vs {len(targets)})")
         if len(inputs) == 0:
-            raise ValueError("data: expected at least one example, got none")
+            raise ValueError(f"{name}: expected at least one example, got none")
         self.inputs, self.targets = inputs, targets
 
     def __len__(self):
@@ -46,6 +67,12 @@ class ArrayData:
 
     def batches(self, batch_size, rng):
         """Endless: one shuffled pass after another, every batch full (the last partial one wraps)."""
+        batch_size = V.positive_int(batch_size, "batch_size")
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng: expected a numpy.random.Generator, got {V.describe(rng)}")
+        return self._batches(batch_size, rng)
+
+    def _batches(self, batch_size, rng):
         n = len(self.inputs)
         batch_size = min(batch_size, n)
         order = rng.permutation(n)
@@ -59,19 +86,67 @@ class ArrayData:
             yield self.inputs[idx], self.targets[idx]
 
     def eval_batches(self, batch_size):
-        for i in range(0, len(self.inputs), batch_size):
-            yield self.inputs[i:i + batch_size], self.targets[i:i + batch_size]
+        batch_size = V.positive_int(batch_size, "batch_size")
+        return ((self.inputs[i:i + batch_size], self.targets[i:i + batch_size])
+                for i in range(0, len(self.inputs), batch_size))
 
 
 def _as_data(data, name):
     if data is None:
-        return None
+        raise TypeError(f"{name}: expected a pair (inputs, targets) or an object with batches()/eval_batches(), "
+                        "got None")
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return ArrayData(*data)
+        return ArrayData(*data, name=name)
     if hasattr(data, "batches") and hasattr(data, "eval_batches"):
         return data
     raise TypeError(f"{name}: expected a pair (inputs, targets) or an object with batches()/eval_batches(), "
                     f"got {V.describe(data)}")
+
+
+def _check_model(model, needs=("parameters", "zero_grad", "backward", "train", "eval")):
+    missing = [m for m in needs if not callable(getattr(model, m, None))]
+    if not callable(model) or missing:
+        raise TypeError(f"model: expected a fastlstm.nn.Module (callable, with {'/'.join(n + '()' for n in needs)}), "
+                        f"got {V.describe(model)}")
+
+
+def _check_loss(loss, need_sum: bool):
+    """loss(out, targets) -> (value, grad); evaluate also needs loss.sum_and_count (fastlstm.losses have both)."""
+    if not callable(loss) or (need_sum and not callable(getattr(loss, "sum_and_count", None))):
+        what = "a loss with sum_and_count() for validation" if callable(loss) else "a callable loss"
+        raise TypeError(f"loss: expected {what} (e.g. fastlstm.losses.MSELoss()), got {V.describe(loss)}")
+
+
+def _check_optimizer(optimizer):
+    if not (callable(getattr(optimizer, "step", None)) and callable(getattr(optimizer, "zero_grad", None))
+            and hasattr(optimizer, "lr")):
+        raise TypeError(f"optimizer: expected an optimizer with step(), zero_grad() and lr (e.g. "
+                        f"fastlstm.optim.Adam(model.parameters(), 1e-3)), got {V.describe(optimizer)}")
+
+
+def _callbacks(callbacks) -> list:
+    """None: none; one Callback: a list of one; otherwise an iterable of Callbacks."""
+    if callbacks is None:
+        return []
+    if _is_callback(callbacks):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes, dict)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks: expected a list of fastlstm.train.Callback objects (or one, or None), "
+                        f"got {V.describe(callbacks)}")
+    callbacks = list(callbacks)
+    for i, cb in enumerate(callbacks):
+        if not _is_callback(cb):
+            hint = f" (the class {cb.__name__}: pass an instance, {cb.__name__}(...))" if isinstance(cb, type) else ""
+            raise TypeError(f"callbacks[{i}]: expected a fastlstm.train.Callback (on_train_begin, on_validation_end, "
+                            f"on_train_end), got {V.describe(cb)}{hint}")
+    return callbacks
+
+
+def _is_callback(cb) -> bool:
+    if isinstance(cb, Callback):
+        return True
+    return not isinstance(cb, type) and all(callable(getattr(cb, hook, None))
+                                            for hook in ("on_train_begin", "on_validation_end", "on_train_end"))
 
 
 def _tokens(inputs) -> int:
@@ -189,10 +264,9 @@ class ModelCheckpoint(Callback):
     """Save the model (fastlstm.checkpoint.save) after each validation, or only when `monitor` improves."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=True, mode="min", meta=None):
-        from .checkpoint import check_path
+        from .checkpoint import check_meta, check_path
 
-        if meta is not None and not isinstance(meta, dict):
-            raise TypeError(f"meta: expected a dict or None, got {V.describe(meta)}")
+        meta = check_meta(meta)  # now, not at the first save in the middle of training
         self.path, self.monitor, self.mode = check_path(path), _monitor(monitor), _mode(mode)
         self.save_best_only, self.meta = V.boolean(save_best_only, "save_best_only"), meta
         self.best = None
@@ -218,7 +292,9 @@ class ModelCheckpoint(Callback):
 
 def evaluate(model, data, loss, batch_size=256) -> float:
     """Mean loss over all of data (every position weighs the same), in eval mode; the mode is restored."""
+    _check_model(model, ("train", "eval"))
     data = _as_data(data, "data")
+    _check_loss(loss, need_sum=True)
     batch_size = V.positive_int(batch_size, "batch_size")
     was_training = model.training
     model.eval()
@@ -235,6 +311,8 @@ def evaluate(model, data, loss, batch_size=256) -> float:
 
 def predict(model, inputs, batch_size=256):
     """model(inputs) in eval mode, batch by batch, concatenated on axis 0."""
+    _check_model(model, ("train", "eval"))
+    inputs = _batch_array(inputs, "inputs", "examples")
     batch_size = V.positive_int(batch_size, "batch_size")
     if len(inputs) == 0:
         raise ValueError("inputs: expected at least one example, got none")
@@ -250,13 +328,23 @@ def predict(model, inputs, batch_size=256):
 
 
 def _scheduled_lr(schedule, step: int) -> float:
-    """schedule(step), checked before the optimizer sees it: a NaN or negative rate would wreck the weights."""
+    """schedule(step), checked before the optimizer sees it: a NaN or negative rate would wreck the weights.
+    Anything float() takes is a rate (a 0-d array, a torch scalar, a Decimal), except text and bools."""
     lr = schedule(step)
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
-        raise TypeError(f"schedule: expected a learning rate (a number) at step {step}, got {V.describe(lr)}")
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"schedule: expected a finite learning rate >= 0 at step {step}, got {lr}")
-    return float(lr)
+    expected = f"a learning rate (a number) at step {step}"
+    if isinstance(lr, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"schedule: expected {expected}, got {V.describe(lr)}")
+    if len(getattr(lr, "shape", ())) != 0:
+        raise ValueError(f"schedule: expected {expected}, got {V.describe(lr)} (a scalar is needed)")
+    try:
+        value = float(lr)
+    except OverflowError:
+        raise ValueError(f"schedule: expected a finite learning rate >= 0 at step {step}, got {lr}") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"schedule: expected {expected}, got {V.describe(lr)}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"schedule: expected a finite learning rate >= 0 at step {step}, got {value}")
+    return value
 
 
 def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32, val=None, eval_every=None,
@@ -267,8 +355,12 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
     validations over the run) sets how often val is evaluated; schedule: step -> learning rate (a finite
     number >= 0, checked before the optimizer sees it).
     """
+    _check_model(model)
     data = _as_data(data, "data")
-    val = _as_data(val, "val")
+    val = _as_data(val, "val") if val is not None else None
+    _check_loss(loss, need_sum=val is not None)
+    _check_optimizer(optimizer)
+    callbacks = _callbacks(callbacks)
     if (steps is None) == (epochs is None):
         raise ValueError("fit: give exactly one of steps= and epochs=")
     batch_size = V.positive_int(batch_size, "batch_size")
@@ -284,7 +376,7 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
                         f"got {V.describe(schedule)}")
     if clip_norm is not None and _non_negative_number(clip_norm, "clip_norm") == 0:
         raise ValueError("clip_norm: expected a positive number (None: no clipping), got 0")
-    rng = np.random.default_rng(V.seed(seed))
+    rng = np.random.default_rng(_seed(seed))
     history = History()
     state = TrainState(model, optimizer, history)
     params = model.parameters()
