@@ -8,6 +8,7 @@ Run: pytest -q tests/test_train_errors.py
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 import zipfile
@@ -296,7 +297,7 @@ def test_data_generators_check_rng_and_series_parameters():
         data.seasonal_series(10, rng, period=0)
     with pytest.raises(ValueError, match="noise: expected a finite number >= 0"):
         data.seasonal_series(10, rng, noise=-1.0)
-    with pytest.raises(TypeError, match="series: expected a 1-D numpy.ndarray"):
+    with pytest.raises(ValueError, match=r"series: expected a 1-D array .*got shape \(10, 2\)"):
         data.forecast_windows(np.zeros((10, 2)), 3, 2)
     with pytest.raises(TypeError, match="val_fraction"):
         data.CharCorpus("abc" * 100, seq_len=4, val_fraction="0.1")
@@ -361,3 +362,321 @@ def test_train_report_check_leaves_no_file_behind_and_a_good_report_is_written(t
               "--out", str(tmp_path / "run"), "--report", str(report))
     assert out.returncode == 0, out.stderr
     assert json.loads(report.read_text())["steps"] == 2
+
+
+# ---- fit: the schedule takes anything float() takes; the other arguments are named -------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda s: np.where(s < 1, 0.01, 0.005),  # a 0-d array
+    lambda s: np.float32(0.01),
+    lambda s: __import__("decimal").Decimal("0.01"),
+    lambda s: __import__("fractions").Fraction(1, 100),
+])
+def test_fit_takes_a_schedule_value_float_accepts(make):
+    model, xy = adding_setup()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    hist = train.fit(model, xy, losses.MSELoss(), opt, steps=2, batch_size=8, progress=False, log_every=1,
+                     schedule=make)
+    assert all(isinstance(lr, float) for lr in hist["lr"]) and hist["lr"][-1] == pytest.approx(float(make(1)))
+
+
+def test_fit_takes_a_torch_scalar_from_its_schedule():
+    torch = pytest.importorskip("torch")
+    model, xy = adding_setup()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    hist = train.fit(model, xy, losses.MSELoss(), opt, steps=1, batch_size=8, progress=False, log_every=1,
+                     schedule=lambda s: torch.tensor(0.02))
+    assert hist["lr"] == [pytest.approx(0.02)]
+
+
+@pytest.mark.parametrize("value,error,what", [
+    (None, TypeError, "got NoneType"), (True, TypeError, "got bool"), (1j, TypeError, "got complex"),
+    (np.array([0.1]), ValueError, r"shape \(1,\)"), (10 ** 400, ValueError, "too large"),
+], ids=["none", "bool", "complex", "shape1", "huge-int"])
+def test_fit_names_the_schedule_for_values_float_refuses(value, error, what):
+    model, xy = adding_setup()
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    with pytest.raises(error, match=f"schedule: .* at step 0.*{what}"):
+        train.fit(model, xy, losses.MSELoss(), opt, steps=1, batch_size=8, progress=False, schedule=lambda s: value)
+    assert opt.lr == 1e-2
+
+
+def test_fit_takes_none_or_a_single_callback():
+    model, xy = adding_setup()
+    fit = lambda cbs: train.fit(model, xy, losses.MSELoss(), optim.Adam(model.parameters(), 1e-2), steps=2,
+                                batch_size=8, val=xy, eval_every=1, progress=False, callbacks=cbs)
+    fit(None)
+    stop = train.EarlyStopping(patience=0)
+    hist = fit(stop)
+    assert stop.best is not None and len(hist["val_loss"]) >= 1
+
+
+@pytest.mark.parametrize("callbacks,name,got", [
+    ([1], r"callbacks\[0\]", "int 1"), ([train.EarlyStopping(), "x"], r"callbacks\[1\]", "str 'x'"),
+    ([train.EarlyStopping], r"callbacks\[0\]", r"the class EarlyStopping \(pass an instance"),
+    (5, "callbacks", "int 5"), ("es", "callbacks", "str 'es'"),
+], ids=["int", "str-item", "class", "int-alone", "str-alone"])
+def test_fit_names_a_bad_callback(callbacks, name, got):
+    model, xy = adding_setup()
+    before = model.state_dict()
+    with pytest.raises(TypeError, match=f"^{name}: expected .*got {got}"):
+        train.fit(model, xy, losses.MSELoss(), optim.Adam(model.parameters(), 1e-2), steps=2, batch_size=8,
+                  progress=False, callbacks=callbacks)
+    np.testing.assert_array_equal(model.state_dict()["1.weight"], before["1.weight"])
+
+
+def test_fit_names_loss_optimizer_and_model():
+    model, xy = adding_setup()
+    opt = optim.Adam(model.parameters(), 1e-2)
+    with pytest.raises(TypeError, match="^loss: expected a callable loss"):
+        train.fit(model, xy, "mse", opt, steps=1, progress=False)
+    with pytest.raises(TypeError, match="^loss: expected a loss with sum_and_count"):
+        train.fit(model, xy, lambda out, t: losses.MSELoss()(out, t), opt, steps=1, val=xy, progress=False)
+    with pytest.raises(TypeError, match=r"^optimizer: expected an optimizer with step\(\), zero_grad\(\) and lr"):
+        train.fit(model, xy, losses.MSELoss(), "sgd", steps=1, progress=False)
+    with pytest.raises(TypeError, match="^model: expected a fastlstm.nn.Module"):
+        train.fit("model", xy, losses.MSELoss(), opt, steps=1, progress=False)
+    # a plain function is still a loss for training without validation
+    train.fit(model, xy, lambda out, t: losses.MSELoss()(out, t), opt, steps=1, batch_size=8, progress=False)
+
+
+def test_fit_evaluate_and_predict_take_lists():
+    model, (x, y) = adding_setup()
+    opt = optim.Adam(model.parameters(), 1e-2)
+    train.fit(model, (x.tolist(), y.tolist()), losses.MSELoss(), opt, steps=1, batch_size=8, progress=False)
+    assert train.evaluate(model, (x.tolist(), y.tolist()), losses.MSELoss()) == pytest.approx(
+        train.evaluate(model, (x, y), losses.MSELoss()), rel=1e-5)
+    assert train.predict(model, x.tolist()).shape == (len(x), 1)
+
+
+@pytest.mark.parametrize("pair,error,message", [
+    ((np.float32(1), np.float32(1)), ValueError, r"^data: expected inputs with the batch on axis 0, .*shape \(\)"),
+    (("x", None), TypeError, "^data: expected inputs as an array"),
+    (("ok", None), TypeError, "^data: expected inputs"),
+    (([[1.0, 2.0], [3.0]], [1.0, 2.0]), ValueError, "^data: expected inputs as a rectangular array"),
+    ((["a", "b"], [1.0, 2.0]), TypeError, "^data: expected inputs as an array of numbers"),
+])
+def test_fit_names_data_it_cannot_batch(pair, error, message):
+    model, _ = adding_setup()
+    with pytest.raises(error, match=message):
+        train.fit(model, pair, losses.MSELoss(), optim.Adam(model.parameters(), 1e-2), steps=1, progress=False)
+
+
+def test_fit_names_val_and_its_targets():
+    model, (x, y) = adding_setup()
+    with pytest.raises(TypeError, match="^val: expected targets"):
+        train.fit(model, (x, y), losses.MSELoss(), optim.Adam(model.parameters(), 1e-2), steps=1, val=(x, None),
+                  progress=False)
+    with pytest.raises(ValueError, match="^val: expected at least one example"):
+        train.fit(model, (x, y), losses.MSELoss(), optim.Adam(model.parameters(), 1e-2), steps=1,
+                  val=(x[:0], y[:0]), progress=False)
+
+
+def test_fit_seed_must_be_non_negative():
+    model, xy = adding_setup()
+    with pytest.raises(ValueError, match="^seed: expected None or a non-negative int, got -1"):
+        train.fit(model, xy, losses.MSELoss(), optim.Adam(model.parameters(), 1e-2), steps=1, progress=False, seed=-1)
+    train.fit(model, xy, losses.MSELoss(), optim.Adam(model.parameters(), 1e-2), steps=1, batch_size=8,
+              progress=False, seed=np.int64(3))
+
+
+def test_evaluate_and_predict_name_missing_data():
+    model, (x, y) = adding_setup()
+    with pytest.raises(TypeError, match="^data: expected a pair"):
+        train.evaluate(model, None, losses.MSELoss())
+    with pytest.raises(TypeError, match="^loss: expected"):
+        train.evaluate(model, (x, y), None)
+    with pytest.raises(TypeError, match="^inputs: expected"):
+        train.predict(model, None)
+    with pytest.raises(TypeError, match="^inputs: expected"):
+        train.predict(model, 5)
+
+
+def test_array_data_checks_batch_size_when_called_not_when_iterated():
+    d = train.ArrayData(np.zeros((4, 2)), np.zeros((4, 1)))
+    with pytest.raises(ValueError, match="^batch_size"):
+        d.eval_batches(0)
+    with pytest.raises(ValueError, match="^batch_size"):
+        d.batches(0, np.random.default_rng(0))
+
+
+# ---- data: forecast_windows takes array-likes; CharCorpus names vocab, ids and batch_size ---------------------
+
+def test_forecast_windows_takes_lists_and_torch_tensors():
+    s = data.seasonal_series(60, np.random.default_rng(0))
+    x, y = data.forecast_windows(s, 10, 2)
+    xl, yl = data.forecast_windows(s.tolist(), np.int64(10), np.int64(2))
+    np.testing.assert_allclose(xl, x)
+    np.testing.assert_allclose(yl, y)
+    torch = pytest.importorskip("torch")
+    xt, yt = data.forecast_windows(torch.from_numpy(s), 10, 2)
+    np.testing.assert_array_equal(xt, x)
+    np.testing.assert_array_equal(yt, y)
+
+
+@pytest.mark.parametrize("series,error,message", [
+    (np.zeros(()), ValueError, r"got shape \(\)"), ([[1.0, 2.0], [3.0]], ValueError, "ragged"),
+    (None, TypeError, "got NoneType"), ("abcdefghijklmnop", TypeError, "got str"),
+    (["a"] * 20, TypeError, "array of numbers"),
+])
+def test_forecast_windows_names_a_bad_series(series, error, message):
+    with pytest.raises(error, match=f"^series: .*{message}"):
+        data.forecast_windows(series, 3, 2)
+
+
+TEXT = "hello world, this is a little corpus of text. " * 20
+
+
+@pytest.mark.parametrize("ids,error,message", [
+    ([19], ValueError, r"ids\[0\]: expected an id in \[0, 19\), got 19"),
+    ([1, -1], ValueError, r"ids\[1\]: expected an id in \[0, 19\), got -1"),
+    (np.array([3, 99]), ValueError, r"ids\[1\]: expected an id in \[0, 19\), got 99"),
+    ("ab", TypeError, r"ids: expected a 1-D sequence of integer ids in \[0, 19\), got str"),
+    ([1.7], TypeError, r"ids\[0\]: expected an integer id"),
+    ([True], TypeError, r"ids\[0\]: expected an integer id"),
+    (np.array([1.0]), TypeError, "ids: .*dtype float64"),
+    (np.array([[1]]), ValueError, r"ids: .*shape \(1, 1\)"),
+    (None, TypeError, "ids: "),
+])
+def test_char_corpus_decode_checks_ids(ids, error, message):
+    corpus = data.CharCorpus(TEXT, 10)
+    assert corpus.vocab_size == 19
+    with pytest.raises(error, match=f"^{message}"):
+        corpus.decode(ids)
+
+
+def test_char_corpus_decode_still_takes_numpy_ints_and_iterables():
+    corpus = data.CharCorpus(TEXT, 10)
+    ids = corpus.encode("hello")
+    assert corpus.decode(ids) == corpus.decode(list(ids)) == corpus.decode(iter(ids.tolist())) == "hello"
+    assert corpus.decode([np.int64(ids[0]), int(ids[1])]) == "he" and corpus.decode([]) == ""
+
+
+@pytest.mark.parametrize("vocab,error,name", [
+    (5, TypeError, "vocab"), ([1, 2], TypeError, r"vocab\[0\]"), (["ab"], ValueError, r"vocab\[0\]"),
+    (["a", "b", "a"], ValueError, r"vocab\[2\]"),
+])
+def test_char_corpus_checks_vocab(vocab, error, name):
+    with pytest.raises(error, match=f"^{name}: "):
+        data.CharCorpus(TEXT, 10, vocab=vocab)
+
+
+@pytest.mark.parametrize("batch_size,error", [(0, ValueError), (-2, ValueError), (1.5, TypeError)])
+def test_char_corpus_batches_check_batch_size_at_the_call(batch_size, error):
+    corpus = data.CharCorpus(TEXT, 10)
+    with pytest.raises(error, match="^batch_size: expected a positive int"):
+        corpus.eval_batches(batch_size)
+    with pytest.raises(error, match="^batch_size: expected a positive int"):
+        corpus.batches(batch_size, np.random.default_rng(0))
+    assert len(list(corpus.eval_batches(np.int64(4)))) >= 1
+
+
+# ---- tasks: NumPy scalars in, wrong types are TypeErrors, wrong values ValueErrors -------------------------------
+
+@pytest.fixture(scope="module")
+def char_task():
+    return tasks.build("charlm", text=TEXT, hidden=8, seq_len=20)
+
+
+def test_generate_takes_numpy_scalars(char_task):
+    a = tasks.generate(char_task.model, char_task.meta["vocab"], "he", np.int64(5), temperature=np.float32(0.8),
+                       seed=np.int64(1))
+    b = tasks.generate(char_task.model, char_task.meta["vocab"], "he", 5, temperature=0.8, seed=1)
+    assert a == b and len(a) == 7
+
+
+@pytest.mark.parametrize("kwargs,error,name", [
+    ({"length": 5.0}, TypeError, "length"), ({"length": -1}, ValueError, "length"),
+    ({"length": True}, TypeError, "length"),
+    ({"temperature": "1"}, TypeError, "temperature"), ({"temperature": 0}, ValueError, "temperature"),
+    ({"temperature": math.inf}, ValueError, "temperature"),
+    ({"prime": None}, TypeError, "prime"), ({"prime": ["h"]}, TypeError, "prime"),
+    ({"seed": -1}, ValueError, "seed"), ({"seed": 1.5}, TypeError, "seed"),
+])
+def test_generate_names_a_bad_argument(char_task, kwargs, error, name):
+    args = {"prime": "he", "length": 5, **kwargs}
+    with pytest.raises(error, match=f"^{name}: expected"):
+        tasks.generate(char_task.model, char_task.meta["vocab"], **args)
+
+
+@pytest.mark.parametrize("kwargs,error,name", [
+    ({"seed": -1}, ValueError, "seed"), ({"seed": None}, TypeError, "seed"), ({"seed": "0"}, TypeError, "seed"),
+    ({"n_train": 0}, ValueError, "n_train"), ({"n_val": 2.5}, TypeError, "n_val"),
+])
+def test_tasks_build_names_seed_and_sizes(kwargs, error, name):
+    with pytest.raises(error, match=f"^{name}: expected"):
+        tasks.build("adding", hidden=4, seq_len=4, **{"n_train": 8, "n_val": 8, **kwargs})
+
+
+def test_tasks_build_takes_a_numpy_seed():
+    task = tasks.build("adding", hidden=4, seq_len=4, n_train=8, n_val=8, seed=np.int64(3))
+    assert task.train[0].shape == (8, 4, 2)
+
+
+# ---- the command line: --report, --out, option names, the baseline wording, --length -----------------------------
+
+TINY = ("train", "--steps", "2", "--seq-len", "4", "--hidden", "4", "--no-progress")
+
+
+def test_train_refuses_a_fifo_as_report_without_blocking(tmp_path):
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    out = subprocess.run([sys.executable, "-m", "fastlstm", *TINY, "--out", str(tmp_path / "run"),
+                          "--report", str(fifo)], capture_output=True, text=True, timeout=60, check=False)
+    assert_one_line_error(out, "--report", "not a regular file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_device_as_report(tmp_path):
+    if not os.path.exists(os.devnull) or os.name != "posix":
+        pytest.skip("no /dev/null")
+    out = cli(*TINY, "--out", str(tmp_path / "run"), "--report", os.devnull)
+    assert_one_line_error(out, "--report", "not a regular file")
+
+
+@pytest.mark.parametrize("option", ["--out", "--report", "--text"])
+def test_train_refuses_an_empty_path(tmp_path, option):
+    out = cli(*TINY, option, "", cwd=tmp_path)
+    assert_one_line_error(out, f"argument {option}: expected a path, got an empty value")
+    assert not (tmp_path / "runs").exists(), "the default --out was used instead"
+
+
+def test_train_checks_every_argument_before_creating_the_out_directory(tmp_path):
+    run = tmp_path / "o2"
+    out = cli(*TINY, "--out", str(run), "--seq-len", "1")
+    assert_one_line_error(out, "--seq-len: expected at least 2")
+    assert not run.exists()
+    out = cli(*TINY, "--out", str(run), "--model", "rnn", "--layers", "2")
+    assert_one_line_error(out, "--layers:")
+    assert not run.exists()
+    out = cli(*TINY, "--out", str(run), "--task", "sine", "--seq-len", "10")
+    assert_one_line_error(out, "--seq-len: the sine task")
+    assert not run.exists()
+
+
+def test_train_report_may_go_into_the_out_directory_it_creates(tmp_path):
+    run = tmp_path / "new"
+    out = cli(*TINY, "--out", str(run), "--report", str(run / "r.json"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads((run / "r.json").read_text())["steps"] == 2
+
+
+def test_train_words_a_result_worse_than_the_baseline_correctly(tmp_path):
+    from fastlstm.cli import _compare
+
+    assert _compare(1.341, 0.1667) == "8.0x higher: worse than the baseline"
+    assert _compare(0.01, 0.1667) == "16.7x lower"
+    assert _compare(0.0, 0.1667) == "lower than the baseline"
+    assert _compare(0.5, 0.0) == "higher: worse than the baseline"
+    assert _compare(math.nan, 0.1667) == "not comparable"
+    out = cli(*TINY, "--out", str(tmp_path / "run"))  # two steps: the loss is still well above the baseline
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("validation mse:"))
+    metric = float(line.split()[2])
+    assert ("higher: worse than the baseline" in line) == (metric > 1 / 6) and "0.1x lower" not in line
+
+
+@pytest.mark.parametrize("length", ["99999999999999999999999", "10000001"])
+def test_sample_length_has_an_upper_bound(length):
+    out = cli("sample", "model.npz", "--length", length)
+    assert_one_line_error(out, "argument --length: expected an integer from 0 to 10000000")

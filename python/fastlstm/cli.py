@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -75,28 +76,96 @@ def _plot(history, path) -> bool:
     return True
 
 
-def _writable_dir(path, option) -> None:
-    """Create directory `path` if needed and check a file can be made in it, before a long run needs it."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise CliError(f"{option} {path}: not a directory")
+def _check_out_dir(path, option) -> None:
+    """Check directory `path` exists and takes files, or can be created; create nothing (that comes after
+    every other argument is checked)."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise CliError(f"{option} {path}: not a directory")
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as err:
+            raise CliError(f"{option} {path}: cannot write files there ({err.strerror or err})") from None
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CliError(f"{option} {path}: cannot create it, {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {path}: cannot create it, no permission to write in {parent}")
+
+
+def _make_out_dir(path, option) -> None:
     try:
         os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
     except OSError as err:
-        raise CliError(f"{option} {path}: cannot write files there ({err.strerror or err})") from None
+        raise CliError(f"{option} {path}: cannot create this directory ({err.strerror or err})") from None
+
+
+def _open_regular_file(path, option, flags):
+    """os.open for writing, only a regular file or a new one: a FIFO, device or socket is refused, and
+    O_NONBLOCK keeps a FIFO that appears in between from blocking the run (it fails with ENXIO instead)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None  # a new file (or a dangling link to one)
+    except OSError as err:
+        raise CliError(f"{option} {path}: cannot write this file ({err.strerror or err})") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise CliError(f"{option} {path}: cannot write this file (Is a directory)")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise CliError(f"{option} {path}: not a regular file (a FIFO, device or socket); give a file name")
+    try:
+        fd = os.open(path, flags | os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0), 0o666)
+    except OSError as err:
+        raise CliError(f"{option} {path}: cannot write this file ({err.strerror or err})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CliError(f"{option} {path}: not a regular file (a FIFO, device or socket); give a file name")
+    return fd
 
 
 def _writable_file(path, option) -> None:
-    """Check file `path` can be written (a directory, a missing parent or no permission fails), leaving no trace."""
+    """Check file `path` can be written (a directory, a missing parent, no permission or a file that is not
+    regular fails), leaving no trace and never blocking."""
     existed = os.path.lexists(path)
-    try:
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as err:
-        raise CliError(f"{option} {path}: cannot write this file ({err.strerror or err})") from None
+    os.close(_open_regular_file(path, option, os.O_APPEND))
     if not existed:
         os.unlink(path)
+
+
+def _write_report(path, option, report: dict) -> None:
+    fd = _open_regular_file(path, option, os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+
+
+# tasks.build and the data it makes name their arguments; the command line names its options
+_OPTIONS = {"seq_len": "--seq-len", "hidden": "--hidden", "hidden_size": "--hidden", "layers": "--layers",
+            "num_layers": "--layers", "seed": "--seed", "text": "--text", "model": "--model", "device": "--device"}
+
+
+def _as_option(err: Exception) -> Exception:
+    """`seq_len: expected ...` -> `--seq-len: expected ...` (same type; other messages unchanged)."""
+    name, sep, rest = str(err).partition(":")
+    if sep and name in _OPTIONS:
+        return type(err)(f"{_OPTIONS[name]}:{rest}") if type(err) in (ValueError, TypeError) else err
+    return err
+
+
+def _compare(metric: float, baseline: float) -> str:
+    """How the result stands against the baseline, in words that are right either way (lower is better)."""
+    if not (math.isfinite(metric) and math.isfinite(baseline)):
+        return "not comparable"
+    if metric == baseline:
+        return "the same as the baseline"
+    if metric < baseline:
+        return f"{baseline / metric:.1f}x lower" if metric > 0 else "lower than the baseline"
+    if baseline > 0:
+        return f"{metric / baseline:.1f}x higher: worse than the baseline"
+    return "higher: worse than the baseline"
 
 
 def _train(args) -> int:
@@ -108,19 +177,27 @@ def _train(args) -> int:
         except RuntimeError as err:
             raise CliError(f"{err}; use --device cpu") from None
     defaults = tasks.TASKS[args.task]
-    text = _read_text(args.text) if args.text else None
+    text = _read_text(args.text) if args.text is not None else None
     if args.task == "charlm" and text is None:
         raise CliError("--task charlm trains on a text file: give --text FILE")
     steps = args.steps or defaults.steps
     lr = args.lr or defaults.lr
     batch = args.batch_size or defaults.batch_size
     clip = defaults.clip if args.clip is None else args.clip
-    out_dir = args.out or os.path.join("runs", args.task if args.model == "lstm" else f"{args.task}-{args.model}")
-    _writable_dir(out_dir, "--out")
-    if args.report:
-        _writable_file(args.report, "--report")
-    task = tasks.build(args.task, model=args.model, hidden=args.hidden, layers=args.layers, seq_len=args.seq_len,
-                       seed=args.seed, text=text, device=args.device)
+    out_dir = args.out if args.out is not None else os.path.join(
+        "runs", args.task if args.model == "lstm" else f"{args.task}-{args.model}")
+    # every argument is checked before anything is created
+    _check_out_dir(out_dir, "--out")
+    if args.report is not None:
+        report_dir = os.path.dirname(os.path.abspath(args.report))
+        if not (report_dir == os.path.abspath(out_dir) and not os.path.exists(out_dir)):  # else: made with --out
+            _writable_file(args.report, "--report")
+    try:
+        task = tasks.build(args.task, model=args.model, hidden=args.hidden, layers=args.layers,
+                           seq_len=args.seq_len, seed=args.seed, text=text, device=args.device)
+    except (ValueError, TypeError) as err:
+        raise _as_option(err) from None
+    _make_out_dir(out_dir, "--out")
 
     print(f"task {task.name}: {task.metric_name} baseline {task.baseline:.4g} "
           f"({'always 1.0' if task.name == 'adding' else 'seasonal naive' if task.name == 'sine' else 'unigram'})")
@@ -142,7 +219,7 @@ def _train(args) -> int:
     model, _ = checkpoint.load_checkpoint(ckpt)
     metric = train.evaluate(model, task.val, task.loss)
     print(f"validation {task.metric_name}: {metric:.4g} (baseline {task.baseline:.4g}, "
-          f"{task.baseline / metric if metric > 0 else float('inf'):.1f}x lower) after {steps} steps in {seconds:.1f} s")
+          f"{_compare(metric, task.baseline)}) after {steps} steps in {seconds:.1f} s")
     print(f"checkpoint: {ckpt}")
     if _plot(hist, os.path.join(out_dir, "loss.png")):
         print(f"loss curve: {os.path.join(out_dir, 'loss.png')}")
@@ -150,9 +227,8 @@ def _train(args) -> int:
               "baseline_metric": task.baseline, "steps": steps, "seconds": seconds, "checkpoint": ckpt,
               "seq_len": task.meta["seq_len"], "hidden": args.hidden or defaults.hidden, "batch_size": batch,
               "lr": lr, "seed": args.seed}
-    if args.report:
-        with open(args.report, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+    if args.report is not None:
+        _write_report(args.report, "--report", report)
         print(f"report: {args.report}")
     return 0
 
@@ -186,6 +262,25 @@ def _non_negative_int(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return value
+
+
+MAX_SAMPLE_LENGTH = 10 ** 7  # characters; one model step each, about a minute per million on a CPU
+
+
+def _sample_length(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SAMPLE_LENGTH:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SAMPLE_LENGTH}, got {text!r}")
+    return value
+
+
+def _path(text):
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty value")
+    return text
 
 
 def _clip_value(text):
@@ -228,16 +323,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=_clip_value, help="global gradient-norm clip, 0 for none (default 1.0)")
     p.add_argument("--eval-every", type=_positive_int, help="steps between validations (default steps/10)")
     p.add_argument("--seed", type=_non_negative_int, default=0, help="data, init and shuffling seed (default 0)")
-    p.add_argument("--text", metavar="FILE", help="UTF-8 text for --task charlm")
-    p.add_argument("--out", metavar="DIR", help="where the checkpoint and plot go (default runs/TASK)")
-    p.add_argument("--report", metavar="FILE.json", help="also write the result as JSON")
+    p.add_argument("--text", metavar="FILE", type=_path, help="UTF-8 text for --task charlm")
+    p.add_argument("--out", metavar="DIR", type=_path, help="where the checkpoint and plot go (default runs/TASK)")
+    p.add_argument("--report", metavar="FILE.json", type=_path, help="also write the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sample", help="generate text from a char-LM checkpoint")
-    p.add_argument("checkpoint", help="a model.npz written by fastlstm train --task charlm")
+    p.add_argument("checkpoint", type=_path, help="a model.npz written by fastlstm train --task charlm")
     p.add_argument("--prime", default="", help="text to start from (default: a random character)")
-    p.add_argument("--length", type=_non_negative_int, default=200, help="characters to generate (default 200)")
+    p.add_argument("--length", type=_sample_length, default=200,
+                   help=f"characters to generate (default 200, at most {MAX_SAMPLE_LENGTH})")
     p.add_argument("--temperature", type=_positive_float, default=1.0, help="softmax temperature (default 1.0)")
     p.add_argument("--seed", type=_non_negative_int, default=None, help="sampling seed (default: fresh)")
     p.set_defaults(func=_sample)

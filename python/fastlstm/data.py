@@ -76,8 +76,19 @@ def seasonal_series(n_steps, rng, period=24, long_period=168, noise=0.1, dtype=n
 def forecast_windows(series, seq_len, horizon):
     """(inputs [n, seq_len, 1], targets [n, horizon]) for every window that fits."""
     T, h = V.positive_int(seq_len, "seq_len"), V.positive_int(horizon, "horizon")
-    if not isinstance(series, np.ndarray) or series.ndim != 1:
-        raise TypeError(f"series: expected a 1-D numpy.ndarray, got {V.describe(series)}")
+    if isinstance(series, (str, bytes)) or series is None:
+        raise TypeError(f"series: expected a 1-D array of numbers, got {V.describe(series)}")
+    try:
+        series = np.asarray(series)  # a list, a torch CPU tensor, a pandas Series
+    except ValueError:
+        raise ValueError("series: expected a 1-D array of numbers, got a ragged sequence") from None
+    except TypeError as err:  # e.g. a GPU array, which NumPy will not copy implicitly
+        raise TypeError(f"series: expected a 1-D array of numbers on the CPU, got {type(series).__name__} "
+                        f"({err})") from None
+    if series.dtype.kind not in "biuf":
+        raise TypeError(f"series: expected a 1-D array of numbers, got {V.describe(series)}")
+    if series.ndim != 1:
+        raise ValueError(f"series: expected a 1-D array (one value per time step), got shape {series.shape}")
     n = len(series) - T - h + 1
     if n < 1:
         raise ValueError(f"series: expected at least seq_len + horizon = {T + h} values, got {len(series)}")
@@ -85,6 +96,23 @@ def forecast_windows(series, seq_len, horizon):
     inputs = series[idx + np.arange(T)][:, :, None]
     targets = series[idx + T + np.arange(h)]
     return np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+
+
+def _vocab(vocab) -> list:
+    """A vocabulary: distinct single characters (a list, a tuple or a str of them)."""
+    if isinstance(vocab, bytes) or not hasattr(vocab, "__iter__"):
+        raise TypeError(f"vocab: expected a list of single characters (or None), got {V.describe(vocab)}")
+    vocab = list(vocab)
+    seen = set()
+    for i, ch in enumerate(vocab):
+        if not isinstance(ch, str):
+            raise TypeError(f"vocab[{i}]: expected a single character, got {V.describe(ch)}")
+        if len(ch) != 1:
+            raise ValueError(f"vocab[{i}]: expected a single character, got {ch!r}")
+        if ch in seen:
+            raise ValueError(f"vocab[{i}]: {ch!r} appears more than once")
+        seen.add(ch)
+    return vocab
 
 
 class CharCorpus:
@@ -102,7 +130,7 @@ class CharCorpus:
             raise TypeError(f"val_fraction: expected a number in [0, 1), got {V.describe(val_fraction)}")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
-        self.vocab = list(vocab) if vocab is not None else sorted(set(text))
+        self.vocab = _vocab(vocab) if vocab is not None else sorted(set(text))
         self.index = {ch: i for i, ch in enumerate(self.vocab)}
         unknown = set(text) - set(self.index)
         if unknown:
@@ -129,7 +157,35 @@ class CharCorpus:
             raise ValueError(f"text: character {err.args[0]!r} is not in the vocabulary") from None
 
     def decode(self, ids) -> str:
-        return "".join(self.vocab[int(i)] for i in ids)
+        """Characters for a 1-D sequence of ids, each in [0, vocab_size)."""
+        n = self.vocab_size
+        expected = f"a 1-D sequence of integer ids in [0, {n})"
+        if isinstance(ids, (str, bytes)) or not (hasattr(ids, "__iter__") or hasattr(ids, "__array__")):
+            raise TypeError(f"ids: expected {expected}, got {V.describe(ids)}")
+        if not isinstance(ids, (list, tuple)):
+            try:
+                ids = np.asarray(ids) if hasattr(ids, "__array__") else list(ids)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"ids: expected {expected}, got {type(ids).__name__} ({err})") from None
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1:
+                raise ValueError(f"ids: expected {expected}, got shape {ids.shape}")
+            if ids.dtype.kind in "iu":
+                bad = np.flatnonzero((ids < 0) | (ids >= n))
+                if len(bad):
+                    raise ValueError(f"ids[{bad[0]}]: expected an id in [0, {n}), got {ids[bad[0]]}")
+                return "".join(self.vocab[i] for i in ids.tolist())
+            if ids.dtype.kind != "O" and ids.size:
+                raise TypeError(f"ids: expected {expected}, got dtype {ids.dtype}")
+            ids = ids.tolist()
+        out = []
+        for i, v in enumerate(ids):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)):
+                raise TypeError(f"ids[{i}]: expected an integer id in [0, {n}), got {V.describe(v)}")
+            if not 0 <= v < n:
+                raise ValueError(f"ids[{i}]: expected an id in [0, {n}), got {v}")
+            out.append(self.vocab[int(v)])
+        return "".join(out)
 
     def unigram_entropy(self) -> float:
         """Cross-entropy (nats/char) of predicting the training part's character frequencies: a baseline."""
@@ -144,16 +200,20 @@ class CharCorpus:
         return w[:, :-1], w[:, 1:]
 
     def batches(self, batch_size, rng):
+        batch_size, rng = V.positive_int(batch_size, "batch_size"), _generator(rng)  # now, not at next()
+        return self._batches(batch_size, rng)
+
+    def _batches(self, batch_size, rng):
         high = len(self.train_ids) - self.seq_len
         while True:
             yield self._windows(self.train_ids, rng.integers(0, high, size=batch_size))
 
     def eval_batches(self, batch_size):
         """The validation part in consecutive windows (the training part when val_fraction is 0)."""
+        batch_size = V.positive_int(batch_size, "batch_size")
         ids = self.val_ids if len(self.val_ids) else self.train_ids
         starts = np.arange(0, len(ids) - self.seq_len, self.seq_len)
-        for i in range(0, len(starts), batch_size):
-            yield self._windows(ids, starts[i:i + batch_size])
+        return (self._windows(ids, starts[i:i + batch_size]) for i in range(0, len(starts), batch_size))
 
     def __len__(self):
         return max(1, len(self.train_ids) // self.seq_len)

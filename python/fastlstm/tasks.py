@@ -19,6 +19,8 @@ Tests: tests/test_train.py (every task's loss falls on tiny settings; sampling),
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 import numpy as np
 
@@ -91,9 +93,15 @@ def _check_device(device) -> None:
 def build(name, *, model="lstm", hidden=None, layers=1, seq_len=None, seed=0, text=None, n_train=20000,
           n_val=2000, device="cpu") -> Task:
     """Data, model and loss for task `name` (defaults from TASKS where an argument is None)."""
+    if not isinstance(name, str):
+        raise TypeError(f"task: expected one of {sorted(TASKS)}, got {V.describe(name)}")
     if name not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
     _check_device(device)
+    seed = V.seed(seed)
+    if seed is None:
+        raise TypeError("seed: expected a non-negative int, got None (the task's data and weights need one)")
+    n_train, n_val = V.positive_int(n_train, "n_train"), V.positive_int(n_val, "n_val")
     d = TASKS[name]
     hidden = d.hidden if hidden is None else hidden
     seq_len = d.seq_len if seq_len is None else seq_len
@@ -122,10 +130,11 @@ def build(name, *, model="lstm", hidden=None, layers=1, seq_len=None, seed=0, te
     if text is None:
         raise ValueError("text: the charlm task trains on a text file; give --text FILE")
     corpus = D.CharCorpus(text, seq_len=seq_len)
-    V = corpus.vocab_size
-    embed = min(64, max(8, V))
-    net = nn.Sequential(nn.Embedding(V, embed, seed=seed), _recurrent(model, embed, hidden, layers, True, seed + 1),
-                        nn.Linear(hidden, V, seed=seed + 2))
+    n_vocab = corpus.vocab_size
+    embed = min(64, max(8, n_vocab))
+    net = nn.Sequential(nn.Embedding(n_vocab, embed, seed=seed),
+                        _recurrent(model, embed, hidden, layers, True, seed + 1),
+                        nn.Linear(hidden, n_vocab, seed=seed + 2))
     meta["vocab"] = corpus.vocab
     return Task(name, corpus, corpus, net, losses.CrossEntropyLoss(), "cross_entropy_nats_per_char",
                 corpus.unigram_entropy(), meta)
@@ -141,10 +150,19 @@ def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, se
     if len(vocab) != model[0].num_embeddings or len(vocab) != model[2].out_features:
         raise ValueError(f"vocab: expected {model[0].num_embeddings} characters (the model's embedding rows) and "
                          f"as many output classes ({model[2].out_features}), got {len(vocab)} characters")
-    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
-        raise ValueError(f"length: expected a non-negative int, got {length!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
+    if isinstance(length, (bool, np.bool_)) or not isinstance(length, numbers.Integral):
+        raise TypeError(f"length: expected a non-negative int, got {V.describe(length)}")
+    if length < 0:
+        raise ValueError(f"length: expected a non-negative int, got {length}")
+    length = int(length)
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature: expected a finite positive number, got {V.describe(temperature)}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature: expected a finite positive number, got {temperature}")
+    temperature = float(temperature)
+    if not isinstance(prime, str):
+        raise TypeError(f"prime: expected a str (may be empty), got {V.describe(prime)}")
+    seed = V.seed(seed)
     index = {ch: i for i, ch in enumerate(vocab)}
     unknown = sorted(set(prime) - set(index))
     if unknown:

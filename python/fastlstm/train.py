@@ -26,7 +26,6 @@ import time
 import numpy as np
 
 from . import _validate as V
-from .data import _seed
 from .optim import clip_grad_norm
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint", "ArrayData"]
@@ -136,9 +135,10 @@ def _callbacks(callbacks) -> list:
     callbacks = list(callbacks)
     for i, cb in enumerate(callbacks):
         if not _is_callback(cb):
-            hint = f" (the class {cb.__name__}: pass an instance, {cb.__name__}(...))" if isinstance(cb, type) else ""
+            got = f"the class {cb.__name__} (pass an instance: {cb.__name__}(...))" if isinstance(cb, type) \
+                else V.describe(cb)
             raise TypeError(f"callbacks[{i}]: expected a fastlstm.train.Callback (on_train_begin, on_validation_end, "
-                            f"on_train_end), got {V.describe(cb)}{hint}")
+                            f"on_train_end), got {got}")
     return callbacks
 
 
@@ -338,9 +338,12 @@ def _scheduled_lr(schedule, step: int) -> float:
         raise ValueError(f"schedule: expected {expected}, got {V.describe(lr)} (a scalar is needed)")
     try:
         value = float(lr)
-    except OverflowError:
-        raise ValueError(f"schedule: expected a finite learning rate >= 0 at step {step}, got {lr}") from None
-    except (TypeError, ValueError):
+    except (OverflowError, ValueError) as err:
+        if not isinstance(err, OverflowError) and not isinstance(lr, numbers.Number):
+            raise TypeError(f"schedule: expected {expected}, got {V.describe(lr)}") from None
+        raise ValueError(f"schedule: expected a finite learning rate >= 0 at step {step}, got "
+                         f"{type(lr).__name__} that float() refuses ({err})") from None
+    except TypeError:
         raise TypeError(f"schedule: expected {expected}, got {V.describe(lr)}") from None
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"schedule: expected a finite learning rate >= 0 at step {step}, got {value}")
@@ -352,8 +355,9 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
     """Train model on data; returns the History (loss, lr, tokens_per_s per logged step; val_loss per validation).
 
     steps or epochs (an epoch = len(data) / batch_size steps) sets the length; eval_every (default: 10
-    validations over the run) sets how often val is evaluated; schedule: step -> learning rate (a finite
-    number >= 0, checked before the optimizer sees it).
+    validations over the run) sets how often val is evaluated; schedule: step -> learning rate (anything
+    float() takes, finite and >= 0, checked before the optimizer sees it); callbacks: a list of Callbacks,
+    one Callback, or None. Data pairs may be lists (made NumPy arrays).
     """
     _check_model(model)
     data = _as_data(data, "data")
@@ -376,7 +380,7 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
                         f"got {V.describe(schedule)}")
     if clip_norm is not None and _non_negative_number(clip_norm, "clip_norm") == 0:
         raise ValueError("clip_norm: expected a positive number (None: no clipping), got 0")
-    rng = np.random.default_rng(_seed(seed))
+    rng = np.random.default_rng(V.seed(seed))
     history = History()
     state = TrainState(model, optimizer, history)
     params = model.parameters()
