@@ -287,6 +287,12 @@ def test_lstm_layer_converts_like_the_other_layers():
 
 def test_summary_checks_input_shape():
     model = nn.Sequential(nn.Linear(2, 2))
-    with pytest.raises(TypeError, match="input_shape: expected a tuple of sizes"):
-        model.summary(5)
-    assert "Linear" in model.summary((2,), print_fn=lambda line: None)
+    for bad in (5, "ab", (2.5,), (-1,)):
+        with pytest.raises(TypeError, match="input_shape: expected sizes without the batch"):
+            model.summary(bad)
+    quiet = dict(print_fn=lambda line: None)
+    assert "(None, 2)" in model.summary((2,), **quiet)
+    # Keras-style unknown sizes and any sequence of whole numbers, as summary took before it checked
+    seq = nn.Sequential(nn.LSTM(2, 16, return_sequences=False), nn.Linear(16, 1))
+    for shape in ((None, 2), np.array([20, 2]), (20.0, 2), range(20, 22)):
+        assert "(None, 16)" in seq.summary(shape, **quiet)

@@ -534,7 +534,7 @@ TEXT = "hello world, this is a little corpus of text. " * 20
     ("ab", TypeError, r"ids: expected a 1-D sequence of integer ids in \[0, 19\), got str"),
     ([1.7], TypeError, r"ids\[0\]: expected an integer id"),
     ([True], TypeError, r"ids\[0\]: expected an integer id"),
-    (np.array([1.0]), TypeError, "ids: .*dtype float64"),
+    (np.array([1.5]), TypeError, "ids: .*dtype float64"),
     (np.array([[1]]), ValueError, r"ids: .*shape \(1, 1\)"),
     (None, TypeError, "ids: "),
 ])
@@ -550,6 +550,9 @@ def test_char_corpus_decode_still_takes_numpy_ints_and_iterables():
     ids = corpus.encode("hello")
     assert corpus.decode(ids) == corpus.decode(list(ids)) == corpus.decode(iter(ids.tolist())) == "hello"
     assert corpus.decode([np.int64(ids[0]), int(ids[1])]) == "he" and corpus.decode([]) == ""
+    # whole floats and 0-d arrays, as decode took them before it checked its ids
+    assert corpus.decode(ids.astype(float)) == corpus.decode([np.array(i) for i in ids]) == "hello"
+    assert corpus.decode([float(i) for i in ids]) == "hello"
 
 
 @pytest.mark.parametrize("vocab,error,name", [
@@ -618,20 +621,41 @@ def test_tasks_build_takes_a_numpy_seed():
 TINY = ("train", "--steps", "2", "--seq-len", "4", "--hidden", "4", "--no-progress")
 
 
-def test_train_refuses_a_fifo_as_report_without_blocking(tmp_path):
+def test_report_may_not_be_the_out_directory(tmp_path):
+    out = cli(*TINY, "--out", str(tmp_path / "run"), "--report", str(tmp_path / "run"))
+    assert_one_line_error(out, "--report", "is the --out directory")
+
+
+def test_array_data_batches_take_a_legacy_random_state():
+    from fastlstm import train
+    x, y = np.zeros((10, 3), np.float32), np.zeros((10, 1), np.float32)
+    assert next(train.ArrayData(x, y).batches(4, np.random.RandomState(0)))[0].shape == (4, 3)
+
+
+def test_a_fifo_without_a_reader_as_report_fails_without_blocking(tmp_path):
     fifo = tmp_path / "report.fifo"
-    os.mkfifo(fifo)
+    os.mkfifo(fifo)  # (once: the check opened it for writing and waited for a reader forever)
     out = subprocess.run([sys.executable, "-m", "fastlstm", *TINY, "--out", str(tmp_path / "run"),
                           "--report", str(fifo)], capture_output=True, text=True, timeout=60, check=False)
-    assert_one_line_error(out, "--report", "not a regular file")
-    assert not (tmp_path / "run").exists()
+    assert_one_line_error(out, "--report", "a FIFO with no reader")
 
 
-def test_train_refuses_a_device_as_report(tmp_path):
-    if not os.path.exists(os.devnull) or os.name != "posix":
-        pytest.skip("no /dev/null")
+def test_a_fifo_with_a_reader_and_a_device_take_the_report(tmp_path):
+    if os.name != "posix" or not os.path.exists(os.devnull):
+        pytest.skip("no FIFOs or /dev/null")
     out = cli(*TINY, "--out", str(tmp_path / "run"), "--report", os.devnull)
-    assert_one_line_error(out, "--report", "not a regular file")
+    assert out.returncode == 0, out.stderr
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen([sys.executable, "-c", f"print(open({str(fifo)!r}).read())"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        out = cli(*TINY, "--out", str(tmp_path / "run2"), "--report", str(fifo))
+        received = reader.communicate(timeout=60)[0]
+    finally:
+        reader.kill()
+    assert out.returncode == 0, out.stderr
+    assert json.loads(received)["task"] == "adding"
 
 
 @pytest.mark.parametrize("option", ["--out", "--report", "--text"])

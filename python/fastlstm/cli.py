@@ -16,6 +16,7 @@ Tests: tests/test_cli.py, tests/test_train_errors.py (bad options and files).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -104,40 +105,51 @@ def _make_out_dir(path, option) -> None:
         raise CliError(f"{option} {path}: cannot create this directory ({err.strerror or err})") from None
 
 
-def _open_regular_file(path, option, flags):
-    """os.open for writing, only a regular file or a new one: a FIFO, device or socket is refused, and
-    O_NONBLOCK keeps a FIFO that appears in between from blocking the run (it fails with ENXIO instead)."""
+def _kind(path):
+    """os.stat(path).st_mode, or None for a path that does not exist yet."""
     try:
-        st = os.stat(path)
+        return os.stat(path).st_mode
     except FileNotFoundError:
-        st = None  # a new file (or a dangling link to one)
+        return None  # a new file (or a dangling link to one)
+
+
+def _open_for_writing(path, option, flags):
+    """os.open for writing: a regular file or a new one, a character device (/dev/null, a terminal) or a
+    FIFO or pipe (/dev/stdout piped on); a directory or socket is refused. It never blocks: O_NONBLOCK
+    makes a FIFO without a reader fail with ENXIO, and the descriptor blocks again for the writes."""
+    try:
+        mode = _kind(path)
     except OSError as err:
         raise CliError(f"{option} {path}: cannot write this file ({err.strerror or err})") from None
-    if st is not None and stat.S_ISDIR(st.st_mode):
+    if mode is not None and stat.S_ISDIR(mode):
         raise CliError(f"{option} {path}: cannot write this file (Is a directory)")
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise CliError(f"{option} {path}: not a regular file (a FIFO, device or socket); give a file name")
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        raise CliError(f"{option} {path}: not a file, device or FIFO; give a file name")
     try:
         fd = os.open(path, flags | os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0), 0o666)
     except OSError as err:
-        raise CliError(f"{option} {path}: cannot write this file ({err.strerror or err})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CliError(f"{option} {path}: not a regular file (a FIFO, device or socket); give a file name")
+        why = "a FIFO with no reader" if err.errno == errno.ENXIO else (err.strerror or str(err))
+        raise CliError(f"{option} {path}: cannot write this file ({why})") from None
+    os.set_blocking(fd, True)  # (a pipe's reader may be slower than the write)
     return fd
 
 
 def _writable_file(path, option) -> None:
-    """Check file `path` can be written (a directory, a missing parent, no permission or a file that is not
-    regular fails), leaving no trace and never blocking."""
+    """Check file `path` can be written (a directory, a missing parent, no permission fail), leaving no
+    trace and never blocking. A FIFO is not opened now: that would hand its reader an early end of file."""
     existed = os.path.lexists(path)
-    os.close(_open_regular_file(path, option, os.O_APPEND))
+    try:
+        if existed and stat.S_ISFIFO(_kind(path) or 0):
+            return
+    except OSError:
+        pass  # (_open_for_writing says why)
+    os.close(_open_for_writing(path, option, os.O_APPEND))
     if not existed:
         os.unlink(path)
 
 
 def _write_report(path, option, report: dict) -> None:
-    fd = _open_regular_file(path, option, os.O_TRUNC)
+    fd = _open_for_writing(path, option, os.O_TRUNC)  # (ignored by devices and FIFOs)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
 
@@ -189,6 +201,8 @@ def _train(args) -> int:
     # every argument is checked before anything is created
     _check_out_dir(out_dir, "--out")
     if args.report is not None:
+        if os.path.abspath(args.report) == os.path.abspath(out_dir):
+            raise CliError(f"--report {args.report}: is the --out directory; give a file name")
         report_dir = os.path.dirname(os.path.abspath(args.report))
         if not (report_dir == os.path.abspath(out_dir) and not os.path.exists(out_dir)):  # else: made with --out
             _writable_file(args.report, "--report")

@@ -175,11 +175,16 @@ class CharCorpus:
                 if len(bad):
                     raise ValueError(f"ids[{bad[0]}]: expected an id in [0, {n}), got {ids[bad[0]]}")
                 return "".join(self.vocab[i] for i in ids.tolist())
-            if ids.dtype.kind != "O" and ids.size:
+            whole = ids.dtype.kind == "f" and bool(np.all(np.isfinite(ids) & (ids == np.round(ids))))
+            if ids.dtype.kind != "O" and ids.size and not whole:
                 raise TypeError(f"ids: expected {expected}, got dtype {ids.dtype}")
             ids = ids.tolist()
         out = []
         for i, v in enumerate(ids):
+            if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):  # a 0-d array or tensor, a NumPy scalar
+                v = v.item()
+            if isinstance(v, float) and v.is_integer():  # (1.0: as the array path takes whole floats)
+                v = int(v)
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (numbers.Integral, np.integer)):
                 raise TypeError(f"ids[{i}]: expected an integer id in [0, {n}), got {V.describe(v)}")
             if not 0 <= v < n:

@@ -76,6 +76,22 @@ def _as_array(value, name: str, kinds: str, expected: str):
     return value
 
 
+def _sizes(input_shape) -> tuple:
+    """A shape given without the batch, e.g. (100, 2) or (None, 2) for any length, as a tuple of ints and
+    Nones (whole floats and NumPy integers count as ints)."""
+    try:
+        sizes = tuple(input_shape)
+    except TypeError:
+        sizes = None
+    ok = sizes is not None and not isinstance(input_shape, (str, bytes)) and all(
+        s is None or (isinstance(s, numbers.Real) and not isinstance(s, bool) and s >= 0 and float(s).is_integer())
+        for s in sizes)
+    if not ok:
+        raise TypeError(f"input_shape: expected sizes without the batch, e.g. (100, 2) or (None, 2), got "
+                        f"{V.describe(input_shape)}")
+    return tuple(None if s is None else int(s) for s in sizes)
+
+
 def _check_dy(dy, y_shape: tuple):
     """dy as a real-valued array of exactly the shape the forward returned (no broadcasting)."""
     dy = _as_array(dy, "dy", "fiu", f"a real-valued array of shape {tuple(y_shape)} (the shape of y)")
@@ -540,11 +556,7 @@ class Sequential(Module):
 
         input_shape: the input's shape without the batch (e.g. (100, 2)); default: the last input seen.
         """
-        if input_shape is not None and not (isinstance(input_shape, (tuple, list))
-                                            and all(isinstance(s, numbers.Integral) and s >= 0 for s in input_shape)):
-            raise TypeError(f"input_shape: expected a tuple of sizes without the batch, e.g. (100, 2), got "
-                            f"{V.describe(input_shape)}")
-        shape = (None,) + tuple(input_shape) if input_shape is not None else self._input_shape
+        shape = self._input_shape if input_shape is None else (None,) + _sizes(input_shape)
         rows = [("Layer (type)", "Output shape", "Params")]
         for i, layer in enumerate(self.layers):
             if shape is not None:

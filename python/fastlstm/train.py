@@ -67,7 +67,7 @@ class ArrayData:
     def batches(self, batch_size, rng):
         """Endless: one shuffled pass after another, every batch full (the last partial one wraps)."""
         batch_size = V.positive_int(batch_size, "batch_size")
-        if not isinstance(rng, np.random.Generator):
+        if not hasattr(rng, "permutation"):  # a Generator, or a legacy RandomState
             raise TypeError(f"rng: expected a numpy.random.Generator, got {V.describe(rng)}")
         return self._batches(batch_size, rng)
 
