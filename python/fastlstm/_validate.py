@@ -93,6 +93,18 @@ def array(value, name: str, dtype: np.dtype, shape_doc: str, device: str = "cpu"
     return value
 
 
+def from_torch(value, name: str):
+    """A torch tensor as a NumPy array (others unchanged); a TypeError naming `name` for a tensor NumPy
+    cannot hold (bfloat16) or one on a GPU."""
+    if not hasattr(value, "detach"):
+        return value
+    try:
+        return value.detach().cpu().numpy()
+    except (TypeError, RuntimeError) as err:
+        raise TypeError(f"{name}: this torch tensor has no NumPy equivalent ({err}); convert it with "
+                        f".float() first") from None
+
+
 def shape(value: np.ndarray, name: str, expected: tuple, shape_doc: str) -> None:
     if tuple(value.shape) != tuple(expected):
         raise ValueError(f"{name}: expected shape {tuple(expected)} {shape_doc}, got {tuple(value.shape)}")

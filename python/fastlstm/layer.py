@@ -87,14 +87,8 @@ def _gx_buffer(shape, dtype) -> np.ndarray:
 def _host_values(value, name) -> np.ndarray:
     """A value given for weights (NumPy/CuPy array, torch tensor, nested list) as a NumPy array, or a
     TypeError naming `name` (a ragged list, a dtype NumPy cannot hold such as torch.bfloat16)."""
-    if hasattr(value, "detach"):  # a torch tensor
-        try:
-            return value.detach().cpu().numpy()
-        except (TypeError, RuntimeError) as err:
-            raise TypeError(f"{name}: this torch tensor has no NumPy equivalent ({err}); convert it with "
-                            f".float() first") from None
     try:
-        return _backend.to_numpy(value)
+        return _backend.to_numpy(V.from_torch(value, name))
     except ValueError as err:  # a ragged nested list
         raise TypeError(f"{name}: expected an array, got {V.describe(value)} ({err})") from None
 

@@ -57,12 +57,7 @@ def _as_array(value, name: str, kinds: str, expected: str):
     arrays. Anything else (None, a str, a ragged list, complex or object values) is a TypeError naming
     the argument; `expected` says what the argument should be.
     """
-    if hasattr(value, "detach"):  # a torch tensor (a PyTorch state_dict loads into a same-named model)
-        try:
-            value = value.detach().cpu().numpy()
-        except (TypeError, RuntimeError) as err:  # e.g. bfloat16, which NumPy lacks
-            raise TypeError(f"{name}: this torch tensor has no NumPy equivalent ({err}); convert it with "
-                            f".float() first") from None
+    value = V.from_torch(value, name)  # (a PyTorch state_dict loads into a same-named model)
     if not isinstance(value, np.ndarray) and _backend.array_module(value) is np:
         if value is None or isinstance(value, (str, bytes)):
             raise TypeError(f"{name}: expected {expected}, got {V.describe(value)}")
