@@ -22,8 +22,9 @@ def test_bench_quick_smoke(tmp_path):
     assert len(records) == 2 * 2, "2 quick configs x 2 modes"
     for rec in records:
         assert int(rec["fastlstm_reps"]) == 3, "--repeat 3: one rep in each of the 3 rounds"
-        if rec["speedup_vs_torch_best"]:  # (torch installed)
-            assert float(rec["speedup_round_min"]) <= float(rec["speedup_round_max"])
+        if rec["speedup_vs_torch_best"]:  # (torch installed): a speedup from each of the 3 rounds' medians
+            low, high = float(rec["speedup_round_min"]), float(rec["speedup_round_max"])
+            assert 0 < low <= high
 
 
 def test_reps_are_spread_evenly_over_rounds_and_every_fast_method_gets_one_a_round():

@@ -6,6 +6,7 @@ Every public entry point validates here before touching the compiled kernels, so
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 
@@ -27,6 +28,24 @@ def positive_int(value, name: str) -> int:
     if value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value}")
     return int(value)
+
+
+def non_negative_int(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a non-negative int, got {describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {value}")
+    return int(value)
+
+
+def finite_number(value, name: str, allow_zero: bool = False) -> float:
+    """A finite real number > 0 (>= 0 with allow_zero), as a float."""
+    expected = "a finite number >= 0" if allow_zero else "a finite positive number"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {expected}, got {describe(value)}")
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+    return float(value)
 
 
 def probability(value, name: str) -> float:

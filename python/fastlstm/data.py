@@ -14,7 +14,6 @@ Tests: tests/test_train.py (the adding problem's markers and sums), tests/test_t
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
@@ -31,15 +30,6 @@ def _generator(rng):
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got {V.describe(rng)}")
     return rng
-
-
-def _number(value, name: str, allow_zero: bool = False) -> float:
-    expected = "a finite number >= 0" if allow_zero else "a finite positive number"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected {expected}, got {V.describe(value)}")
-    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
-        raise ValueError(f"{name}: expected {expected}, got {value}")
-    return float(value)
 
 
 def adding_problem(n, seq_len, rng, dtype=np.float32):
@@ -65,8 +55,8 @@ def seasonal_series(n_steps, rng, period=24, long_period=168, noise=0.1, dtype=n
     """A series like hourly demand: a daily cycle, a weekly cycle, a slow trend and Gaussian noise."""
     n_steps = V.positive_int(n_steps, "n_steps")
     rng, dtype = _generator(rng), V.float_dtype(dtype)
-    period, long_period = _number(period, "period"), _number(long_period, "long_period")
-    noise = _number(noise, "noise", allow_zero=True)
+    period, long_period = V.finite_number(period, "period"), V.finite_number(long_period, "long_period")
+    noise = V.finite_number(noise, "noise", allow_zero=True)
     t = np.arange(n_steps, dtype=np.float64)
     s = (np.sin(2 * np.pi * t / period) + 0.5 * np.sin(2 * np.pi * t / long_period + 1.0)
          + 0.3 * np.sin(2 * np.pi * t / (7.3 * long_period)) + noise * rng.standard_normal(n_steps))

@@ -201,11 +201,7 @@ class LSTM:
         self.dropout = V.probability(dropout, "dropout")
         self.bidirectional = V.boolean(bidirectional, "bidirectional")
         self.dtype = V.float_dtype(dtype)
-        if isinstance(proj_size, (bool, np.bool_)) or not isinstance(proj_size, numbers.Integral):
-            raise TypeError(f"proj_size: expected a non-negative int, got {V.describe(proj_size)}")
-        proj_size = int(proj_size)
-        if proj_size < 0:
-            raise ValueError(f"proj_size: expected a non-negative int, got {proj_size}")
+        proj_size = V.non_negative_int(proj_size, "proj_size")
         if proj_size >= self.hidden_size:
             raise ValueError(f"proj_size: expected 0 (none) or less than hidden_size={self.hidden_size}, got {proj_size}")
         self.proj_size = proj_size
@@ -400,7 +396,8 @@ class LSTM:
     def _check_layer_index(self, layer):
         if self.proj_size:
             raise ValueError("proj_size: Keras's LSTM has no projection; Keras weights need proj_size=0")
-        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, numbers.Integral) or not 0 <= layer < self.num_layers:
+        if (isinstance(layer, (bool, np.bool_)) or not isinstance(layer, numbers.Integral)
+                or not 0 <= layer < self.num_layers):
             raise ValueError(f"layer: expected an int in [0, {self.num_layers}), got {layer!r}")
 
     def train(self, mode: bool = True) -> "LSTM":
@@ -653,10 +650,8 @@ class LSTM:
             arr = np.asarray(lengths)
         except ValueError:  # ragged
             raise TypeError(f"lengths: expected integers, one per sequence, got {V.describe(lengths)}") from None
-        def integral(v):
-            return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-        if arr.dtype == object and not all(integral(v) for v in arr.ravel()):
+        if arr.dtype == object and not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+                                           for v in arr.ravel()):
             raise TypeError(f"lengths: expected integers, one per sequence, got {lengths!r}")
         if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == object):
             raise TypeError(f"lengths: expected integers, one per sequence, got dtype {arr.dtype}")

@@ -19,8 +19,6 @@ Tests: tests/test_train.py (every task's loss falls on tiny settings; sampling),
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 
 import numpy as np
 
@@ -150,16 +148,8 @@ def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, se
     if len(vocab) != model[0].num_embeddings or len(vocab) != model[2].out_features:
         raise ValueError(f"vocab: expected {model[0].num_embeddings} characters (the model's embedding rows) and "
                          f"as many output classes ({model[2].out_features}), got {len(vocab)} characters")
-    if isinstance(length, (bool, np.bool_)) or not isinstance(length, numbers.Integral):
-        raise TypeError(f"length: expected a non-negative int, got {V.describe(length)}")
-    if length < 0:
-        raise ValueError(f"length: expected a non-negative int, got {length}")
-    length = int(length)
-    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature: expected a finite positive number, got {V.describe(temperature)}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a finite positive number, got {temperature}")
-    temperature = float(temperature)
+    length = V.non_negative_int(length, "length")
+    temperature = V.finite_number(temperature, "temperature")
     if not isinstance(prime, str):
         raise TypeError(f"prime: expected a str (may be empty), got {V.describe(prime)}")
     seed = V.seed(seed)

@@ -207,30 +207,14 @@ def _mode(value) -> str:
     return value
 
 
-def _non_negative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected a non-negative int, got {V.describe(value)}")
-    if value < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {value}")
-    return int(value)
-
-
-def _non_negative_number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a finite number >= 0, got {V.describe(value)}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
-    return float(value)
-
-
 class EarlyStopping(Callback):
     """Stop when `monitor` has not improved by min_delta for `patience` validations; optionally put the
     best weights back at the end."""
 
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="min", restore_best=True):
         self.monitor, self.mode = _monitor(monitor), _mode(mode)
-        self.patience = _non_negative_int(patience, "patience")
-        self.min_delta = _non_negative_number(min_delta, "min_delta")
+        self.patience = V.non_negative_int(patience, "patience")
+        self.min_delta = V.finite_number(min_delta, "min_delta", allow_zero=True)
         self.restore_best = V.boolean(restore_best, "restore_best")
         self.best, self.best_step, self.best_state, self.wait = None, None, None, 0
 
@@ -338,13 +322,11 @@ def _scheduled_lr(schedule, step: int) -> float:
         raise ValueError(f"schedule: expected {expected}, got {V.describe(lr)} (a scalar is needed)")
     try:
         value = float(lr)
-    except (OverflowError, ValueError) as err:
-        if not isinstance(err, OverflowError) and not isinstance(lr, numbers.Number):
+    except (TypeError, ValueError, OverflowError) as err:
+        if isinstance(err, TypeError) or not isinstance(lr, numbers.Number):  # not a number at all
             raise TypeError(f"schedule: expected {expected}, got {V.describe(lr)}") from None
         raise ValueError(f"schedule: expected a finite learning rate >= 0 at step {step}, got "
                          f"{type(lr).__name__} that float() refuses ({err})") from None
-    except TypeError:
-        raise TypeError(f"schedule: expected {expected}, got {V.describe(lr)}") from None
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"schedule: expected a finite learning rate >= 0 at step {step}, got {value}")
     return value
@@ -378,8 +360,8 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
     if schedule is not None and not callable(schedule):
         raise TypeError(f"schedule: expected a callable step -> learning rate (e.g. fastlstm.optim.CosineLR), "
                         f"got {V.describe(schedule)}")
-    if clip_norm is not None and _non_negative_number(clip_norm, "clip_norm") == 0:
-        raise ValueError("clip_norm: expected a positive number (None: no clipping), got 0")
+    if clip_norm is not None:
+        V.finite_number(clip_norm, "clip_norm")
     rng = np.random.default_rng(V.seed(seed))
     history = History()
     state = TrainState(model, optimizer, history)
