@@ -22,20 +22,20 @@ def describe(value) -> str:
     return f"{type(value).__name__} {value!r}" if isinstance(value, (int, float, str, bool)) else type(value).__name__
 
 
-def positive_int(value, name: str) -> int:
+def _int_from(value, name: str, low: int, expected: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected a positive int, got {describe(value)}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
+        raise TypeError(f"{name}: expected {expected}, got {describe(value)}")
+    if value < low:
+        raise ValueError(f"{name}: expected {expected}, got {value}")
     return int(value)
+
+
+def positive_int(value, name: str) -> int:
+    return _int_from(value, name, 1, "a positive int")
 
 
 def non_negative_int(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected a non-negative int, got {describe(value)}")
-    if value < 0:
-        raise ValueError(f"{name}: expected a non-negative int, got {value}")
-    return int(value)
+    return _int_from(value, name, 0, "a non-negative int")
 
 
 def finite_number(value, name: str, allow_zero: bool = False) -> float:
