@@ -153,9 +153,10 @@ def test_forward_takes_gx_or_x_with_w_ih():
 
 # K = 2100 and 16500 cross the K block of every ISA and dtype (256 KiB of packed B); M = 200: more than one
 # group of row blocks packed from a transposed A; N = 2100: more than 16 panels a thread, so an untransposed A
-# is packed too (with fewer it is read in place)
+# is packed too (with fewer it is read in place); M, N = 520, 530: C over 1 MiB, whose tiles the micro-kernel
+# prefetches for the epilogue
 GEMM_SHAPES = [(1, 1, 1), (7, 65, 300), (13, 129, 513), (6, 64, 256), (100, 3, 17), (5, 70, 2100), (3, 5, 16500),
-               (200, 33, 1100), (7, 2100, 30)]
+               (200, 33, 1100), (7, 2100, 30), (520, 530, 20)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

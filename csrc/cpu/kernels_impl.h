@@ -882,13 +882,14 @@ struct Gemm {
     T* apack;          // per thread [mrange][kKc], A packed by pack_a (unless a_in_place)
     int64_t mrange;    // rows of the largest M range
     bool a_in_place;   // op(A) = A, read where it lies (kMR rows lda apart)
+    bool prefetch_c;   // the epilogue's lines of C prefetched by the micro-kernel (C beyond L2)
   };
 
   static void run(const GemmArgs<T>& g, int num_threads) {
     Ctx ctx{&g,
             {Part{g.b, g.ldb, 0, INT64_MAX, g.c, g.ldc, g.N, g.bias},
              Part{g.b2, g.ldb2, g.b2_lo, g.b2_hi, g.c2, g.ldc2, g.N2, nullptr}},
-            ceil_div(g.N, NR), ceil_div(g.N, NR) + ceil_div(g.N2, NR), 1, 1, nullptr, nullptr, 0, false};
+            ceil_div(g.N, NR), ceil_div(g.N, NR) + ceil_div(g.N2, NR), 1, 1, nullptr, nullptr, 0, false, false};
     const int64_t panels = ctx.panels, mblocks = ceil_div(g.M, kMR);
     if (g.a_sums)
       for (int64_t m = 0; m < g.M; ++m) g.a_sums[m] = 0.0;
@@ -916,6 +917,9 @@ struct Gemm {
     // pays off there. Same process against always packing: 4-16 panels a thread (dx = dG W_ih at every
     // benchmark shape, x W_ih^T at H = 256) 1.01-1.47x; 32 (x W_ih^T at B = 64, I = H = 512) 0.98x
     ctx.a_in_place = !g.trans_a && !g.m_rows && ceil_div(panels, ctx.pn) <= 16;  // (a_sums: trans_a, packed)
+    // Same process against no prefetch: (100,16,256,256)'s products 1.01-1.05x, (100,64,512,512)'s
+    // 1.02-1.03x; with C in L2 the list costs more than it saves (B = 1 training steps 0.993x)
+    ctx.prefetch_c = g.M * (g.N + g.N2) * int64_t(sizeof(T)) > (int64_t(1) << 20);
     // all scratch is allocated here: an exception must never leave a worker thread
     ctx.mrange = ceil_div(mblocks, ctx.pm) * kMR;
     Scratch<T> bpack(n * kKc * NR), apack(ctx.a_in_place ? 0 : n * ctx.mrange * kKc);
@@ -952,8 +956,14 @@ struct Gemm {
             with_rows(static_cast<int>(imin(kMR, m1 - m)), [&](auto MRc) {
               constexpr int mr = decltype(MRc)::value;
               R acc[mr][nv];
-              if (ctx.a_in_place) micro<V, mr, nv>(g.a + m * g.lda + k0, g.lda, bpack, kb, acc);
-              else micro<V, mr, nv>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR);
+              // the tile of C the epilogue reads and writes, prefetched in the micro-kernel's last iterations
+              // where C is too big to stay in L2
+              const void* pf[kMR * lines_per_run<T>(NR)];
+              int64_t npf = 0;
+              if (ctx.prefetch_c)
+                for (int r = 0; r < mr; ++r) append_lines(pt.c + crow(g, m + r) * pt.ldc, c0, imin(c0 + NR, pt.N), pf, npf);
+              if (ctx.a_in_place) micro<V, mr, nv>(g.a + m * g.lda + k0, g.lda, bpack, kb, acc, 1, pf, npf);
+              else micro<V, mr, nv>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR, pf, npf);
               for (int v = 0; v < nv; ++v) {
                 const int64_t col = c0 + v * W;
                 const int nl = static_cast<int>(imin(W, pt.N - col));
