@@ -961,7 +961,8 @@ struct Gemm {
               const void* pf[kMR * lines_per_run<T>(NR)];
               int64_t npf = 0;
               if (ctx.prefetch_c)
-                for (int r = 0; r < mr; ++r) append_lines(pt.c + crow(g, m + r) * pt.ldc, c0, imin(c0 + NR, pt.N), pf, npf);
+                for (int r = 0; r < mr; ++r)
+                  append_lines(pt.c + crow(g, m + r) * pt.ldc, c0, imin(c0 + NR, pt.N), pf, npf);
               if (ctx.a_in_place) micro<V, mr, nv>(g.a + m * g.lda + k0, g.lda, bpack, kb, acc, 1, pf, npf);
               else micro<V, mr, nv>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR, pf, npf);
               for (int v = 0; v < nv; ++v) {
