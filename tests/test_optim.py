@@ -107,9 +107,9 @@ def test_numpy_scalars_are_accepted():
 
 def test_bad_hyperparameters_are_clear_errors():
     p = param([1.0], [1.0])
-    with pytest.raises(ValueError, match="lr: expected a finite number"):
+    with pytest.raises(ValueError, match="lr: expected a finite positive number, got inf"):
         optim.SGD([p], lr=float("inf"))
-    with pytest.raises(ValueError, match="lr: expected a positive number"):
+    with pytest.raises(ValueError, match="lr: expected a finite positive number, got 0"):
         optim.SGD([p], lr=0)
     with pytest.raises(ValueError, match="betas"):
         optim.Adam([p], betas=(0.9, 1.0))
@@ -121,11 +121,11 @@ def test_bad_hyperparameters_are_clear_errors():
         optim.SGD([p], lr=0.1, nesterov=True)
     with pytest.raises(TypeError, match="nesterov: expected a bool"):
         optim.SGD([p], lr=0.1, momentum=0.9, nesterov=1)
-    with pytest.raises(TypeError, match=r"betas\[0\]: expected a number"):
+    with pytest.raises(TypeError, match=r"betas\[0\]: expected a float in \[0, 1\), got str"):
         optim.Adam([p], betas=("a", "b"))
     with pytest.raises(TypeError, match="betas: expected a pair"):
         optim.Adam([p], betas=0.9)
-    with pytest.raises(ValueError, match=r"betas\[1\]: expected a number in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"betas\[1\]: expected a float in \[0, 1\), got 1.0"):
         optim.Adam([p], betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="min_lr: expected at most lr"):
         optim.CosineLR(0.1, 10, 0, min_lr=10.0)

@@ -268,27 +268,25 @@ def _positive_float(text):
     return value
 
 
-def _non_negative_int(text):
+def _int_in(text, low, high, expected):
     try:
         value = int(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _non_negative_int(text):
+    return _int_in(text, 0, None, "a non-negative integer")
 
 
 MAX_SAMPLE_LENGTH = 10 ** 7  # characters; one model step each, about a minute per million on a CPU
 
 
 def _sample_length(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SAMPLE_LENGTH:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SAMPLE_LENGTH}, got {text!r}")
-    return value
+    return _int_in(text, 0, MAX_SAMPLE_LENGTH, f"an integer from 0 to {MAX_SAMPLE_LENGTH}")
 
 
 def _path(text):

@@ -116,10 +116,7 @@ class CharCorpus:
         if not isinstance(text, str):
             raise TypeError(f"text: expected a str, got {V.describe(text)}")
         self.seq_len = V.positive_int(seq_len, "seq_len")
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real):
-            raise TypeError(f"val_fraction: expected a number in [0, 1), got {V.describe(val_fraction)}")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
+        val_fraction = V.probability(val_fraction, "val_fraction")
         self.vocab = _vocab(vocab) if vocab is not None else sorted(set(text))
         self.index = {ch: i for i, ch in enumerate(self.vocab)}
         unknown = set(text) - set(self.index)

@@ -18,21 +18,10 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
-
 from . import _backend
+from . import _validate as V
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "ConstantLR", "StepLR", "CosineLR"]
-
-
-def _positive(value, name, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value}")
-    return float(value)
 
 
 class Optimizer:
@@ -45,7 +34,7 @@ class Optimizer:
         for i, p in enumerate(self.params):
             if not (hasattr(p, "data") and hasattr(p, "grad")):
                 raise TypeError(f"params[{i}]: expected a Parameter (with .data and .grad), got {type(p).__name__}")
-        self.lr = _positive(lr, "lr")
+        self.lr = V.finite_number(lr, "lr")
         self.steps = 0
         self.state = [dict() for _ in self.params]
 
@@ -68,12 +57,10 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)
-        self.momentum = _positive(momentum, "momentum", allow_zero=True)
-        self.dampening = _positive(dampening, "dampening", allow_zero=True)
-        self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov: expected a bool, got {type(nesterov).__name__} {nesterov!r}")
-        self.nesterov = bool(nesterov)
+        self.momentum = V.finite_number(momentum, "momentum", allow_zero=True)
+        self.dampening = V.finite_number(dampening, "dampening", allow_zero=True)
+        self.weight_decay = V.finite_number(weight_decay, "weight_decay", allow_zero=True)
+        self.nesterov = V.boolean(nesterov, "nesterov")
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError("nesterov: needs momentum > 0 and dampening = 0")
 
@@ -102,14 +89,9 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas: expected a pair of numbers in [0, 1), got {betas!r}")
-        for i, b in enumerate(betas):
-            if isinstance(b, bool) or not isinstance(b, numbers.Real):
-                raise TypeError(f"betas[{i}]: expected a number in [0, 1), got {type(b).__name__} {b!r}")
-            if not 0 <= b < 1:
-                raise ValueError(f"betas[{i}]: expected a number in [0, 1), got {b!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = _positive(eps, "eps")
-        self.weight_decay = _positive(weight_decay, "weight_decay", allow_zero=True)
+        self.betas = tuple(V.probability(b, f"betas[{i}]") for i, b in enumerate(betas))
+        self.eps = V.finite_number(eps, "eps")
+        self.weight_decay = V.finite_number(weight_decay, "weight_decay", allow_zero=True)
 
     def _update(self, w, g, st):
         xp = _backend.array_module(w)
@@ -149,7 +131,7 @@ def clip_grad_norm(params, max_norm: float) -> float:
 
     Returns the norm before clipping (inf or nan when a gradient is; then nothing is scaled).
     """
-    max_norm = _positive(max_norm, "max_norm")
+    max_norm = V.finite_number(max_norm, "max_norm")
     params = list(params)
     total = 0.0
     for p in params:
@@ -167,7 +149,7 @@ class ConstantLR:
     """lr at every step."""
 
     def __init__(self, lr):
-        self.lr = _positive(lr, "lr")
+        self.lr = V.finite_number(lr, "lr")
 
     def __call__(self, step: int) -> float:
         return self.lr
@@ -177,11 +159,11 @@ class StepLR:
     """lr * gamma ** (step // step_size)."""
 
     def __init__(self, lr, step_size, gamma=0.1):
-        self.lr = _positive(lr, "lr")
+        self.lr = V.finite_number(lr, "lr")
         if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size < 1:
             raise ValueError(f"step_size: expected a positive int, got {step_size!r}")
         self.step_size = step_size
-        self.gamma = _positive(gamma, "gamma")
+        self.gamma = V.finite_number(gamma, "gamma")
 
     def __call__(self, step: int) -> float:
         return self.lr * self.gamma ** (step // self.step_size)
@@ -191,14 +173,14 @@ class CosineLR:
     """Linear warm-up from 0 over warmup_steps, then cosine decay from lr to min_lr at total_steps."""
 
     def __init__(self, lr, total_steps, warmup_steps=0, min_lr=0.0):
-        self.lr = _positive(lr, "lr")
+        self.lr = V.finite_number(lr, "lr")
         if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
             raise ValueError(f"total_steps: expected a positive int, got {total_steps!r}")
         if (isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral)
                 or not 0 <= warmup_steps <= total_steps):
             raise ValueError(f"warmup_steps: expected an int in [0, total_steps={total_steps}], got {warmup_steps!r}")
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
-        self.min_lr = _positive(min_lr, "min_lr", allow_zero=True)
+        self.min_lr = V.finite_number(min_lr, "min_lr", allow_zero=True)
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr: expected at most lr={self.lr} (the decay ends there), got {self.min_lr}")
 
