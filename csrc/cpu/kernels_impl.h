@@ -918,7 +918,7 @@ struct Gemm {
     // benchmark shape, x W_ih^T at H = 256) 1.01-1.47x; 32 (x W_ih^T at B = 64, I = H = 512) 0.98x
     ctx.a_in_place = !g.trans_a && !g.m_rows && ceil_div(panels, ctx.pn) <= 16;  // (a_sums: trans_a, packed)
     // Same process against no prefetch: (100,16,256,256)'s products 1.01-1.05x, (100,64,512,512)'s
-    // 1.02-1.03x; with C in L2 the list costs more than it saves (B = 1 training steps 0.993x)
+    // 1.02-1.03x; a C that fits in L2 has no misses to hide (B = 1 training steps with the list: 0.993x)
     ctx.prefetch_c = g.M * (g.N + g.N2) * int64_t(sizeof(T)) > (int64_t(1) << 20);
     // all scratch is allocated here: an exception must never leave a worker thread
     ctx.mrange = ceil_div(mblocks, ctx.pm) * kMR;
