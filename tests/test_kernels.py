@@ -241,6 +241,36 @@ def test_gemm_second_product_matches_numpy(isa, dtype, M, N, N2, K):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M,N,K", [(12, 512, 300), (600, 448, 1100)])
+def test_gemm_work_taken_between_threads(isa, dtype, M, N, K):
+    """More threads than cores: a thread whose core is taken away leaves work behind, which the others take from
+    its queue (and with 5 threads on the (12, 512) grid of 4, the fifth has only the others' work). Which items
+    move depends on timing; the result must not change a bit. K = 1100 has two K blocks (the queues refill, and
+    a thread takes another's packed rows of A), with the column sums of A and a second product."""
+    rng = np.random.default_rng(M + N)
+    a, b = rng.standard_normal((K, M)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
+    b2 = rng.standard_normal((K - 1, 40)).astype(dtype)
+    ref = a.T.astype(np.float64) @ b
+    ref2 = a[1:].T.astype(np.float64) @ b2
+    x = rng.standard_normal((M, K)).astype(dtype)  # and A read in place, B transposed
+    results = []
+    with using_threads(5):
+        for threads in (1, 2, 3, 4, 5, 5, 5):
+            c, c2, sums = np.full((M, N), 0.5, dtype), np.zeros((M, 40), dtype), np.empty(M)
+            _C.gemm(a, b, c, True, False, None, True, threads, b2=b2, c2=c2, b2_offset=1, a_sums=sums)
+            assert_close(c, ref + 0.5, dtype, f"c += a^T b, {threads} threads")
+            assert_close(c2, ref2, dtype, f"c2 += a^T b2', {threads} threads")
+            np.testing.assert_allclose(sums, a.astype(np.float64).sum(axis=0), rtol=1e-12)
+            out = np.empty((M, N), dtype)
+            _C.gemm(x, b.T.copy(), out, False, True, None, False, threads)
+            assert_close(out, x.astype(np.float64) @ b, dtype, f"x b, {threads} threads")
+            results.append((c, c2, sums, out))
+    for got in results[1:]:
+        for value, first in zip(got, results[0]):
+            np.testing.assert_array_equal(value, first)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_recurrent_kernels_forced_thread_counts(isa, dtype):
     """The recurrent loops with a forced thread count (left to itself, a call takes fewer threads for a problem
     this small: choose_threads in threading.h), both directions at once: every split of the units gives the

@@ -13,8 +13,9 @@
 //                  (and, fused input projection, A = a chunk of x's rows, Bp = W_ih^T of the same tile);
 //   backward step: A = dG[t+1] [B, 4H], Bp = W_hh[:, up to 4 tiles of units] -> derivative epilogue;
 //   GEMM:          A = x or dG (packed when transposed), Bp = a panel of 4W columns of B -> store.
-// Threads split hidden units (forward/backward) or panels (GEMM); every output element is computed
-// by one thread in one fixed order, so results are bitwise identical for any thread count.
+// Threads split hidden units (forward/backward) or rows and panels (GEMM, where a thread that runs out of
+// work takes items from another's queue); every output element is computed by one thread in one fixed
+// order, so results are bitwise identical for any thread count and whoever computes what.
 //
 // Tests: tests/test_kernels.py (every ISA against fastlstm.reference), tests/test_math.py (ulp bounds).
 
@@ -852,7 +853,8 @@ struct Backward {
 // over K (kKc) so a packed B panel [kKc][4W] stays in L2 while every row block of the thread's M range
 // streams past it; op(A) is read in place (kMR rows) where its rows are, otherwise packed per K block into
 // k-major row blocks (one sequential stream per call). The panels of B2 follow those of B: both products
-// share the packed A.
+// share the packed A. Each thread's share (rows x panels) is a queue of items that the others may take
+// from once their own is empty (worker).
 template <class V>
 struct Gemm {
   using T = typename V::T;
@@ -877,19 +879,25 @@ struct Gemm {
     Part part[2];
     int64_t panels0;   // panels of the first product; the second's follow
     int64_t panels;    // of both
-    int pm, pn;        // thread grid
+    int pm, pn;        // thread grid: thread t owns row range t / pn (of pm) and panel range t % pn (of pn)
+    int64_t chunks;    // work items per panel of a row range (a thread's queue: its panels x chunks, panel-major)
     T* bpack;          // per thread [kKc][NR]
     T* apack;          // per thread [mrange][kKc], A packed by pack_a (unless a_in_place)
     int64_t mrange;    // rows of the largest M range
+    int64_t* next;     // per thread, 16 apart (a cache line each): the next unclaimed item of its queue, and
+                       // the K block its rows of A are packed for (+1); atomic
+    SpinBarrier* barrier;
     bool a_in_place;   // op(A) = A, read where it lies (kMR rows lda apart)
     bool prefetch_c;   // the epilogue's lines of C prefetched by the micro-kernel (C beyond L2)
   };
+  static constexpr int64_t kSlot = 64 / sizeof(int64_t);
 
   static void run(const GemmArgs<T>& g, int num_threads) {
     Ctx ctx{&g,
             {Part{g.b, g.ldb, 0, INT64_MAX, g.c, g.ldc, g.N, g.bias},
              Part{g.b2, g.ldb2, g.b2_lo, g.b2_hi, g.c2, g.ldc2, g.N2, nullptr}},
-            ceil_div(g.N, NR), ceil_div(g.N, NR) + ceil_div(g.N2, NR), 1, 1, nullptr, nullptr, 0, false, false};
+            ceil_div(g.N, NR), ceil_div(g.N, NR) + ceil_div(g.N2, NR), 1, 1, 0, nullptr, nullptr, 0, nullptr,
+            nullptr, false, false};
     const int64_t panels = ctx.panels, mblocks = ceil_div(g.M, kMR);
     if (g.a_sums)
       for (int64_t m = 0; m < g.M; ++m) g.a_sums[m] = 0.0;
@@ -920,65 +928,117 @@ struct Gemm {
     // Same process against no prefetch: (100,16,256,256)'s products 1.01-1.05x, (100,64,512,512)'s
     // 1.02-1.03x; a C that fits in L2 has no misses to hide (B = 1 training steps with the list: 0.993x)
     ctx.prefetch_c = g.M * (g.N + g.N2) * int64_t(sizeof(T)) > (int64_t(1) << 20);
-    // all scratch is allocated here: an exception must never leave a worker thread
     ctx.mrange = ceil_div(mblocks, ctx.pm) * kMR;
+    ctx.chunks = imin(4, ceil_div(ctx.mrange, kMR));
+    // all scratch is allocated here: an exception must never leave a worker thread
     Scratch<T> bpack(n * kKc * NR), apack(ctx.a_in_place ? 0 : n * ctx.mrange * kKc);
+    Scratch<int64_t> next(n * kSlot);
+    for (int64_t i = 0; i < n * kSlot; ++i) next.p[i] = 0;
+    SpinBarrier barrier(n);
     ctx.bpack = bpack.p;
     ctx.apack = apack.p;
+    ctx.next = next.p;
+    ctx.barrier = &barrier;
     par.run(&worker, &ctx);
   }
 
-  static void worker(void* vctx, int tid, int) {
+  // Thread t's share: its rows [m0, m1) and panels [p0, p1) of the grid
+  struct Share {
+    int64_t m0, m1, p0, p1;
+    int64_t items(const Ctx& ctx) const { return m0 < m1 ? (p1 - p0) * ctx.chunks : 0; }
+  };
+  static Share share(const Ctx& ctx, int t) {
+    Share s;
+    int64_t mb0, mb1;
+    split(ceil_div(ctx.g->M, kMR), ctx.pm, t / ctx.pn, mb0, mb1);
+    split(ctx.panels, ctx.pn, t % ctx.pn, s.p0, s.p1);
+    s.m0 = mb0 * kMR;
+    s.m1 = imin(mb1 * kMR, ctx.g->M);
+    return s;
+  }
+
+  // Each thread works through its own queue of items (a panel x a chunk of its rows, in the order of a static
+  // split) and then takes items from the queue with the most left, while at least two are (a stolen item
+  // packs its panel again): cores that run at different speeds (a busy neighbour on a shared host, big and
+  // little cores) finish a K block together, and every element of C is still computed by one item, in one
+  // order. GCC's atomic builtins: no inline library code shared across the ISAs' translation units.
+  static void worker(void* vctx, int tid, int n) {
     const Ctx& ctx = *static_cast<const Ctx*>(vctx);
     const GemmArgs<T>& g = *ctx.g;
-    if (tid >= ctx.pm * ctx.pn) return;
-    int64_t mb0, mb1, p0, p1;
-    split(ceil_div(g.M, kMR), ctx.pm, tid / ctx.pn, mb0, mb1);
-    split(ctx.panels, ctx.pn, tid % ctx.pn, p0, p1);
-    const int64_t m0 = mb0 * kMR, m1 = imin(mb1 * kMR, g.M);
-    if (m0 >= m1 || p0 >= p1) return;
+    const Share own = share(ctx, tid);
     T* bpack = ctx.bpack + tid * kKc * NR;
-    T* apack = ctx.apack + tid * ctx.mrange * kKc;
-    for (int64_t k0 = 0; k0 < g.K; k0 += kKc) {
+    for (int64_t k0 = 0, kblock = 0; k0 < g.K; k0 += kKc, ++kblock) {
       const int64_t kb = imin(kKc, g.K - k0);
-      // (threads that share an M range pack the same rows: the first of them sums them)
-      if (!ctx.a_in_place) pack_a(g, m0, m1, k0, kb, apack, tid % ctx.pn == 0 ? g.a_sums : nullptr);
       const bool first = k0 == 0 && !g.accumulate;
-      for (int64_t p = p0; p < p1; ++p) {
-        const bool second = p >= ctx.panels0;
-        const Part& pt = ctx.part[second];
-        const int64_t c0 = (second ? p - ctx.panels0 : p) * NR;  // the panel's first column in its product
-        pack_b(g, pt, k0, kb, c0, bpack);
-        // a last, narrower panel takes only the vectors it has (N = 32 would otherwise waste half the FMAs)
-        with_vecs(static_cast<int>(panel_vecs(pt, c0)), [&](auto NVc) {
-          constexpr int nv = decltype(NVc)::value;
-          for (int64_t m = m0; m < m1; m += kMR) {
-            with_rows(static_cast<int>(imin(kMR, m1 - m)), [&](auto MRc) {
-              constexpr int mr = decltype(MRc)::value;
-              R acc[mr][nv];
-              // the tile of C the epilogue reads and writes, prefetched in the micro-kernel's last iterations
-              // where C is too big to stay in L2
-              const void* pf[kMR * lines_per_run<T>(NR)];
-              int64_t npf = 0;
-              if (ctx.prefetch_c)
-                for (int r = 0; r < mr; ++r)
-                  append_lines(pt.c + crow(g, m + r) * pt.ldc, c0, imin(c0 + NR, pt.N), pf, npf);
-              if (ctx.a_in_place) micro<V, mr, nv>(g.a + m * g.lda + k0, g.lda, bpack, kb, acc, 1, pf, npf);
-              else micro<V, mr, nv>(apack + (m - m0) * kb, 1, bpack, kb, acc, kMR, pf, npf);
-              for (int v = 0; v < nv; ++v) {
-                const int64_t col = c0 + v * W;
-                const int nl = static_cast<int>(imin(W, pt.N - col));
-                R add = (first && pt.bias) ? ld<V>(pt.bias + col, nl) : V::zero();
-                for (int r = 0; r < mr; ++r) {
-                  T* cp = pt.c + crow(g, m + r) * pt.ldc + col;
-                  st<V>(cp, V::add(acc[r][v], first ? add : ld<V>(cp, nl)), nl);
-                }
-              }
-            });
+      if (kblock > 0) ctx.barrier->wait();  // every item of the block before is done: queues and A reusable
+      __atomic_store_n(ctx.next + tid * kSlot, int64_t(0), __ATOMIC_RELAXED);
+      // (threads that share an M range pack the same rows: the first of them sums them)
+      if (!ctx.a_in_place && own.m0 < own.m1)
+        pack_a(g, own.m0, own.m1, k0, kb, ctx.apack + tid * ctx.mrange * kKc, tid % ctx.pn == 0 ? g.a_sums : nullptr);
+      __atomic_store_n(ctx.next + tid * kSlot + 1, kblock + 1, __ATOMIC_RELEASE);
+      int64_t have = -1;  // the panel in bpack
+      for (int v = tid;;) {  // v: the queue this thread takes from
+        const Share sh = v == tid ? own : share(ctx, v);
+        const int64_t item = __atomic_fetch_add(ctx.next + v * kSlot, 1, __ATOMIC_RELAXED);
+        if (item < sh.items(ctx)) {
+          run_item(ctx, sh, v, item, k0, kb, first, bpack, have);
+          continue;
+        }
+        // the queue is empty: the one with the most items left, if two or more are and its A is packed
+        v = -1;
+        int64_t most = 1;
+        for (int u = 0; u < n; ++u) {
+          if (__atomic_load_n(ctx.next + u * kSlot + 1, __ATOMIC_ACQUIRE) != kblock + 1) continue;
+          const int64_t left = share(ctx, u).items(ctx) - __atomic_load_n(ctx.next + u * kSlot, __ATOMIC_RELAXED);
+          if (left > most) v = u, most = left;
+        }
+        if (v < 0) break;
+      }
+    }
+  }
+
+  // item `item` of thread v's queue: panel p0 + item / chunks, the item % chunks-th chunk of v's rows
+  static void run_item(const Ctx& ctx, const Share& sh, int v, int64_t item, int64_t k0, int64_t kb, bool first,
+                       T* bpack, int64_t& have) {
+    const GemmArgs<T>& g = *ctx.g;
+    const int64_t p = sh.p0 + item / ctx.chunks, c = item % ctx.chunks;
+    const int64_t blocks = ceil_div(sh.m1 - sh.m0, kMR);
+    int64_t b0, b1;
+    split(blocks, static_cast<int>(ctx.chunks), static_cast<int>(c), b0, b1);
+    const int64_t m0 = sh.m0 + b0 * kMR, m1 = imin(sh.m0 + b1 * kMR, sh.m1);
+    const bool second = p >= ctx.panels0;
+    const Part& pt = ctx.part[second];
+    const int64_t c0 = (second ? p - ctx.panels0 : p) * NR;  // the panel's first column in its product
+    if (p != have) pack_b(g, pt, k0, kb, c0, bpack);
+    have = p;
+    const T* apack = ctx.apack + v * ctx.mrange * kKc;  // v's rows, from sh.m0
+    // a last, narrower panel takes only the vectors it has (N = 32 would otherwise waste half the FMAs)
+    with_vecs(static_cast<int>(panel_vecs(pt, c0)), [&](auto NVc) {
+      constexpr int nv = decltype(NVc)::value;
+      for (int64_t m = m0; m < m1; m += kMR) {
+        with_rows(static_cast<int>(imin(kMR, m1 - m)), [&](auto MRc) {
+          constexpr int mr = decltype(MRc)::value;
+          R acc[mr][nv];
+          // the tile of C the epilogue reads and writes, prefetched in the micro-kernel's last iterations
+          // where C is too big to stay in L2
+          const void* pf[kMR * lines_per_run<T>(NR)];
+          int64_t npf = 0;
+          if (ctx.prefetch_c)
+            for (int r = 0; r < mr; ++r) append_lines(pt.c + crow(g, m + r) * pt.ldc, c0, imin(c0 + NR, pt.N), pf, npf);
+          if (ctx.a_in_place) micro<V, mr, nv>(g.a + m * g.lda + k0, g.lda, bpack, kb, acc, 1, pf, npf);
+          else micro<V, mr, nv>(apack + (m - sh.m0) * kb, 1, bpack, kb, acc, kMR, pf, npf);
+          for (int v2 = 0; v2 < nv; ++v2) {
+            const int64_t col = c0 + v2 * W;
+            const int nl = static_cast<int>(imin(W, pt.N - col));
+            R add = (first && pt.bias) ? ld<V>(pt.bias + col, nl) : V::zero();
+            for (int r = 0; r < mr; ++r) {
+              T* cp = pt.c + crow(g, m + r) * pt.ldc + col;
+              st<V>(cp, V::add(acc[r][v2], first ? add : ld<V>(cp, nl)), nl);
+            }
           }
         });
       }
-    }
+    });
   }
 
   static FASTLSTM_INLINE int64_t crow(const GemmArgs<T>& g, int64_t m) { return g.m_rows ? g.m_rows[m] : m; }
