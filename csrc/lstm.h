@@ -38,7 +38,8 @@ struct LstmForwardArgs {
   const Real* gx = nullptr;         // gx:   [T, B, 4H] (strides gx_st, gx_sb) input projection x W_ih^T
   int64_t gx_st = 0, gx_sb = 0;
   // or, on the CPU, the input projection fused into the loop (gx = nullptr): each thread computes
-  // x[t] W_ih^T for the units it owns, a chunk of steps at a time, into its own scratch
+  // x[t] W_ih^T for the units it owns (and, done with those, some of another's), a chunk of steps at a
+  // time, into the owner's scratch
   int64_t I = 0;                    // input size
   const Real* x = nullptr;          // x:    [T, B, I] (strides x_st, x_sb) the layer's input
   int64_t x_st = 0, x_sb = 0;

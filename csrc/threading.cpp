@@ -194,10 +194,12 @@ void SpinBarrier::wait() {
     phase_.store(phase + 1, std::memory_order_release);
     return;
   }
-  for (int spin = 0; phase_.load(std::memory_order_acquire) == phase; ++spin) {
-    if (spin < kSpinBeforeYield) FASTLSTM_PAUSE();
-    else sched_yield();
-  }
+  for (int spin = 0; phase_.load(std::memory_order_acquire) == phase; ++spin) spin_wait(spin);
+}
+
+void spin_wait(int spin) {
+  if (spin < kSpinBeforeYield) FASTLSTM_PAUSE();
+  else sched_yield();
 }
 
 int choose_threads(double work_flops, int64_t units, int request) {

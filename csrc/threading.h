@@ -50,6 +50,10 @@ class SpinBarrier {
   alignas(64) int n_;
 };
 
+// One iteration of a spin-wait for another thread: a pause, or after a while a yield of the core (the thread
+// waited for may need it on an oversubscribed machine). `spin` counts the iterations so far.
+void spin_wait(int spin);
+
 // How many threads a recurrent loop or GEMM should use: `work_flops` is the work between two
 // synchronisations (a step, or a whole GEMM), `units` the number of independent pieces it splits into.
 // request > 0 forces min(request, units); request == 0 picks the largest count that keeps every thread

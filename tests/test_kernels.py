@@ -270,6 +270,35 @@ def test_gemm_work_taken_between_threads(isa, dtype, M, N, K):
             np.testing.assert_array_equal(value, first)
 
 
+@pytest.mark.parametrize("B", [16, 1, 3])
+def test_forward_projection_items_taken_between_threads(isa, B):
+    """The fused input projection of each chunk of steps is a queue of items per thread, and a thread that has
+    done its own takes items from another's; with more threads than cores a thread loses its core often, and
+    the others do its projection. Whoever computes an item, the results must not change a bit (training
+    outputs against one thread) and must be the reference's. B = 1 and 3: rows blocked across steps."""
+    rng = np.random.default_rng(5 + B)
+    T, I, H = 40, 24, 70
+    w_ih = (0.3 * rng.standard_normal((1, 4 * H, I))).astype(np.float32)
+    w_hh = (0.3 * rng.standard_normal((1, 4 * H, H))).astype(np.float32)
+    bias = (0.1 * rng.standard_normal((1, 4 * H))).astype(np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0 = rng.standard_normal((2, 1, B, H)).astype(np.float32)
+    results = []
+    with using_threads(5):
+        for threads in (1, 2, 3, 5, 5, 5):
+            y, gates, cell = (np.empty(shape, np.float32) for shape in ((T, B, H), (1, T, B, 4 * H), (1, T, B, H)))
+            h_n, c_n = np.empty((2, 1, B, H), np.float32)
+            _C.lstm_forward(None, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, False, threads, x=x, w_ih=w_ih)
+            results.append((y, h_n, c_n, gates, cell))
+    for got in results[1:]:
+        for value, first in zip(got, results[0]):
+            np.testing.assert_array_equal(value, first)
+    params = {"weight_ih_l0": w_ih[0].astype(np.float64), "weight_hh_l0": w_hh[0].astype(np.float64),
+              "bias_ih_l0": bias[0].astype(np.float64), "bias_hh_l0": np.zeros(4 * H)}
+    y_ref, _, _ = R.lstm_forward(x.astype(np.float64), params, 1, False, h0, c0)
+    assert_close(results[0][0], y_ref, np.float32, "y against the reference")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_recurrent_kernels_forced_thread_counts(isa, dtype):
     """The recurrent loops with a forced thread count (left to itself, a call takes fewer threads for a problem

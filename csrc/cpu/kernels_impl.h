@@ -13,9 +13,10 @@
 //                  (and, fused input projection, A = a chunk of x's rows, Bp = W_ih^T of the same tile);
 //   backward step: A = dG[t+1] [B, 4H], Bp = W_hh[:, up to 4 tiles of units] -> derivative epilogue;
 //   GEMM:          A = x or dG (packed when transposed), Bp = a panel of 4W columns of B -> store.
-// Threads split hidden units (forward/backward) or rows and panels (GEMM, where a thread that runs out of
-// work takes items from another's queue); every output element is computed by one thread in one fixed
-// order, so results are bitwise identical for any thread count and whoever computes what.
+// Threads split hidden units (forward/backward) or rows and panels (GEMM); a thread that runs out of work
+// takes items from another's queue (GEMM, and the forward's fused input projection). Every output element
+// is computed by one item in one fixed order, so results are bitwise identical for any thread count and
+// whichever thread computes an item.
 //
 // Tests: tests/test_kernels.py (every ISA against fastlstm.reference), tests/test_math.py (ulp bounds).
 
@@ -303,7 +304,9 @@ struct Forward {
     int64_t gxs_size;  // elements of one member's gxs
     int64_t chunk;     // steps per chunk
     SpinBarrier* barrier;
+    int64_t* queues;   // per member, kSlot apart: its projection items of the chunk (see project_chunk)
   };
+  static constexpr int64_t kSlot = 64 / sizeof(int64_t);
   struct Ctx {
     Dir dir[2];
     int ndirs;
@@ -328,13 +331,15 @@ struct Forward {
     const int64_t chunk = I ? imin(T_, imax(1, kChunkRows / B)) : 0, gxs_size = chunk * B * own_tiles * 4 * W;
     Scratch<T> wp(ndirs * tiles * W * 4 * KP), wr(ndirs * ptiles * W * H), hb(ndirs * 2 * B * KP),
         hr(P ? ndirs * B * H : 0), zeros(B * KP), wi(ndirs * tiles * W * 4 * I), gxs(ndirs * members * gxs_size);
+    Scratch<int64_t> queues(ndirs * members * kSlot);
+    for (int64_t i = 0; i < ndirs * members * kSlot; ++i) queues.p[i] = 0;
     for (int64_t i = 0; i < B * KP; ++i) zeros.p[i] = T(0);
     SpinBarrier b0(ctx.team.groups == 2 ? n / 2 : n), b1(n - n / 2);
     for (int d = 0; d < ndirs; ++d)
       ctx.dir[d] = Dir{&dirs[d], wp.p + d * tiles * W * 4 * KP, wr.p + d * ptiles * W * H, hb.p + d * 2 * B * KP,
                        P ? hr.p + d * B * H : nullptr, zeros.p, wi.p + d * tiles * W * 4 * I,
                        gxs.p + d * members * gxs_size, gxs_size, chunk,
-                       d == 1 && ctx.team.groups == 2 ? &b1 : &b0};
+                       d == 1 && ctx.team.groups == 2 ? &b1 : &b0, queues.p + d * members * kSlot};
     par.run(&worker, &ctx);
   }
 
@@ -358,34 +363,109 @@ struct Forward {
         }
   }
 
-  // gxs <- x W_ih^T (no bias) for steps [tlo, tlo + steps) of this member's tiles [u0, u1): row (t - tlo) B + b.
-  // A batch smaller than a row block is blocked across steps where x's rows are evenly spaced (time-major,
-  // or B = 1), so it still gets full micro-kernel blocks (rows past a length are computed too, but no step
-  // past the longest); otherwise each step's live rows are blocked on their own.
-  static void project_input(const LstmForwardArgs<T>& a, const Dir& dir, int64_t tlo, int64_t steps, int64_t u0,
-                            int64_t u1, T* gxs) {
+  // The fused input projection of a chunk of steps [tlo, tlo + steps): member m's gxs gets x W_ih^T (no bias)
+  // for its tiles [u0, u1), row (t - tlo) B + b. Its work is a queue of items, tile u's units for one block of
+  // the chunk's rows: kMR rows of one step, or, for a batch smaller than a row block whose rows are evenly
+  // spaced (time-major, or B = 1), kMR consecutive rows across steps, so it still gets full micro-kernel
+  // blocks (rows past a length are computed too, but no step past the longest). A member that has done its
+  // own items takes items from the back of the queue with the most left (two or more), so a core slowed by a
+  // neighbour (shared hosts) or a little core projects less; each member waits until every item of its own
+  // queue is done before its steps read gxs. Queue word: front (next item of the owner) | back << 32.
+  struct Rows {  // the blocks of a chunk's rows
+    bool across;            // kMR consecutive rows across steps
+    int64_t tend, per_step;  // across: the end of the steps with rows; else blocks per step
+    int64_t blocks;
+  };
+  static Rows chunk_rows(const LstmForwardArgs<T>& a, int64_t tlo, int64_t steps) {
+    const int64_t B = a.B;
+    Rows r{B < kMR && (B == 1 || a.x_st == B * a.x_sb), 0, ceil_div(B, kMR), 0};
+    if (r.across) {
+      r.tend = a.lengths ? imax(tlo, imin(tlo + steps, a.lengths[0])) : tlo + steps;
+      r.blocks = ceil_div((r.tend - tlo) * B, kMR);
+    } else {
+      r.blocks = steps * r.per_step;
+    }
+    return r;
+  }
+
+  // item (u, j) of member m's queue into m's gxs (its tiles start at u0)
+  static void project_item(const LstmForwardArgs<T>& a, const Dir& dir, int64_t tlo, const Rows& rows, int64_t u,
+                           int64_t j, int m, int64_t u0, int64_t u1) {
     const int64_t B = a.B, I = a.I, row_len = (u1 - u0) * 4 * W;
-    auto block = [&](const T* xrows, int64_t lda, int64_t row0, int64_t rows) {
-      for (int64_t u = u0; u < u1; ++u) {
-        const T* wu = dir.wi + u * I * 4 * W;
-        for (int64_t r0 = 0; r0 < rows; r0 += kMR) {
-          with_rows(static_cast<int>(imin(kMR, rows - r0)), [&](auto MRc) {
-            constexpr int mr = decltype(MRc)::value;
-            R acc[mr][4];
-            micro<V, mr, 4>(xrows + r0 * lda, lda, wu, I, acc);
-            for (int r = 0; r < mr; ++r)
-              for (int g = 0; g < 4; ++g) V::store(gxs + (row0 + r0 + r) * row_len + ((u - u0) * 4 + g) * W, acc[r][g]);
-          });
-        }
-      }
-    };
-    if (B < kMR && (B == 1 || a.x_st == B * a.x_sb)) {
-      const int64_t tend = a.lengths ? imin(tlo + steps, a.lengths[0]) : tlo + steps;
-      if (tend > tlo) block(a.x + tlo * a.x_st, B == 1 ? a.x_st : a.x_sb, 0, (tend - tlo) * B);
+    const T* xrows;
+    int64_t lda, row0, n;
+    if (rows.across) {
+      lda = B == 1 ? a.x_st : a.x_sb;
+      row0 = j * kMR;
+      n = imin(kMR, (rows.tend - tlo) * B - row0);
+      xrows = a.x + tlo * a.x_st + row0 * lda;
+    } else {
+      const int64_t t = tlo + j / rows.per_step, b0 = j % rows.per_step * kMR;
+      lda = a.x_sb;
+      row0 = (t - tlo) * B + b0;
+      n = imin(kMR, live_rows(a.lengths, B, t) - b0);
+      xrows = a.x + t * a.x_st + b0 * a.x_sb;
+    }
+    if (n <= 0) return;
+    T* out = dir.gxs + m * dir.gxs_size + (u - u0) * 4 * W;
+    with_rows(static_cast<int>(n), [&](auto MRc) {
+      constexpr int mr = decltype(MRc)::value;
+      R acc[mr][4];
+      micro<V, mr, 4>(xrows, lda, dir.wi + u * I * 4 * W, I, acc);
+      for (int r = 0; r < mr; ++r)
+        for (int g = 0; g < 4; ++g) V::store(out + (row0 + r) * row_len + g * W, acc[r][g]);
+    });
+  }
+
+  static void project_chunk(const LstmForwardArgs<T>& a, const Dir& dir, int64_t tlo, int64_t steps, int idx,
+                            int size) {
+    const int64_t tiles = ceil_div(a.H, W);
+    const Rows rows = chunk_rows(a, tlo, steps);
+    auto range = [&](int m, int64_t& u0, int64_t& u1) { split(tiles, size, m, u0, u1); };
+    int64_t u0, u1;
+    range(idx, u0, u1);
+    const int64_t total = (u1 - u0) * rows.blocks;
+    if (size == 1 || total >= (int64_t(1) << 31)) {  // (the queue word holds 31-bit counts)
+      for (int64_t i = 0; i < total; ++i)
+        project_item(a, dir, tlo, rows, u0 + i / rows.blocks, i % rows.blocks, idx, u0, u1);
       return;
     }
-    for (int64_t t = tlo; t < tlo + steps; ++t)
-      block(a.x + t * a.x_st, a.x_sb, (t - tlo) * B, live_rows(a.lengths, B, t));
+    int64_t* mine = dir.queues + idx * kSlot;  // [0] the word, [1] items done
+    __atomic_store_n(mine + 1, int64_t(0), __ATOMIC_RELAXED);
+    __atomic_store_n(mine, total << 32, __ATOMIC_RELEASE);
+    int64_t done = 0;
+    for (;;) {  // own items, from the front
+      int64_t w = __atomic_load_n(mine, __ATOMIC_ACQUIRE), i;
+      do {
+        if ((w & 0xffffffff) >= (w >> 32)) goto own_done;
+        i = w & 0xffffffff;
+      } while (!__atomic_compare_exchange_n(mine, &w, w + 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+      project_item(a, dir, tlo, rows, u0 + i / rows.blocks, i % rows.blocks, idx, u0, u1);
+      ++done;
+    }
+  own_done:
+    __atomic_fetch_add(mine + 1, done, __ATOMIC_RELEASE);
+    for (;;) {  // others' items, from the back of the fullest queue
+      int v = -1;
+      int64_t most = 1;
+      for (int m = 0; m < size; ++m) {
+        if (m == idx) continue;
+        const int64_t w = __atomic_load_n(dir.queues + m * kSlot, __ATOMIC_RELAXED);
+        if ((w >> 32) - (w & 0xffffffff) > most) v = m, most = (w >> 32) - (w & 0xffffffff);
+      }
+      if (v < 0) break;
+      int64_t* theirs = dir.queues + v * kSlot;
+      int64_t w = __atomic_load_n(theirs, __ATOMIC_ACQUIRE);
+      if ((w >> 32) - (w & 0xffffffff) < 2) continue;
+      if (!__atomic_compare_exchange_n(theirs, &w, w - (int64_t(1) << 32), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        continue;
+      const int64_t i = (w >> 32) - 1;
+      int64_t v0, v1;
+      range(v, v0, v1);
+      project_item(a, dir, tlo, rows, v0 + i / rows.blocks, i % rows.blocks, v, v0, v1);
+      __atomic_fetch_add(theirs + 1, int64_t(1), __ATOMIC_RELEASE);
+    }
+    for (int spin = 0; __atomic_load_n(mine + 1, __ATOMIC_ACQUIRE) < total; ++spin) spin_wait(spin);  // taken items
   }
 
   static void worker(void* vctx, int tid, int n) {
@@ -454,7 +534,7 @@ struct Forward {
       if (a.x && s % dir.chunk == 0) {  // this member's units of x W_ih^T for the next chunk of steps
         const int64_t steps = imin(dir.chunk, T_ - s);
         tlo = a.reverse ? t - steps + 1 : t;
-        project_input(a, dir, tlo, steps, u0, u1, gxs);
+        project_chunk(a, dir, tlo, steps, idx, size);
       }
       for (int64_t b = live; b < B; ++b) {  // absent sequences: state carried, output 0
         for (int64_t j = h0j; j < h1j; ++j) {
