@@ -479,6 +479,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_isa", [] { return std::string(isa_name(isa_selected())); });
   m.def("set_num_threads", &set_max_threads, py::arg("n"));
   m.def("get_num_threads", &max_threads);
+  m.def("work_taken", &work_taken);  // items one thread took from another's queue, since start (diagnostic)
 
   m.def("lstm_forward",
         [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,

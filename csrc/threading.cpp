@@ -19,8 +19,12 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define FASTLSTM_PAUSE() _mm_pause()
+#define FASTLSTM_GET_FP_MODE() _mm_getcsr()
+#define FASTLSTM_SET_FP_MODE(m) _mm_setcsr(m)
 #else
 #define FASTLSTM_PAUSE() ((void)0)
+#define FASTLSTM_GET_FP_MODE() 0u
+#define FASTLSTM_SET_FP_MODE(m) ((void)(m))
 #endif
 
 namespace fastlstm {
@@ -56,6 +60,9 @@ class Pool {
   std::mutex& busy() { return busy_; }
 
   void run(int n, TaskFn fn, void* ctx) {
+    // the workers compute in the caller's floating-point mode (MXCSR: flush-to-zero, denormals-are-zero,
+    // rounding), so which thread computes an item never changes a result
+    fp_mode_ = FASTLSTM_GET_FP_MODE();
     publish(n, fn, ctx);
     fn(ctx, 0, n);
     for (int spin = 0;; ++spin) {
@@ -69,7 +76,7 @@ class Pool {
  private:
   // The generation word: a counter above kTeamBits bits of team size. A worker reads its generation's
   // team size from the same atomic load that tells it a job was published, so a worker outside a team
-  // never mistakes the next job's parameters for its own. fn_ and ctx_ are read only by team members,
+  // never mistakes the next job's parameters for its own. fn_, ctx_ and fp_mode_ are read only by team members,
   // and the next job cannot be published before every member has counted down `pending_`.
   static constexpr unsigned kTeamBits = 12;  // teams of up to 4095 threads (max_threads() is capped there)
   static constexpr unsigned kTeamMask = (1u << kTeamBits) - 1;
@@ -100,6 +107,7 @@ class Pool {
       if (stop_.load()) return;
       const int n = static_cast<int>(word & kTeamMask);
       if (id < n) {
+        FASTLSTM_SET_FP_MODE(fp_mode_);
         fn_(ctx_, id, n);
         if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
       }
@@ -114,6 +122,7 @@ class Pool {
   std::atomic<bool> stop_{false};
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
+  unsigned fp_mode_ = 0;
 };
 
 std::mutex g_config_mutex;  // guards g_pool replacement and g_max_threads
@@ -196,6 +205,13 @@ void SpinBarrier::wait() {
   }
   for (int spin = 0; phase_.load(std::memory_order_acquire) == phase; ++spin) spin_wait(spin);
 }
+
+namespace {
+std::atomic<int64_t> g_work_taken{0};
+}  // namespace
+
+void note_work_taken() { g_work_taken.fetch_add(1, std::memory_order_relaxed); }
+int64_t work_taken() { return g_work_taken.load(std::memory_order_relaxed); }
 
 void spin_wait(int spin) {
   if (spin < kSpinBeforeYield) FASTLSTM_PAUSE();

@@ -54,6 +54,11 @@ class SpinBarrier {
 // waited for may need it on an oversubscribed machine). `spin` counts the iterations so far.
 void spin_wait(int spin);
 
+// Items of work one thread took from another's queue (the GEMM's, the forward's input projection) since the
+// process started: a diagnostic for tests and benchmarks (fastlstm._C.work_taken()).
+void note_work_taken();
+int64_t work_taken();
+
 // How many threads a recurrent loop or GEMM should use: `work_flops` is the work between two
 // synchronisations (a step, or a whole GEMM), `units` the number of independent pieces it splits into.
 // request > 0 forces min(request, units); request == 0 picks the largest count that keeps every thread

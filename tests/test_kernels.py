@@ -6,6 +6,8 @@ forward and reverse recurrences are both checked, with initial states, in both t
 batch-major layouts, and with 1, 2 and 3 threads (which must agree bit for bit).
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -244,9 +246,10 @@ def test_gemm_second_product_matches_numpy(isa, dtype, M, N, N2, K):
 @pytest.mark.parametrize("M,N,K", [(12, 512, 300), (600, 448, 1100)])
 def test_gemm_work_taken_between_threads(isa, dtype, M, N, K):
     """More threads than cores: a thread whose core is taken away leaves work behind, which the others take from
-    its queue (and with 5 threads on the (12, 512) grid of 4, the fifth has only the others' work). Which items
-    move depends on timing; the result must not change a bit. K = 1100 has two K blocks (the queues refill, and
-    a thread takes another's packed rows of A), with the column sums of A and a second product."""
+    its queue (and where 5 threads make a grid of 4, as (12, 512) does on AVX-512, the fifth has only the
+    others' work). Which items move depends on timing; the result must not change a bit. K = 1100 is two K
+    blocks where a block is 1024 deep (AVX-512: the queues refill, and a thread takes another's packed rows of
+    A), with the column sums of A and a second product. On a machine with fewer than 5 cores, work must move."""
     rng = np.random.default_rng(M + N)
     a, b = rng.standard_normal((K, M)).astype(dtype), rng.standard_normal((K, N)).astype(dtype)
     b2 = rng.standard_normal((K - 1, 40)).astype(dtype)
@@ -254,6 +257,7 @@ def test_gemm_work_taken_between_threads(isa, dtype, M, N, K):
     ref2 = a[1:].T.astype(np.float64) @ b2
     x = rng.standard_normal((M, K)).astype(dtype)  # and A read in place, B transposed
     results = []
+    taken = _C.work_taken()
     with using_threads(5):
         for threads in (1, 2, 3, 4, 5, 5, 5):
             c, c2, sums = np.full((M, N), 0.5, dtype), np.zeros((M, 40), dtype), np.empty(M)
@@ -265,9 +269,37 @@ def test_gemm_work_taken_between_threads(isa, dtype, M, N, K):
             _C.gemm(x, b.T.copy(), out, False, True, None, False, threads)
             assert_close(out, x.astype(np.float64) @ b, dtype, f"x b, {threads} threads")
             results.append((c, c2, sums, out))
+        for _ in range(100):  # until some work has moved (timing decides when)
+            if _C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5:
+                break
+            _C.gemm(a, b, np.zeros((M, N), dtype), True, False, None, False, 5)
     for got in results[1:]:
         for value, first in zip(got, results[0]):
             np.testing.assert_array_equal(value, first)
+    assert _C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5, "no item moved between 5 threads"
+
+
+def test_pool_threads_compute_in_the_callers_floating_point_mode(isa):
+    """With flush-to-zero and denormals-are-zero set on the calling thread (torch.set_flush_denormal), every
+    thread of the pool computes in that mode: a product of subnormal inputs is zero whichever thread computes
+    which part of it (before, the pool's threads kept their own mode and their share came out non-zero)."""
+    torch = pytest.importorskip("torch")
+    a = np.full((64, 300), 1e-39, np.float32)  # subnormal in float32 (made before the mode flushes it)
+    b = np.ones((300, 256), np.float32)
+    assert np.all(a > 0)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-denormal mode")
+    try:
+        with using_threads(2):
+            for threads in (1, 2):
+                c = np.full((64, 256), np.nan, np.float32)
+                _C.gemm(a, b, c, False, False, None, False, threads)
+                assert np.all(c == 0), f"{threads} threads: {np.count_nonzero(c)} of {c.size} not flushed"
+    finally:
+        torch.set_flush_denormal(False)
+    c = np.empty((64, 256), np.float32)  # and back in the default mode
+    _C.gemm(a, b, c)
+    np.testing.assert_allclose(c, 300 * np.float32(1e-39), rtol=1e-5)
 
 
 @pytest.mark.parametrize("B", [16, 1, 3])
@@ -275,7 +307,8 @@ def test_forward_projection_items_taken_between_threads(isa, B):
     """The fused input projection of each chunk of steps is a queue of items per thread, and a thread that has
     done its own takes items from another's; with more threads than cores a thread loses its core often, and
     the others do its projection. Whoever computes an item, the results must not change a bit (training
-    outputs against one thread) and must be the reference's. B = 1 and 3: rows blocked across steps."""
+    outputs against one thread) and must be the reference's. B = 1 (and 3 where a row block is 4 or 6 rows):
+    rows blocked across steps. On a machine with fewer than 5 cores, work must move."""
     rng = np.random.default_rng(5 + B)
     T, I, H = 40, 24, 70
     w_ih = (0.3 * rng.standard_normal((1, 4 * H, I))).astype(np.float32)
@@ -284,12 +317,16 @@ def test_forward_projection_items_taken_between_threads(isa, B):
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     h0, c0 = rng.standard_normal((2, 1, B, H)).astype(np.float32)
     results = []
+    taken = _C.work_taken()
     with using_threads(5):
-        for threads in (1, 2, 3, 5, 5, 5):
+        for threads in (1, 2, 3, 5, 5, 5) + (5,) * 100:
+            if len(results) >= 6 and (_C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5):
+                break  # (more calls, until some work has moved: timing decides when)
             y, gates, cell = (np.empty(shape, np.float32) for shape in ((T, B, H), (1, T, B, 4 * H), (1, T, B, H)))
             h_n, c_n = np.empty((2, 1, B, H), np.float32)
             _C.lstm_forward(None, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, False, threads, x=x, w_ih=w_ih)
             results.append((y, h_n, c_n, gates, cell))
+    assert _C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5, "no item moved between 5 threads"
     for got in results[1:]:
         for value, first in zip(got, results[0]):
             np.testing.assert_array_equal(value, first)

@@ -460,6 +460,7 @@ struct Forward {
       if (!__atomic_compare_exchange_n(theirs, &w, w - (int64_t(1) << 32), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         continue;
       const int64_t i = (w >> 32) - 1;
+      note_work_taken();
       int64_t v0, v1;
       range(v, v0, v1);
       project_item(a, dir, tlo, rows, v0 + i / rows.blocks, i % rows.blocks, v, v0, v1);
@@ -964,7 +965,7 @@ struct Gemm {
     T* bpack;          // per thread [kKc][NR]
     T* apack;          // per thread [mrange][kKc], A packed by pack_a (unless a_in_place)
     int64_t mrange;    // rows of the largest M range
-    int64_t* next;     // per thread, 16 apart (a cache line each): the next unclaimed item of its queue, and
+    int64_t* next;     // per thread, kSlot apart (a cache line each): the next unclaimed item of its queue, and
                        // the K block its rows of A are packed for (+1); atomic
     SpinBarrier* barrier;
     bool a_in_place;   // op(A) = A, read where it lies (kMR rows lda apart)
@@ -1057,12 +1058,17 @@ struct Gemm {
         pack_a(g, own.m0, own.m1, k0, kb, ctx.apack + tid * ctx.mrange * kKc, tid % ctx.pn == 0 ? g.a_sums : nullptr);
       __atomic_store_n(ctx.next + tid * kSlot + 1, kblock + 1, __ATOMIC_RELEASE);
       int64_t have = -1;  // the panel in bpack
-      for (int v = tid;;) {  // v: the queue this thread takes from
+      for (int v = tid;;) {  // v: the queue this thread takes from, its own and then the fullest other one
         const Share sh = v == tid ? own : share(ctx, v);
-        const int64_t item = __atomic_fetch_add(ctx.next + v * kSlot, 1, __ATOMIC_RELAXED);
-        if (item < sh.items(ctx)) {
-          run_item(ctx, sh, v, item, k0, kb, first, bpack, have);
-          continue;
+        // (another's while two or more items are left: its owner, with the panel packed, would finish a last
+        // one sooner than a helper that packs it again)
+        if (v == tid || sh.items(ctx) - __atomic_load_n(ctx.next + v * kSlot, __ATOMIC_RELAXED) >= 2) {
+          const int64_t item = __atomic_fetch_add(ctx.next + v * kSlot, 1, __ATOMIC_RELAXED);
+          if (item < sh.items(ctx)) {
+            if (v != tid) note_work_taken();
+            run_item(ctx, sh, v, item, k0, kb, first, bpack, have);
+            continue;
+          }
         }
         // the queue is empty: the one with the most items left, if two or more are and its A is packed
         v = -1;
@@ -1086,6 +1092,7 @@ struct Gemm {
     int64_t b0, b1;
     split(blocks, static_cast<int>(ctx.chunks), static_cast<int>(c), b0, b1);
     const int64_t m0 = sh.m0 + b0 * kMR, m1 = imin(sh.m0 + b1 * kMR, sh.m1);
+    if (m0 >= m1) return;  // (a share of fewer row blocks than chunks)
     const bool second = p >= ctx.panels0;
     const Part& pt = ctx.part[second];
     const int64_t c0 = (second ? p - ctx.panels0 : p) * NR;  // the panel's first column in its product
