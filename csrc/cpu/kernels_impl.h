@@ -230,6 +230,9 @@ FASTLSTM_INLINE void st(typename V::T* p, typename V::R v, int n) {
   else V::store_n(p, v, n);
 }
 
+// int64 counters of a work queue shared between threads, one cache line (kSlot of them) per thread
+constexpr int64_t kSlot = 64 / sizeof(int64_t);
+
 // Balanced split of `units` pieces over `parts`: [begin, end) of part `idx`.
 FASTLSTM_INLINE void split(int64_t units, int parts, int idx, int64_t& begin, int64_t& end) {
   int64_t base = units / parts, extra = units % parts;
@@ -306,7 +309,6 @@ struct Forward {
     SpinBarrier* barrier;
     int64_t* queues;   // per member, kSlot apart: its projection items of the chunk (see project_chunk)
   };
-  static constexpr int64_t kSlot = 64 / sizeof(int64_t);
   struct Ctx {
     Dir dir[2];
     int ndirs;
@@ -417,6 +419,19 @@ struct Forward {
     });
   }
 
+  // The queue word's items left, and a claim on it: the owner's from the front, another member's from the
+  // back while two or more are left. False when there is none to take.
+  static int64_t items_left(int64_t w) { return (w >> 32) - (w & 0xffffffff); }
+  static bool claim(int64_t* word, bool back, int64_t& item) {
+    int64_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    do {
+      if (items_left(w) < (back ? 2 : 1)) return false;
+      item = back ? (w >> 32) - 1 : w & 0xffffffff;
+    } while (!__atomic_compare_exchange_n(word, &w, back ? w - (int64_t(1) << 32) : w + 1, false, __ATOMIC_ACQ_REL,
+                                          __ATOMIC_ACQUIRE));
+    return true;
+  }
+
   static void project_chunk(const LstmForwardArgs<T>& a, const Dir& dir, int64_t tlo, int64_t steps, int idx,
                             int size) {
     const int64_t tiles = ceil_div(a.H, W);
@@ -433,33 +448,20 @@ struct Forward {
     int64_t* mine = dir.queues + idx * kSlot;  // [0] the word, [1] items done
     __atomic_store_n(mine + 1, int64_t(0), __ATOMIC_RELAXED);
     __atomic_store_n(mine, total << 32, __ATOMIC_RELEASE);
-    int64_t done = 0;
-    for (;;) {  // own items, from the front
-      int64_t w = __atomic_load_n(mine, __ATOMIC_ACQUIRE), i;
-      do {
-        if ((w & 0xffffffff) >= (w >> 32)) goto own_done;
-        i = w & 0xffffffff;
-      } while (!__atomic_compare_exchange_n(mine, &w, w + 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    int64_t done = 0, i;
+    for (; claim(mine, false, i); ++done)  // own items
       project_item(a, dir, tlo, rows, u0 + i / rows.blocks, i % rows.blocks, idx, u0, u1);
-      ++done;
-    }
-  own_done:
     __atomic_fetch_add(mine + 1, done, __ATOMIC_RELEASE);
-    for (;;) {  // others' items, from the back of the fullest queue
+    for (;;) {  // others' items, from the fullest queue
       int v = -1;
       int64_t most = 1;
       for (int m = 0; m < size; ++m) {
-        if (m == idx) continue;
-        const int64_t w = __atomic_load_n(dir.queues + m * kSlot, __ATOMIC_RELAXED);
-        if ((w >> 32) - (w & 0xffffffff) > most) v = m, most = (w >> 32) - (w & 0xffffffff);
+        const int64_t left = items_left(__atomic_load_n(dir.queues + m * kSlot, __ATOMIC_RELAXED));
+        if (m != idx && left > most) v = m, most = left;
       }
       if (v < 0) break;
       int64_t* theirs = dir.queues + v * kSlot;
-      int64_t w = __atomic_load_n(theirs, __ATOMIC_ACQUIRE);
-      if ((w >> 32) - (w & 0xffffffff) < 2) continue;
-      if (!__atomic_compare_exchange_n(theirs, &w, w - (int64_t(1) << 32), false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        continue;
-      const int64_t i = (w >> 32) - 1;
+      if (!claim(theirs, true, i)) continue;
       note_work_taken();
       int64_t v0, v1;
       range(v, v0, v1);
@@ -971,7 +973,6 @@ struct Gemm {
     bool a_in_place;   // op(A) = A, read where it lies (kMR rows lda apart)
     bool prefetch_c;   // the epilogue's lines of C prefetched by the micro-kernel (C beyond L2)
   };
-  static constexpr int64_t kSlot = 64 / sizeof(int64_t);
 
   static void run(const GemmArgs<T>& g, int num_threads) {
     Ctx ctx{&g,
