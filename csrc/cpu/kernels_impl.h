@@ -233,6 +233,20 @@ FASTLSTM_INLINE void st(typename V::T* p, typename V::R v, int n) {
 // int64 counters of a work queue shared between threads, one cache line (kSlot of them) per thread
 constexpr int64_t kSlot = 64 / sizeof(int64_t);
 
+// Of the n threads' queues, the one other than self's with the most items left (left(u)), if that is two
+// or more: where a thread done with its own work takes from next; -1 if none
+template <class Left>
+FASTLSTM_INLINE int fullest_queue(int n, int self, Left&& left) {
+  int v = -1;
+  int64_t most = 1;
+  for (int u = 0; u < n; ++u) {
+    if (u == self) continue;
+    const int64_t l = left(u);
+    if (l > most) v = u, most = l;
+  }
+  return v;
+}
+
 // Balanced split of `units` pieces over `parts`: [begin, end) of part `idx`.
 FASTLSTM_INLINE void split(int64_t units, int parts, int idx, int64_t& begin, int64_t& end) {
   int64_t base = units / parts, extra = units % parts;
@@ -453,12 +467,9 @@ struct Forward {
       project_item(a, dir, tlo, rows, u0 + i / rows.blocks, i % rows.blocks, idx, u0, u1);
     __atomic_fetch_add(mine + 1, done, __ATOMIC_RELEASE);
     for (;;) {  // others' items, from the fullest queue
-      int v = -1;
-      int64_t most = 1;
-      for (int m = 0; m < size; ++m) {
-        const int64_t left = items_left(__atomic_load_n(dir.queues + m * kSlot, __ATOMIC_RELAXED));
-        if (m != idx && left > most) v = m, most = left;
-      }
+      const int v = fullest_queue(size, idx, [&](int m) {
+        return items_left(__atomic_load_n(dir.queues + m * kSlot, __ATOMIC_RELAXED));
+      });
       if (v < 0) break;
       int64_t* theirs = dir.queues + v * kSlot;
       if (!claim(theirs, true, i)) continue;
@@ -1072,13 +1083,10 @@ struct Gemm {
           }
         }
         // the queue is empty: the one with the most items left, if two or more are and its A is packed
-        v = -1;
-        int64_t most = 1;
-        for (int u = 0; u < n; ++u) {
-          if (__atomic_load_n(ctx.next + u * kSlot + 1, __ATOMIC_ACQUIRE) != kblock + 1) continue;
-          const int64_t left = share(ctx, u).items(ctx) - __atomic_load_n(ctx.next + u * kSlot, __ATOMIC_RELAXED);
-          if (left > most) v = u, most = left;
-        }
+        v = fullest_queue(n, tid, [&](int u) {
+          if (__atomic_load_n(ctx.next + u * kSlot + 1, __ATOMIC_ACQUIRE) != kblock + 1) return int64_t(0);
+          return share(ctx, u).items(ctx) - __atomic_load_n(ctx.next + u * kSlot, __ATOMIC_RELAXED);
+        });
         if (v < 0) break;
       }
     }
