@@ -35,12 +35,20 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 
 std::string shape_str(const py::array& a) { return shape_str(std::vector<int64_t>(a.shape(), a.shape() + a.ndim())); }
 
+// Whether a's dtype is T's: by NumPy's equivalence (kind, size, byte order), not by identity. An array
+// that went through pickle or copy.deepcopy carries a float32 dtype equal to NumPy's but not the same
+// object, and a layer deep-copied with its dtype makes such arrays itself.
+template <typename T>
+bool has_dtype(const py::array& a) {
+  return py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), py::dtype::of<T>().ptr());
+}
+
 // Pointer to a C-contiguous array of dtype T with exactly `shape`.
 template <typename T>
 T* arr(const py::object& obj, const char* name, const std::vector<int64_t>& shape, bool writable) {
   FASTLSTM_CHECK(py::isinstance<py::array>(obj), name << ": expected a numpy array");
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  FASTLSTM_CHECK(a.dtype().is(py::dtype::of<T>()), name << ": expected dtype " << py::str(py::dtype::of<T>()).cast<std::string>()
+  FASTLSTM_CHECK(has_dtype<T>(a), name << ": expected dtype " << py::str(py::dtype::of<T>()).cast<std::string>()
                                                         << ", got " << py::str(a.dtype()).cast<std::string>());
   bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
   for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
@@ -69,7 +77,7 @@ struct HostArrays {
     return arr<T>(obj, name, shape, writable);
   }
   static bool is_f64(const py::object& obj) {
-    return py::isinstance<py::array>(obj) && py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<double>());
+    return py::isinstance<py::array>(obj) && has_dtype<double>(py::reinterpret_borrow<py::array>(obj));
   }
 };
 
@@ -136,7 +144,8 @@ template <typename T>
 T* mat(const py::object& obj, const char* name, int64_t& rows, int64_t& cols, int64_t& ld, bool writable) {
   FASTLSTM_CHECK(py::isinstance<py::array>(obj), name << ": expected a numpy array");
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  FASTLSTM_CHECK(a.dtype().is(py::dtype::of<T>()), name << ": expected dtype " << py::str(py::dtype::of<T>()).cast<std::string>());
+  FASTLSTM_CHECK(has_dtype<T>(a), name << ": expected dtype " << py::str(py::dtype::of<T>()).cast<std::string>()
+                                        << ", got " << py::str(a.dtype()).cast<std::string>());
   FASTLSTM_CHECK(a.ndim() == 2, name << ": expected a 2-D array, got shape " << shape_str(a));
   rows = a.shape(0);
   cols = a.shape(1);
@@ -586,11 +595,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("B"), py::arg("H"), py::arg("ndirs"), py::arg("backward"), py::arg("f64"), py::arg("device") = 0);
 #endif
   m.def("sigmoid", [](py::array x) {
-    if (x.dtype().is(py::dtype::of<double>())) return activation<double>(x, true);
+    if (has_dtype<double>(x)) return activation<double>(x, true);
     return activation<float>(x, true);
   }, py::arg("x"));
   m.def("tanh", [](py::array x) {
-    if (x.dtype().is(py::dtype::of<double>())) return activation<double>(x, false);
+    if (has_dtype<double>(x)) return activation<double>(x, false);
     return activation<float>(x, false);
   }, py::arg("x"));
 }

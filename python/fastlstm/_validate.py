@@ -72,7 +72,7 @@ def float_dtype(value, name: str = "dtype") -> np.dtype:
         raise TypeError(f"{name}: expected 'float32' or 'float64', got {describe(value)}") from None
     if dt not in _FLOAT_DTYPES:
         raise TypeError(f"{name}: expected 'float32' or 'float64', got {dt}")
-    return dt
+    return _FLOAT_DTYPES[_FLOAT_DTYPES.index(dt)]  # NumPy's own instance (a pickled dtype is an equal copy)
 
 
 def seed(value, name: str = "seed"):
@@ -107,8 +107,8 @@ def array(value, name: str, dtype: np.dtype, shape_doc: str, device: str = "cpu"
         if value.device.id != int(index):
             raise ValueError(f"{name}: expected an array on {device!r}, got one on 'cuda:{value.device.id}'")
     if value.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype} "
-                        f"(convert with .astype('{dtype.name}') or build the layer with dtype='{value.dtype}')")
+        other = f" or build the layer with dtype='{value.dtype}'" if value.dtype in _FLOAT_DTYPES else ""
+        raise TypeError(f"{name}: expected dtype {dtype}, got {value.dtype} (convert with .astype('{dtype.name}'){other})")
     return value
 
 

@@ -44,6 +44,10 @@ class LSTMCell:
         for new, p in self._params.items():
             p.name = new
 
+    def __getstate__(self) -> dict:
+        """pickle and copy.deepcopy: as LSTM's (weights, gradients, seed state), without recorded calls."""
+        return dict(self.__dict__, _records=[])
+
     input_size = property(lambda self: self._core.input_size)
     hidden_size = property(lambda self: self._core.hidden_size)
     bias = property(lambda self: self._core.bias)

@@ -32,6 +32,7 @@ import math
 import numbers
 import threading
 import warnings
+from typing import Optional
 
 import numpy as np
 
@@ -100,10 +101,22 @@ class Parameter:
     layer keeps seeing it); ``p.grad`` accumulates across backward calls until ``zero_grad()``.
     """
 
-    __slots__ = ("_data", "_grad", "name")
+    __slots__ = ("_data", "_grad", "name", "_owner")
 
-    def __init__(self, name: str, data: np.ndarray, grad: np.ndarray):
-        self.name, self._data, self._grad = name, data, grad
+    def __init__(self, name: str, data: np.ndarray, grad: np.ndarray, owner=None):
+        self.name, self._data, self._grad, self._owner = name, data, grad, owner
+
+    # pickle and copy.deepcopy: a copy of a view would be an array of its own, which the layer's kernels
+    # never see. A layer's parameter travels as its name and its layer instead; the layer's copy points it
+    # at views of its own buffers (LSTM.__setstate__), whichever of the two is rebuilt first.
+    def __getstate__(self) -> dict:
+        if self._owner is not None:
+            return {"name": self.name, "_owner": self._owner}
+        return {"name": self.name, "_owner": None, "_data": self._data, "_grad": self._grad}
+
+    def __setstate__(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
 
     @property
     def data(self) -> np.ndarray:
@@ -249,21 +262,42 @@ class LSTM:
             with self._device_scope(device):
                 self._move(device)
 
-    def _bind_params(self) -> None:
-        """The Parameter views (PyTorch's names) into the stacked per-layer buffers."""
+    def _bind_params(self, keep: Optional[dict] = None) -> None:
+        """The Parameter views (PyTorch's names) into the stacked per-layer buffers. keep: {name: Parameter}
+        to point at the views instead of making new ones (a copy's, which an optimizer copied along holds)."""
         D, H, P = self.num_directions, self.hidden_size, self.proj_size
         self._params = {}
+
+        def bind(name, data, grad):
+            p = keep.get(name) if keep else None
+            if p is None:
+                p = Parameter(name, data, grad, owner=self)
+            else:
+                p._data, p._grad, p._owner = data, grad, self
+            self._params[name] = p
+
         for l, w in enumerate(self._layers):
             for d in range(D):
                 sfx = f"_l{l}" + ("_reverse" if d == 1 else "")
                 rows = slice(d * 4 * H, (d + 1) * 4 * H)
-                self._params["weight_ih" + sfx] = Parameter("weight_ih" + sfx, w.w_ih[rows], w.g_w_ih[rows])
-                self._params["weight_hh" + sfx] = Parameter("weight_hh" + sfx, w.w_hh[d], w.g_w_hh[d])
+                bind("weight_ih" + sfx, w.w_ih[rows], w.g_w_ih[rows])
+                bind("weight_hh" + sfx, w.w_hh[d], w.g_w_hh[d])
                 if self.bias:
-                    self._params["bias_ih" + sfx] = Parameter("bias_ih" + sfx, w.b_ih[d], w.g_b_ih[d])
-                    self._params["bias_hh" + sfx] = Parameter("bias_hh" + sfx, w.b_hh[d], w.g_b_hh[d])
+                    bind("bias_ih" + sfx, w.b_ih[d], w.g_b_ih[d])
+                    bind("bias_hh" + sfx, w.b_hh[d], w.g_b_hh[d])
                 if P:
-                    self._params["weight_hr" + sfx] = Parameter("weight_hr" + sfx, w.w_hr[d], w.g_w_hr[d])
+                    bind("weight_hr" + sfx, w.w_hr[d], w.g_w_hr[d])
+
+    # pickle and copy.deepcopy: the configuration, weights, gradients, random generator and stream state.
+    # Not the training scratch, nor a forward saved for backward: the copy's backward needs its own forward.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_workspace={}, _ctx=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._bind_params(keep=self._params)
 
     # ---- configuration -----------------------------------------------------------------------------
     @property
