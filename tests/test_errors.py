@@ -288,3 +288,48 @@ def test_empty_matrices_multiply_to_empty_or_zero_results():
     c = np.full((4, 2), 7, np.float32)
     _C.gemm(np.zeros((4, 0), np.float32), np.zeros((0, 2), np.float32), c)
     np.testing.assert_array_equal(c, 0)  # an empty sum
+
+
+def test_none_for_a_weight_or_gradient_says_none():
+    lstm = fastlstm.LSTM(3, 4)
+    p = dict(lstm.named_parameters())["weight_hh_l0"]
+    with pytest.raises(TypeError, match=r"weight_hh_l0\.grad: expected an array of shape \(16, 4\), got None; "
+                                        r"clear gradients with zero_grad\(\)"):
+        p.grad = None
+    with pytest.raises(TypeError, match=r"weight_hh_l0: expected an array of shape \(16, 4\), got None$"):
+        p.data = None
+    with pytest.raises(TypeError, match=r"state\['weight_ih_l0'\]: expected an array, got None"):
+        lstm.load_state_dict(dict(lstm.state_dict(), weight_ih_l0=None))
+
+
+def test_keras_weights_errors_name_the_entry():
+    lstm = fastlstm.LSTM(3, 4, seed=0)
+    good = lstm.keras_weights()
+    with pytest.raises(TypeError, match=r"weights\[0\]: expected an array, got list"):
+        lstm.load_keras_weights([[[1.0, 2.0], [3.0]]] + good[1:])
+    with pytest.raises(TypeError, match=r"weights\[1\]: expected an array, got None"):
+        lstm.load_keras_weights([good[0], None, good[2]])
+    with pytest.raises(TypeError, match=r"layer: expected an int in \[0, 1\), got bool True"):
+        lstm.load_keras_weights(good, layer=True)
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"weights\[2\]: this torch tensor has no NumPy equivalent"):
+        lstm.load_keras_weights(good[:2] + [torch.from_numpy(good[2]).to(torch.bfloat16)])
+    np.testing.assert_array_equal(lstm.keras_weights()[0], good[0])
+
+
+def test_lengths_given_as_booleans_are_refused():
+    lstm = fastlstm.LSTM(3, 4)
+    x = np.ones((5, 3, 3), np.float32)
+    for lengths in ([True, 1, 1], (5, np.True_, 2)):  # (NumPy would read True as 1)
+        with pytest.raises(TypeError, match="lengths: expected integers, one per sequence"):
+            lstm(x, lengths=lengths)
+
+
+def test_unbatched_cell_errors_show_the_unbatched_shape():
+    cell = fastlstm.LSTMCell(5, 7, seed=0)
+    x, h = np.zeros(5, np.float32), np.zeros(7, np.float32)
+    with pytest.raises(TypeError, match=r"hx\[1\]: expected a numpy.ndarray of float32 with shape \(7,\), got None"):
+        cell(x, (h, None))
+    cell(x)
+    with pytest.raises(TypeError, match=r"dc: expected a numpy.ndarray of float32 with shape \(7,\), got list"):
+        cell.backward(None, [0.0] * 7)

@@ -255,6 +255,33 @@ def test_nan_in_gives_nan_out_without_crashing():
 def test_repr_and_modes():
     lstm = make(3, 4, num_layers=2, bidirectional=True)
     assert repr(lstm) == "LSTM(3, 4, num_layers=2, bidirectional=True, dtype='float64')"
+    assert repr(fastlstm.LSTM(3, 4, proj_size=2)) == "LSTM(3, 4, proj_size=2)"  # as torch.nn.LSTM's
+    assert (repr(fastlstm.LSTM(3, 4, stateful=True, zoneout=0.1, recurrent_dropout=0.2, unit_forget_bias=True))
+            == "LSTM(3, 4, stateful=True, unit_forget_bias=True, recurrent_dropout=0.2, zoneout=0.1)")
+    assert repr(fastlstm.LSTM(3, 4, zoneout=(0.1, 0.3))) == "LSTM(3, 4, zoneout=(0.1, 0.3))"
     assert lstm.training
     assert lstm.eval() is lstm and not lstm.training
     assert lstm.to("cpu") is lstm
+
+
+@pytest.mark.parametrize("refill", ["h0", "c0", "x"])
+def test_caller_may_refill_its_state_arrays_between_forward_and_backward(refill):
+    """Truncated BPTT reuses one state buffer: h0 and c0 are kept as copies (x, documented, is not)."""
+    rng = np.random.default_rng(4)
+    lstm = make(3, 4, num_layers=2, seed=0)
+    x, h, c = rng.standard_normal((5, 2, 3)), rng.standard_normal((2, 2, 4)), rng.standard_normal((2, 2, 4))
+
+    def grads(clobber):
+        lstm.zero_grad()
+        x0, h0, c0 = x.copy(), h.copy(), c.copy()
+        y, _ = lstm(x0, (h0, c0))
+        if clobber:
+            {"h0": h0, "c0": c0, "x": x0}[refill][...] = 0
+        dx, (dh0, dc0) = lstm.backward(np.ones_like(y))
+        return [dx, dh0, dc0] + [p.grad.copy() for p in lstm.parameters()]
+
+    same = [np.array_equal(a, b) for a, b in zip(grads(False), grads(True))]
+    if refill == "x":  # the weight gradients follow the changed x (the backward docstring says so)
+        assert not all(same)
+    else:
+        assert all(same)

@@ -205,3 +205,38 @@ def test_mse_value_and_gradient():
     np.testing.assert_allclose(grad, 2 * (pred - target) / 4)
     with pytest.raises(ValueError, match="target: expected the prediction's shape"):
         losses.MSELoss()(pred, target[:1])
+
+
+def test_config_follows_settings_changed_after_construction():
+    layer = nn.LSTM(2, 3, seed=0)
+    layer.stateful, layer.return_sequences = True, False
+    assert layer.config()["stateful"] is True and layer.config()["return_sequences"] is False
+    clone = nn.from_config(layer.config())
+    assert clone.stateful and not clone.return_sequences
+    assert "stateful=True" in repr(layer)
+
+
+def test_random_layers_keep_their_seed_in_the_config():
+    drop, lstm = nn.Dropout(0.3), nn.LSTM(2, 3, num_layers=2, dropout=0.5)  # seeds drawn
+    assert isinstance(drop.config()["seed"], int) and isinstance(lstm.config()["seed"], int)
+    assert nn.Dropout(0.3, seed=7).config() == {"type": "Dropout", "p": 0.3, "seed": 7}
+    x = np.ones((4, 5, 2), np.float32)
+    a, b = nn.from_config(drop.config()), nn.from_config(drop.config())
+    np.testing.assert_array_equal(a(x), b(x))  # the same masks from every rebuild
+    a, b = nn.from_config(lstm.config()), nn.from_config(lstm.config())
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(a(x), b(x))  # (dropout between the layers, training mode)
+
+
+def test_from_config_without_init_leaves_parameters_to_be_loaded():
+    model = nn.Sequential(nn.Embedding(10, 4, seed=0), nn.LSTM(4, 8, seed=1), nn.Linear(8, 10, seed=2))
+    clone = nn.from_config(model.config(), init=False)
+    assert all(not p.grad.any() for p in clone.parameters())
+    clone.load_state_dict(model.state_dict())
+    ids = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(clone.eval()(ids), model.eval()(ids))
+    fresh = nn.from_config(model.config())  # init=True again afterwards: the LSTM draws its seed's weights
+    for (name, p), (_, q) in zip(fresh[1].named_parameters(), nn.LSTM(4, 8, seed=1).named_parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+    with pytest.raises(TypeError, match="init: expected a bool"):
+        nn.from_config(model.config(), init=None)

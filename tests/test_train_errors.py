@@ -704,3 +704,93 @@ def test_train_words_a_result_worse_than_the_baseline_correctly(tmp_path):
 def test_sample_length_has_an_upper_bound(length):
     out = cli("sample", "model.npz", "--length", length)
     assert_one_line_error(out, "argument --length: expected an integer from 0 to 10000000")
+
+
+@pytest.mark.parametrize("name,what", [("model.npz", "checkpoint"), ("loss.png", "loss plot")])
+def test_report_may_not_overwrite_a_file_the_run_writes(tmp_path, name, what):
+    run = tmp_path / "run"
+    (tmp_path / "link").symlink_to(run)  # (to the directory --out makes: the same file by another name)
+    for report in (run / name, tmp_path / "link" / name, run / ".." / "run" / name):
+        out = cli(*TINY, "--out", str(run), "--report", str(report))
+        assert_one_line_error(out, "--report", f"is where this run writes its {what}")
+    assert not run.exists(), "the run started before the clash was noticed"
+
+
+def test_text_is_refused_for_tasks_that_read_none(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("some text")
+    out = cli(*TINY, "--task", "sine", "--text", str(text), "--out", str(tmp_path / "run"))
+    assert_one_line_error(out, "--text", "only --task charlm trains on a text (this is --task sine)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bench_checks_its_csv_path_before_measuring(tmp_path):
+    (tmp_path / "file").write_text("x")
+    args = ("bench", "--quick", "--no-torch", "--no-reference", "--configs", "2,1,2,2", "--csv")
+    for path, why in ((tmp_path, "a directory; give a file name"),
+                      (tmp_path / "file" / "b.csv", f"no directory {tmp_path / 'file'}"),
+                      (tmp_path / "new" / "b.csv", f"no directory {tmp_path / 'new'}")):
+        out = cli(*args, str(path))
+        assert out.returncode == 2 and "GFLOP/s" not in out.stdout, "the benchmark ran first"
+        assert_one_line_error(out, f"--csv {path}: {why}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no directory made
+
+
+def test_a_text_file_is_not_taken_for_a_pickle(tmp_path):
+    report = tmp_path / "r.json"
+    report.write_text('{"task": "adding"}')
+    with pytest.raises(ckpt.CheckpointError, match=r"not an \.npz archive: it starts with b'\{\"task'\)"):
+        ckpt.load(report)
+
+
+def test_a_huge_model_without_its_weights_is_refused_before_any_weight_is_drawn(tmp_path):
+    """A 435-byte file that describes a 30000 x 30000 layer once took 30 s and 10 GiB to refuse."""
+    import resource
+
+    header = {"format": ckpt.FORMAT, "version": ckpt.VERSION, "model": {"type": "Sequential", "layers": [
+        {"type": "Linear", "in_features": 30000, "out_features": 30000},
+        {"type": "Embedding", "num_embeddings": 30000, "embedding_dim": 10000},
+        {"type": "LSTM", "input_size": 10000, "hidden_size": 5000}]}}
+    path = tmp_path / "big.npz"
+    np.savez(path, __fastlstm__=np.frombuffer(json.dumps(header).encode(), np.uint8))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ckpt.CheckpointError, match=r"missing keys \['0.bias', '0.weight'"):
+        ckpt.load(path)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert grown_mib < 256, f"the process grew by {grown_mib:.0f} MiB (the layers' weights were written)"
+
+
+def test_generate_refuses_a_bidirectional_lstm_and_leaves_the_model_as_it_was():
+    model = nn.Sequential(nn.Embedding(3, 4, seed=0), nn.LSTM(4, 5, bidirectional=True, seed=0),
+                          nn.Linear(10, 3, seed=0))
+    with pytest.raises(ValueError, match="^model: its LSTM is bidirectional"):
+        tasks.generate(model, ["a", "b", "c"], "ab", 5, seed=0)
+    assert model.training and all(layer.training for layer in model)
+
+
+def test_generate_names_the_layers_of_a_model_it_cannot_sample():
+    model = nn.Sequential(nn.Embedding(3, 4, seed=0), nn.RNN(4, 5, seed=0), nn.Linear(5, 3, seed=0))
+    with pytest.raises(ValueError, match=r"^model: sampling runs an LSTM char-LM \(Embedding -> LSTM -> Linear\), "
+                                         r"got Embedding -> RNN -> Linear$"):
+        tasks.generate(model, ["a", "b", "c"], "ab", 5)
+
+
+def test_generate_at_a_tiny_temperature_picks_the_likeliest_character(char_task):
+    vocab = char_task.meta["vocab"]
+    tiny = tasks.generate(char_task.model, vocab, "he", 8, temperature=1e-310, seed=0)
+    other = tasks.generate(char_task.model, vocab, "he", 8, temperature=1e-300, seed=5)
+    assert tiny == other and len(tiny) == 10  # (once: overflow, then 'Probabilities contain NaN')
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: optim.Adam(nn.Linear(2, 2)), "params: expected an iterable of Parameters, got a Linear model; "
+                                          "pass model.parameters()"),
+    (lambda: optim.SGD(None, 0.1), r"params: expected an iterable of Parameters \(model.parameters\(\)\), "
+                                   "got NoneType"),
+    (lambda: optim.SGD("ab", 0.1), "params: expected an iterable of Parameters"),
+    (lambda: optim.clip_grad_norm(nn.Sequential(nn.Linear(2, 2)), 1.0), "params: expected .* a Sequential model"),
+    (lambda: optim.clip_grad_norm([1, 2], 1.0), r"params\[0\]: expected a Parameter .* got int"),
+])
+def test_optimizers_and_clipping_name_bad_params(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()

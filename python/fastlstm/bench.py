@@ -71,6 +71,7 @@ BLOCK_PAUSE_S = 0.02       # idle time before each measured block (lets other po
 BLOCK_WARMUP_S = 0.01      # then untimed runs for at least this long (at least one) to wake this method up
 EXIT_OK = 0
 EXIT_UNAVAILABLE = 2       # the requested device has no backend in this build
+EXIT_USAGE = 2             # a bad argument (as argparse's own)
 
 
 # ---- what is measured ----------------------------------------------------------------------------------
@@ -871,8 +872,24 @@ def csv_record(row: Row, torch_threads: list, machine_fields: dict) -> dict:
     return rec
 
 
+def csv_problem(path: Path, default: Path) -> Optional[str]:
+    """Why the results could not be written to path, or None; checked before minutes of measuring. Only
+    the default file's directory is made where missing (bench/results in a fresh checkout)."""
+    if path.is_dir():
+        return f"--csv {path}: a directory; give a file name"
+    parent = path.parent
+    if not parent.is_dir():
+        if parent.exists() or path != default:
+            return f"--csv {path}: no directory {parent}"
+        return None
+    writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
+    if not writable:
+        return f"--csv {path}: no permission to write it"
+    return None
+
+
 def write_csv(path: Path, rows: list, torch_threads: list, machine: Machine) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)  # (csv_problem allowed it for the default file only)
     machine_fields = machine.csv_fields()
     machine_fields["timestamp"] = datetime.datetime.now().isoformat(timespec="seconds")
     with open(path, "w", newline="") as f:
@@ -1012,6 +1029,14 @@ def main(argv=None, prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CS
         args = build_parser(prog, default_csv).parse_args(argv)
     except SystemExit as exit_:  # --help, or a bad argument (argparse printed why)
         return exit_.code
+    csv_path = Path(args.csv) if args.csv else None
+    if args.device == "cuda" and args.csv == str(default_csv):  # the default CPU file name becomes its CUDA twin
+        csv_path = Path(str(default_csv).replace("cpu", "cuda"))
+    problem = csv_problem(csv_path, Path(str(default_csv).replace("cpu", "cuda") if args.device == "cuda"
+                                          else default_csv)) if csv_path else None
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     import fastlstm
 
     reason = device_unavailable(args.device)
@@ -1021,10 +1046,7 @@ def main(argv=None, prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CS
     torch = load_torch(not args.no_torch)
     if args.device == "cuda":
         from .bench_cuda import run as run_cuda
-        csv_path = None
-        if args.csv:  # the default CPU file name becomes its CUDA twin
-            csv_path = str(default_csv).replace("cpu", "cuda") if args.csv == str(default_csv) else args.csv
-        return run_cuda(args, fastlstm, torch, csv_path)
+        return run_cuda(args, fastlstm, torch, None if csv_path is None else str(csv_path))
     fastlstm_threads = fastlstm.get_num_threads()
     torch_threads = torch.get_num_threads() if torch else None
     try:

@@ -116,7 +116,8 @@ class LSTMCell:
                 raise TypeError(f"hx: expected a pair (h, c) of arrays or None, got {V.describe(hx)}")
             state = []
             for member, part in zip(hx, ("[0]", "[1]")):
-                member = V.array(member, "hx" + part, self.dtype, f"({B}, {H})", self._core.device)
+                member = V.array(member, "hx" + part, self.dtype, f"({H},)" if unbatched else f"({B}, {H})",
+                                 self._core.device)
                 V.shape(member, "hx" + part, (H,) if unbatched else (B, H), "(the batch of x, hidden_size)")
                 state.append(self._core._xp.ascontiguousarray(member).reshape(1, B, H))
         y, (h_n, c_n) = self._core(xb[None], None if state is None else tuple(state))
@@ -137,7 +138,7 @@ class LSTMCell:
         grads = []
         for g, name in ((dh, "dh"), (dc, "dc")):
             if g is not None:
-                g = V.array(g, name, self.dtype, f"({B}, {H})", self._core.device)
+                g = V.array(g, name, self.dtype, f"({H},)" if unbatched else f"({B}, {H})", self._core.device)
                 V.shape(g, name, (H,) if unbatched else (B, H), "(the shape of h)")
                 g = self._core._xp.ascontiguousarray(g).reshape(1, B, H)
             grads.append(g)

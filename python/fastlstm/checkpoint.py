@@ -175,7 +175,7 @@ def load_checkpoint(path):
         if w.dtype.kind != "f":
             raise CheckpointError(f"{path}: weight {name!r} holds {w.dtype} values; expected floating point")
     try:
-        model = nn.from_config(header["model"])
+        model = nn.from_config(header["model"], init=False)  # every weight is loaded (or refused) next
     except _UNBUILDABLE as err:
         raise CheckpointError(f"{path}: cannot build the stored model from its configuration "
                               f"({type(err).__name__}: {err})") from None
@@ -188,10 +188,14 @@ def load_checkpoint(path):
 
 def _read(f, path):
     """(header, weights) from an open .npz file; CheckpointError for anything that is not one."""
+    magic = f.read(6)
+    f.seek(0)
+    if magic.startswith(b"\x93NUMPY"):
+        raise CheckpointError(f"{path}: not a fastlstm checkpoint (a single NumPy array, not an .npz archive)")
+    if not magic.startswith(b"PK"):  # (np.load would take anything else for a pickle, and say so)
+        raise CheckpointError(f"{path}: not a fastlstm checkpoint (not an .npz archive: it starts with {magic!r})")
     try:
         z = np.load(f, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise CheckpointError(f"{path}: not a fastlstm checkpoint (a single NumPy array, not an .npz archive)")
         with z:
             if _META_KEY not in z.files:
                 raise CheckpointError(f"{path}: not a fastlstm checkpoint (no {_META_KEY} entry; "

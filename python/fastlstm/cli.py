@@ -189,6 +189,8 @@ def _train(args) -> int:
         except RuntimeError as err:
             raise CliError(f"{err}; use --device cpu") from None
     defaults = tasks.TASKS[args.task]
+    if args.text is not None and args.task != "charlm":
+        raise CliError(f"--text {args.text}: only --task charlm trains on a text (this is --task {args.task})")
     text = _read_text(args.text) if args.text is not None else None
     if args.task == "charlm" and text is None:
         raise CliError("--task charlm trains on a text file: give --text FILE")
@@ -200,9 +202,14 @@ def _train(args) -> int:
         "runs", args.task if args.model == "lstm" else f"{args.task}-{args.model}")
     # every argument is checked before anything is created
     _check_out_dir(out_dir, "--out")
+    ckpt, plot = os.path.join(out_dir, "model.npz"), os.path.join(out_dir, "loss.png")
     if args.report is not None:
-        if os.path.abspath(args.report) == os.path.abspath(out_dir):
+        report = os.path.realpath(args.report)
+        if report == os.path.realpath(out_dir):
             raise CliError(f"--report {args.report}: is the --out directory; give a file name")
+        for path, what in ((ckpt, "checkpoint"), (plot, "loss plot")):
+            if report == os.path.realpath(path):
+                raise CliError(f"--report {args.report}: is where this run writes its {what}; give another file")
         report_dir = os.path.dirname(os.path.abspath(args.report))
         if not (report_dir == os.path.abspath(out_dir) and not os.path.exists(out_dir)):  # else: made with --out
             _writable_file(args.report, "--report")
@@ -222,7 +229,6 @@ def _train(args) -> int:
 
     opt = optim.Adam(task.model.parameters(), lr=lr)
     schedule = optim.CosineLR(lr, steps, warmup_steps=min(100, steps // 10), min_lr=lr * 0.05)
-    ckpt = os.path.join(out_dir, "model.npz")
     saver = train.ModelCheckpoint(ckpt, meta=task.meta)
     t0 = time.perf_counter()
     hist = train.fit(task.model, task.train, task.loss, opt, steps=steps, batch_size=batch, val=task.val,
@@ -235,8 +241,8 @@ def _train(args) -> int:
     print(f"validation {task.metric_name}: {metric:.4g} (baseline {task.baseline:.4g}, "
           f"{_compare(metric, task.baseline)}) after {steps} steps in {seconds:.1f} s")
     print(f"checkpoint: {ckpt}")
-    if _plot(hist, os.path.join(out_dir, "loss.png")):
-        print(f"loss curve: {os.path.join(out_dir, 'loss.png')}")
+    if _plot(hist, plot):
+        print(f"loss curve: {plot}")
     report = {"task": task.name, "model": args.model, "val_metric_name": task.metric_name, "val_metric": metric,
               "baseline_metric": task.baseline, "steps": steps, "seconds": seconds, "checkpoint": ckpt,
               "seq_len": task.meta["seq_len"], "hidden": args.hidden or defaults.hidden, "batch_size": batch,

@@ -28,6 +28,7 @@ tests/test_lengths.py, test_regularisation.py, test_projection.py, test_cell.py.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import numbers
 import threading
@@ -47,6 +48,11 @@ __all__ = ["LSTM", "Parameter"]
 # ~4 ms of a 150 ms eval call at T=100, B=64, H=512. Per thread, so concurrent eval calls never share it;
 # buffers past _GX_CACHE_MAX are not kept.
 _gx_cache = threading.local()
+
+# Set while a checkpoint rebuilds a model whose every parameter it loads next (nn.from_config(init=False)):
+# parameters are allocated but not drawn, so a damaged file that describes a huge model fails on its missing
+# weights at once, without drawing gigabytes of numbers first.
+skip_init = contextvars.ContextVar("fastlstm_skip_init", default=False)
 _GX_CACHE_MAX = 1 << 30
 
 _STRATEGIES = ("auto", "persistent", "streaming")
@@ -88,6 +94,8 @@ def _gx_buffer(shape, dtype) -> np.ndarray:
 def _host_values(value, name) -> np.ndarray:
     """A value given for weights (NumPy/CuPy array, torch tensor, nested list) as a NumPy array, or a
     TypeError naming `name` (a ragged list, a dtype NumPy cannot hold such as torch.bfloat16)."""
+    if value is None:
+        raise TypeError(f"{name}: expected an array, got None")
     try:
         return _backend.to_numpy(V.from_torch(value, name))
     except ValueError as err:  # a ragged nested list
@@ -131,6 +139,9 @@ class Parameter:
     @staticmethod
     def _incoming(value, name, target):
         """value as an array on target's device, checked to fit target (shape; real numbers)."""
+        if value is None:  # (PyTorch clears a gradient so; here it is a buffer the kernels add into)
+            hint = "; clear gradients with zero_grad()" if name.endswith(".grad") else ""
+            raise TypeError(f"{name}: expected an array of shape {target.shape}, got None{hint}")
         value = _host_values(value, name) if _backend.device_of(target) == "cpu" else value
         value = _backend.to_device(value, _backend.device_of(target))
         if value.dtype.kind not in "fiu":
@@ -167,13 +178,14 @@ class _LayerWeights:
         self.w_ih = np.zeros((D * 4 * H, I), dtype)   # weight_ih of direction d: rows [d*4H, (d+1)*4H)
         self.w_hh = np.zeros((D, 4 * H, P or H), dtype)
         self.w_hr = np.zeros((D, P, H), dtype) if P else None  # the projection (proj_size)
-        self.g_w_hr = None if self.w_hr is None else np.zeros_like(self.w_hr)
+        zeros = lambda a: np.zeros(a.shape, a.dtype)  # (not zeros_like: pages stay untouched until written)
+        self.g_w_hr = None if self.w_hr is None else zeros(self.w_hr)
         self.b_ih = np.zeros((D, 4 * H), dtype) if bias else None
         self.b_hh = np.zeros((D, 4 * H), dtype) if bias else None
-        self.g_w_ih = np.zeros_like(self.w_ih)
-        self.g_w_hh = np.zeros_like(self.w_hh)
-        self.g_b_ih = None if self.b_ih is None else np.zeros_like(self.b_ih)
-        self.g_b_hh = None if self.b_hh is None else np.zeros_like(self.b_hh)
+        self.g_w_ih = zeros(self.w_ih)
+        self.g_w_hh = zeros(self.w_hh)
+        self.g_b_ih = None if self.b_ih is None else zeros(self.b_ih)
+        self.g_b_hh = None if self.b_hh is None else zeros(self.b_hh)
 
     _ARRAYS = ("w_ih", "w_hh", "w_hr", "b_ih", "b_hh", "g_w_ih", "g_w_hh", "g_w_hr", "g_b_ih", "g_b_hh")
 
@@ -257,7 +269,8 @@ class LSTM:
         self.device = "cpu"
         self._cuda_strategy = "auto"
         self._bind_params()
-        self.reset_parameters()
+        if not skip_init.get():
+            self.reset_parameters()
         if device != "cpu":
             with self._device_scope(device):
                 self._move(device)
@@ -411,7 +424,7 @@ class LSTM:
         shapes = [(I, 4 * H), (H, 4 * H), (4 * H,)][:per] * D
         arrays = []
         for i, (a, shape) in enumerate(zip(weights, shapes)):
-            a = _backend.to_numpy(a)
+            a = _host_values(a, f"weights[{i}]")
             if a.shape != shape:
                 raise ValueError(f"weights[{i}]: expected shape {shape}, got {a.shape}")
             if not np.issubdtype(a.dtype, np.floating):
@@ -430,8 +443,9 @@ class LSTM:
     def _check_layer_index(self, layer):
         if self.proj_size:
             raise ValueError("proj_size: Keras's LSTM has no projection; Keras weights need proj_size=0")
-        if (isinstance(layer, (bool, np.bool_)) or not isinstance(layer, numbers.Integral)
-                or not 0 <= layer < self.num_layers):
+        if isinstance(layer, (bool, np.bool_)) or not isinstance(layer, numbers.Integral):
+            raise TypeError(f"layer: expected an int in [0, {self.num_layers}), got {V.describe(layer)}")
+        if not 0 <= layer < self.num_layers:
             raise ValueError(f"layer: expected an int in [0, {self.num_layers}), got {layer!r}")
 
     def train(self, mode: bool = True) -> "LSTM":
@@ -513,9 +527,14 @@ class LSTM:
 
     def __repr__(self) -> str:
         extra = [f"num_layers={self.num_layers}"] if self.num_layers != 1 else []
-        for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+        for key, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                             ("proj_size", 0), ("stateful", False), ("unit_forget_bias", False),
+                             ("recurrent_dropout", 0.0)):
             if getattr(self, key) != default:
                 extra.append(f"{key}={getattr(self, key)}")
+        if self.zoneout != (0.0, 0.0):
+            z = self.zoneout
+            extra.append(f"zoneout={z[0] if z[0] == z[1] else z}")
         if self.dtype != np.float32:
             extra.append(f"dtype='{self.dtype.name}'")
         if self.device != "cpu":
@@ -634,8 +653,11 @@ class LSTM:
                 kept = self._rng.random(y.shape, dtype=dt) >= self.dropout  # on the host: the same seed, the same
                 mask = xp.asarray(kept.astype(dt) * dt.type(1.0 / (1.0 - self.dropout)))  # masks on every device
             if training:
-                if self._keep_every_forward:  # several forwards wait: the caller may refill its buffers
-                    inp, h0l, c0l = (None if a is None else a.copy() for a in (inp, h0l, c0l))
+                # h0 and c0 are small: kept as copies, so the caller may refill its state arrays before backward
+                # (truncated BPTT does); x too where several forwards wait (LSTMCell's recorded calls)
+                h0l, c0l = (None if a is None else a.copy() for a in (h0l, c0l))
+                if self._keep_every_forward:
+                    inp = inp.copy()
                 saved.append(dict(inp=inp, y=y, gates=gates, cell=cell, h0=h0l, c0=c0l, mask=mask, reg=reg,
                                   h_raw=proj.get("h_raw")))
             inp = y if mask is None else y * mask
@@ -680,6 +702,8 @@ class LSTM:
         """lengths -> (int64 [B] sorted longest first, or None when all are T; the sorting order, or None)."""
         if lengths is None:
             return None, None
+        if isinstance(lengths, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in lengths):
+            raise TypeError(f"lengths: expected integers, one per sequence, got {lengths!r}")  # (NumPy: 1s)
         try:
             arr = np.asarray(lengths)
         except ValueError:  # ragged
@@ -732,7 +756,9 @@ class LSTM:
         (gradients w.r.t. h_n and c_n) may be None. Adds the parameter gradients into ``p.grad`` and
         releases what the forward saved (a second backward needs a new forward).
         The training forward keeps x and the y it returned (no copies) for this: change either in place
-        before backward and the weight gradients follow the changed values (copy first).
+        before backward and the weight gradients follow the changed values (copy first). h0 and c0 are
+        kept as copies. The weights are read when backward runs: update them after it, not between the
+        forward and its backward (an error in PyTorch; here the gradients would mix the two weights).
         """
         with self._device_scope():
             return self._backward(dy, dhx)

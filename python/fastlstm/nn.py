@@ -28,7 +28,7 @@ import numpy as np
 from . import _backend
 from . import _validate as V
 from .layer import LSTM as _CoreLSTM
-from .layer import Parameter
+from .layer import Parameter, skip_init
 
 __all__ = ["Module", "Embedding", "LSTM", "RNN", "Linear", "Dropout", "Sequential", "from_config"]
 
@@ -40,14 +40,27 @@ def _register(cls):
     return cls
 
 
-def from_config(config: dict) -> "Module":
-    """Rebuild a model (untrained weights) from ``module.config()``."""
+def from_config(config: dict, *, init: bool = True) -> "Module":
+    """Rebuild a model from ``module.config()``: untrained weights, or with init=False none drawn at all
+    (the parameters' memory is left as allocated, for a caller that loads every one next: fastlstm.load)."""
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(f"config: expected a dict with a 'type' key, got {V.describe(config)}")
     cls = _REGISTRY.get(config["type"])
     if cls is None:
         raise ValueError(f"config: unknown layer type {config['type']!r}; known: {sorted(_REGISTRY)}")
-    return cls._from_config({k: v for k, v in config.items() if k != "type"})
+    token = None if V.boolean(init, "init") else skip_init.set(True)
+    try:
+        return cls._from_config({k: v for k, v in config.items() if k != "type"})
+    finally:
+        if token is not None:
+            skip_init.reset(token)
+
+
+def _seed(value) -> int:
+    """A layer's seed for its random masks: the one given, or one drawn now. Either way it goes into the
+    layer's config, so every load of a checkpoint draws the same masks (fit is reproducible after a load)."""
+    value = V.seed(value)
+    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1) if value is None else value
 
 
 def _as_array(value, name: str, kinds: str, expected: str):
@@ -95,8 +108,8 @@ def _check_dy(dy, y_shape: tuple):
 
 
 def _param(name, shape, bound, rng, dtype) -> Parameter:
-    data = rng.uniform(-bound, bound, size=shape).astype(dtype)
-    return Parameter(name, data, np.zeros_like(data))
+    data = np.empty(shape, dtype) if skip_init.get() else rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return Parameter(name, data, np.zeros(shape, dtype))  # (np.zeros: untouched pages until written)
 
 
 class Module:
@@ -262,8 +275,9 @@ class Embedding(Module):
         rng = np.random.default_rng(V.seed(seed))
         V.memory(2 * self.num_embeddings * self.embedding_dim * self.dtype.itemsize,
                  "Embedding parameters and gradients", advice="use a smaller vocabulary or embedding")
-        data = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
-        self.weight = Parameter("weight", data, np.zeros_like(data))
+        shape = (self.num_embeddings, self.embedding_dim)
+        data = np.empty(shape, self.dtype) if skip_init.get() else rng.standard_normal(shape).astype(self.dtype)
+        self.weight = Parameter("weight", data, np.zeros(shape, self.dtype))
         self._config = dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
                             dtype=self.dtype.name)
         self._cache = None
@@ -293,12 +307,14 @@ class Embedding(Module):
 
 @_register
 class Dropout(Module):
-    """Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p)."""
+    """Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p).
+    The masks come from seed (drawn when None; kept in the config, so a loaded model draws them alike)."""
 
     def __init__(self, p=0.5, seed=None):
         self.p = V.probability(p, "p")
-        self._rng = np.random.default_rng(V.seed(seed))
-        self._config = dict(p=self.p)
+        self.seed = _seed(seed)
+        self._rng = np.random.default_rng(self.seed)
+        self._config = dict(p=self.p, seed=self.seed)
         self._mask = None
         self._shape = None  # the last training-mode output's, which dy must match
 
@@ -329,20 +345,25 @@ class LSTM(Module):
     return_sequences=True gives [B, T, D*hidden_size]; False gives the last step [B, D*hidden_size]
     (for two directions, the forward direction's last step next to the reverse direction's, PyTorch's
     h_n). stateful=True carries (h_n, c_n) from one call to the next (generation); ``reset_state()``
-    clears it. Parameter names are PyTorch's (weight_ih_l0, ...).
+    clears it. Parameter names are PyTorch's (weight_ih_l0, ...). seed: the initial weights and the
+    masks of dropout between layers (drawn when None, and kept in the config as Dropout's).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
                  return_sequences=True, stateful=False, proj_size=0, dtype="float32", device="cpu", seed=None):
+        self.seed = _seed(seed)
         self.core = _CoreLSTM(input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-                              dropout=dropout, batch_first=True, dtype=dtype, device=device, seed=seed,
+                              dropout=dropout, batch_first=True, dtype=dtype, device=device, seed=self.seed,
                               stateful=stateful, proj_size=proj_size)
         self.return_sequences = V.boolean(return_sequences, "return_sequences")
-        self._config = dict(input_size=self.core.input_size, hidden_size=self.core.hidden_size,
-                            num_layers=self.core.num_layers, bidirectional=self.core.bidirectional,
-                            dropout=self.core.dropout, return_sequences=self.return_sequences,
-                            stateful=self.stateful, proj_size=self.core.proj_size, dtype=self.core.dtype.name)
         self._y_shape = None  # with return_sequences=False, the last training-mode output's shape
+
+    @property
+    def _config(self) -> dict:  # (as the layer is now: stateful and return_sequences may be set later)
+        c = self.core
+        return dict(input_size=c.input_size, hidden_size=c.hidden_size, num_layers=c.num_layers,
+                    bidirectional=c.bidirectional, dropout=c.dropout, return_sequences=self.return_sequences,
+                    stateful=c.stateful, proj_size=c.proj_size, dtype=c.dtype.name, seed=self.seed)
 
     def _own_parameters(self):
         return self.core.named_parameters()

@@ -24,16 +24,27 @@ from . import _validate as V
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "ConstantLR", "StepLR", "CosineLR"]
 
 
+def _parameters(params) -> list:
+    """params (an iterable of Parameters: model.parameters()) as a list; a TypeError naming it otherwise."""
+    if hasattr(params, "parameters") and not hasattr(params, "__iter__"):
+        raise TypeError(f"params: expected an iterable of Parameters, got a {type(params).__name__} model; "
+                        "pass model.parameters()")
+    if isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
+        raise TypeError(f"params: expected an iterable of Parameters (model.parameters()), got {V.describe(params)}")
+    params = list(params)
+    for i, p in enumerate(params):
+        if not (hasattr(p, "data") and hasattr(p, "grad")):
+            raise TypeError(f"params[{i}]: expected a Parameter (with .data and .grad), got {type(p).__name__}")
+    return params
+
+
 class Optimizer:
     """Holds the parameters (objects with .data and .grad arrays), the learning rate and per-parameter state."""
 
     def __init__(self, params, lr):
-        self.params = list(params)
+        self.params = _parameters(params)
         if not self.params:
             raise ValueError("params: expected at least one parameter, got none")
-        for i, p in enumerate(self.params):
-            if not (hasattr(p, "data") and hasattr(p, "grad")):
-                raise TypeError(f"params[{i}]: expected a Parameter (with .data and .grad), got {type(p).__name__}")
         self.lr = V.finite_number(lr, "lr")
         self.steps = 0
         self.state = [dict() for _ in self.params]
@@ -132,7 +143,7 @@ def clip_grad_norm(params, max_norm: float) -> float:
     Returns the norm before clipping (inf or nan when a gradient is; then nothing is scaled).
     """
     max_norm = V.finite_number(max_norm, "max_norm")
-    params = list(params)
+    params = _parameters(params)
     total = 0.0
     for p in params:
         g = p.grad

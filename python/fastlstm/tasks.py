@@ -142,7 +142,12 @@ def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, se
     """prime followed by `length` characters sampled from a char-LM (Embedding -> LSTM -> Linear)."""
     if (not isinstance(model, nn.Sequential) or len(model) != 3 or not isinstance(model[0], nn.Embedding)
             or not isinstance(model[1], nn.LSTM) or not isinstance(model[2], nn.Linear)):
-        raise ValueError("model: expected a char-LM checkpoint (Embedding -> LSTM -> Linear)")
+        got = (" -> ".join(type(layer).__name__ for layer in model) if isinstance(model, nn.Sequential)
+               else type(model).__name__)
+        raise ValueError(f"model: sampling runs an LSTM char-LM (Embedding -> LSTM -> Linear), got {got}")
+    if model[1].core.bidirectional:
+        raise ValueError("model: its LSTM is bidirectional, and a reverse direction needs the whole text before "
+                         "it can give the next character; sample from a unidirectional char-LM")
     if not isinstance(vocab, (list, tuple)) or not all(isinstance(ch, str) and len(ch) == 1 for ch in vocab):
         raise ValueError(f"vocab: expected a list of single characters, got {V.describe(vocab)}")
     if len(vocab) != model[0].num_embeddings or len(vocab) != model[2].out_features:
@@ -168,8 +173,9 @@ def generate(model, vocab, prime: str, length: int, temperature: float = 1.0, se
         out = list(prime) if prime else [vocab[ids[0]]]
         logits = model(np.asarray([ids], np.int64))[0, -1]
         for _ in range(length):
-            z = logits.astype(np.float64) / temperature
-            p = np.exp(z - z.max())
+            z = logits.astype(np.float64)
+            with np.errstate(over="ignore"):  # shifted first, so a tiny temperature gives -inf (p = 0), not nan
+                p = np.exp((z - z.max()) / temperature)
             p /= p.sum()
             nxt = int(rng.choice(len(vocab), p=p))
             out.append(vocab[nxt])
