@@ -240,3 +240,62 @@ def test_from_config_without_init_leaves_parameters_to_be_loaded():
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
     with pytest.raises(TypeError, match="init: expected a bool"):
         nn.from_config(model.config(), init=None)
+
+
+class _Head(nn.Module):
+    """A model of the user's own: an LSTM and a Linear head, without a config."""
+
+    def __init__(self, hidden=8):
+        self.lstm = nn.LSTM(2, hidden, return_sequences=False, seed=0)
+        self.head = nn.Linear(hidden, 1, seed=1)
+
+    def _children(self):
+        return (self.lstm, self.head)
+
+    def named_parameters(self, prefix=""):
+        yield from self.lstm.named_parameters(prefix + "lstm.")
+        yield from self.head.named_parameters(prefix + "head.")
+
+    def forward(self, x):
+        return self.head(self.lstm(x))
+
+    def backward(self, dy):
+        return self.lstm.backward(self.head.backward(dy))
+
+
+def test_a_module_of_ones_own_trains_prints_and_is_refused_for_saving_with_the_reason(tmp_path):
+    import fastlstm
+    from fastlstm import optim, train
+
+    model = _Head()
+    assert repr(model).startswith("_Head(\n  (0): LSTM(input_size=2") and "(1): Linear(" in repr(model)
+    why = r"model: its configuration cannot be saved \(_Head.config\(\): .* @fastlstm.nn.register\)"
+    with pytest.raises(TypeError, match=why):
+        fastlstm.save(model, tmp_path / "m.npz")
+    x, y = np.ones((8, 5, 2), np.float32), np.ones((8, 1), np.float32)
+    with pytest.raises(TypeError, match=why):  # before the first step, not at the first validation
+        train.fit(model, (x, y), losses.MSELoss(), optim.SGD(model.parameters(), 0.1), steps=3, batch_size=4,
+                  val=(x, y), progress=False, callbacks=[train.ModelCheckpoint(tmp_path / "best.npz")])
+    assert not any(p.grad.any() for p in model.parameters()) and not list(tmp_path.iterdir())
+
+
+def test_a_registered_module_of_ones_own_saves_and_loads(tmp_path):
+    import fastlstm
+
+    @nn.register
+    class HeadModel(_Head):
+        def __init__(self, hidden=8):
+            super().__init__(hidden)
+            self._config = dict(hidden=hidden)
+
+    model = HeadModel(hidden=6).eval()
+    x = np.random.default_rng(0).standard_normal((3, 5, 2)).astype(np.float32)
+    loaded = fastlstm.load(fastlstm.save(model, tmp_path / "m.npz"))
+    assert type(loaded) is HeadModel and repr(loaded) == "HeadModel(hidden=6)"
+    np.testing.assert_array_equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="cls: the name 'Linear' is one of fastlstm.nn's own layers"):
+        nn.register(type("Linear", (nn.Module,), {}))
+    with pytest.raises(TypeError, match="cls: expected a subclass of fastlstm.nn.Module"):
+        nn.register(int)
+    with pytest.raises(ValueError, match="unknown layer type 'Absent'.*decorate it with @fastlstm.nn.register"):
+        nn.from_config({"type": "Absent"})

@@ -102,14 +102,25 @@ def check_meta(meta) -> dict:
     return meta
 
 
-def save(model, path, meta=None) -> str:
-    """Write model (weights + config) and meta (JSON-able) to path (".npz" appended if missing)."""
+def model_config(model) -> dict:
+    """model's configuration, checked to be one a checkpoint can hold (ModelCheckpoint asks before training)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a fastlstm.nn.Module, got {type(model).__name__}")
+    try:
+        config = model.config()
+        json.dumps(config, default=_plain)
+    except (TypeError, ValueError, RecursionError) as err:
+        raise TypeError(f"model: its configuration cannot be saved ({err})") from None
+    return config
+
+
+def save(model, path, meta=None) -> str:
+    """Write model (weights + config) and meta (JSON-able) to path (".npz" appended if missing)."""
+    config = model_config(model)
     path = check_path(path)
     if not path.endswith(".npz"):
         path += ".npz"
-    header = {"format": FORMAT, "version": VERSION, "model": model.config(), "meta": check_meta(meta)}
+    header = {"format": FORMAT, "version": VERSION, "model": config, "meta": check_meta(meta)}
     blob = _json(header).encode("utf-8")
     arrays = {name: _backend.to_numpy(p.data) for name, p in model.named_parameters()}
     if _META_KEY in arrays:

@@ -30,7 +30,7 @@ from . import _validate as V
 from .layer import LSTM as _CoreLSTM
 from .layer import Parameter, skip_init
 
-__all__ = ["Module", "Embedding", "LSTM", "RNN", "Linear", "Dropout", "Sequential", "from_config"]
+__all__ = ["Module", "Embedding", "LSTM", "RNN", "Linear", "Dropout", "Sequential", "from_config", "register"]
 
 _REGISTRY: dict = {}
 
@@ -40,6 +40,23 @@ def _register(cls):
     return cls
 
 
+_BUILT_IN: set = set()  # filled below, after the library's own layers have registered
+
+
+def register(cls):
+    """Class decorator: make a Module subclass of your own loadable by name (fastlstm.load, from_config).
+
+    Its ``_config`` must hold its constructor's keyword arguments (JSON values); a checkpoint rebuilds it
+    with ``cls(**_config)`` and then loads every parameter by name. Registering a class of the same name
+    again (a re-run notebook cell) replaces the earlier one; the library's own names cannot be taken.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Module)):
+        raise TypeError(f"cls: expected a subclass of fastlstm.nn.Module, got {V.describe(cls)}")
+    if cls.__name__ in _BUILT_IN and _REGISTRY[cls.__name__] is not cls:
+        raise ValueError(f"cls: the name {cls.__name__!r} is one of fastlstm.nn's own layers; rename the class")
+    return _register(cls)
+
+
 def from_config(config: dict, *, init: bool = True) -> "Module":
     """Rebuild a model from ``module.config()``: untrained weights, or with init=False none drawn at all
     (the parameters' memory is left as allocated, for a caller that loads every one next: fastlstm.load)."""
@@ -47,7 +64,8 @@ def from_config(config: dict, *, init: bool = True) -> "Module":
         raise ValueError(f"config: expected a dict with a 'type' key, got {V.describe(config)}")
     cls = _REGISTRY.get(config["type"])
     if cls is None:
-        raise ValueError(f"config: unknown layer type {config['type']!r}; known: {sorted(_REGISTRY)}")
+        raise ValueError(f"config: unknown layer type {config['type']!r}; known: {sorted(_REGISTRY)} (a Module "
+                         "subclass of your own: decorate it with @fastlstm.nn.register before loading)")
     token = None if V.boolean(init, "init") else skip_init.set(True)
     try:
         return cls._from_config({k: v for k, v in config.items() if k != "type"})
@@ -189,8 +207,13 @@ class Module:
 
     # ---- description --------------------------------------------------------------------------------
     def config(self) -> dict:
-        """JSON-able description: {'type': class name, **constructor arguments}."""
-        return {"type": type(self).__name__, **self._config}
+        """JSON-able description: {'type': class name, **constructor arguments (self._config)}."""
+        own = getattr(self, "_config", None)
+        if not isinstance(own, dict):
+            raise TypeError(f"{type(self).__name__}.config(): this Module subclass does not describe itself; to "
+                            "save and load it, set self._config to its constructor's keyword arguments and "
+                            "decorate the class with @fastlstm.nn.register")
+        return {"type": type(self).__name__, **own}
 
     @classmethod
     def _from_config(cls, kwargs: dict) -> "Module":
@@ -201,7 +224,11 @@ class Module:
         return tuple(input_shape)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        own = getattr(self, "_config", None)
+        if not isinstance(own, dict):  # a subclass of the user's without a config: its children, if any
+            inner = "".join(f"\n  ({i}): {child!r}" for i, child in enumerate(self._children()))
+            return f"{type(self).__name__}({inner}\n)" if inner else f"{type(self).__name__}()"
+        args = ", ".join(f"{k}={v!r}" for k, v in own.items())
         return f"{type(self).__name__}({args})"
 
     @staticmethod
@@ -588,3 +615,5 @@ class Sequential(Module):
         if print_fn is not None:
             print_fn(text)
         return text
+
+_BUILT_IN.update(_REGISTRY)  # (register() refuses to shadow these)

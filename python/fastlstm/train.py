@@ -257,6 +257,9 @@ class ModelCheckpoint(Callback):
         self.saved_path = None
 
     def on_train_begin(self, state):
+        from .checkpoint import model_config
+
+        model_config(state.model)  # a model that cannot be saved is refused now, not after the first validation
         self.best = None
 
     def on_validation_end(self, state, logs):
