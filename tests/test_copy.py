@@ -175,3 +175,26 @@ def test_kernels_accept_equal_dtypes_and_refuse_byte_swapped_ones():
         lstm(np.zeros((2, 1, 3), np.int64))
     with pytest.raises(TypeError, match="or build the layer with dtype='float64'"):
         lstm(np.zeros((2, 1, 3)))
+
+
+def test_a_parameter_its_layer_replaced_pickles_with_its_values():
+    lstm = fastlstm.LSTM(3, 4, seed=0)
+    old = dict(lstm.named_parameters())["bias_hh_l0"]
+    lstm._bind_params()  # as .to(device) does: new Parameters; an optimizer built before holds the old ones
+    q = pickle.loads(pickle.dumps(old))
+    np.testing.assert_array_equal(q.data, old.data)
+    assert q._owner is None and len(pickle.dumps(old)) < 2000  # its arrays, not the whole layer
+
+
+def test_a_shallow_copy_leaves_the_originals_parameters_alone():
+    lstm = fastlstm.LSTM(3, 4, seed=0)
+    params = lstm.parameters()
+    twin = copy.copy(lstm)
+    assert all(p._owner is lstm for p in params) and lstm.parameters() == params
+    assert all(p is not q and np.shares_memory(p.data, q.data) for p, q in zip(params, twin.parameters()))
+
+
+def test_parameters_pickled_by_the_previous_version_load():
+    p = fastlstm.layer.Parameter("w", np.ones(3, np.float32), np.zeros(3, np.float32))
+    p.__setstate__((None, {"name": "w", "_data": np.ones(3, np.float32), "_grad": np.zeros(3, np.float32)}))
+    assert p.name == "w" and p._owner is None and p.data.sum() == 3

@@ -231,7 +231,7 @@ def test_random_layers_keep_their_seed_in_the_config():
 def test_from_config_without_init_leaves_parameters_to_be_loaded():
     model = nn.Sequential(nn.Embedding(10, 4, seed=0), nn.LSTM(4, 8, seed=1), nn.Linear(8, 10, seed=2))
     clone = nn.from_config(model.config(), init=False)
-    assert all(not p.grad.any() for p in clone.parameters())
+    assert all(not p.data.any() and not p.grad.any() for p in clone.parameters())  # nothing drawn
     clone.load_state_dict(model.state_dict())
     ids = np.arange(6).reshape(2, 3)
     np.testing.assert_array_equal(clone.eval()(ids), model.eval()(ids))
@@ -279,8 +279,10 @@ def test_a_module_of_ones_own_trains_prints_and_is_refused_for_saving_with_the_r
     assert not any(p.grad.any() for p in model.parameters()) and not list(tmp_path.iterdir())
 
 
-def test_a_registered_module_of_ones_own_saves_and_loads(tmp_path):
+def test_a_registered_module_of_ones_own_saves_and_loads(tmp_path, monkeypatch):
     import fastlstm
+
+    monkeypatch.setattr(nn, "_REGISTRY", dict(nn._REGISTRY))  # (the test's classes leave with it)
 
     @nn.register
     class HeadModel(_Head):
@@ -299,3 +301,62 @@ def test_a_registered_module_of_ones_own_saves_and_loads(tmp_path):
         nn.register(int)
     with pytest.raises(ValueError, match="unknown layer type 'Absent'.*decorate it with @fastlstm.nn.register"):
         nn.from_config({"type": "Absent"})
+
+
+def test_registered_subclasses_of_the_library_layers_keep_their_class(tmp_path, monkeypatch):
+    import fastlstm
+
+    monkeypatch.setattr(nn, "_REGISTRY", dict(nn._REGISTRY))
+
+    @nn.register
+    class Tagger(nn.Sequential):
+        def __init__(self, vocab=7, hidden=5):
+            super().__init__(nn.Embedding(vocab, 4, seed=0), nn.LSTM(4, hidden, seed=1), nn.Linear(hidden, vocab))
+            self._config = dict(vocab=vocab, hidden=hidden)
+
+    @nn.register
+    class Encoder(nn.LSTM):
+        def __init__(self, width=6):
+            super().__init__(3, width, return_sequences=False, seed=2)
+            self._config = dict(width=width)  # (nn.LSTM's own config is computed; a subclass may still set one)
+
+    ids, x = np.arange(6).reshape(2, 3), np.ones((2, 4, 3), np.float32)
+    for model, inp in ((Tagger(hidden=6), ids), (Encoder(width=4), x)):
+        loaded = fastlstm.load(fastlstm.save(model.eval(), tmp_path / "m.npz"))
+        assert type(loaded) is type(model) and repr(loaded) == repr(model)
+        np.testing.assert_array_equal(loaded(inp), model(inp))
+    assert repr(Tagger()).startswith("Tagger(\n  (0): Embedding(")
+
+
+def test_save_refuses_a_class_load_could_not_rebuild(tmp_path, monkeypatch):
+    import fastlstm
+    from fastlstm import train
+
+    class Unregistered(_Head):
+        def __init__(self, hidden=8):
+            super().__init__(hidden)
+            self._config = dict(hidden=hidden)
+
+    class Linear(nn.Linear):  # the library's name, another class: would load as nn.Linear
+        pass
+
+    for model, name in ((Unregistered(), "Unregistered"), (nn.Sequential(nn.LSTM(2, 3), Linear(3, 1)), "Linear")):
+        with pytest.raises(TypeError, match=f"model: {name} is not a class fastlstm.load can rebuild"):
+            fastlstm.save(model, tmp_path / "m.npz")
+        with pytest.raises(TypeError, match=f"model: {name} is not a class"):
+            train.ModelCheckpoint(tmp_path / "m.npz").on_train_begin(train.TrainState(model, None, None))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_copy_made_mid_training_keeps_no_saved_forward():
+    import copy
+
+    model = nn.Sequential(nn.Embedding(5, 4, seed=0), nn.LSTM(4, 6, seed=1), nn.Dropout(0.5, seed=2),
+                          nn.Linear(6, 5, seed=3))
+    y = model(np.arange(6).reshape(2, 3) % 5)  # training mode: every layer keeps what its backward needs
+    twin = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="backward: Linear has no saved forward"):
+        twin.backward(np.ones_like(y))
+    assert not any(p.grad.any() for p in twin.parameters())
+    model.backward(np.ones_like(y))  # the original's are all still there
+    assert all(p.grad.any() for p in model.parameters())

@@ -875,17 +875,18 @@ def csv_record(row: Row, torch_threads: list, machine_fields: dict) -> dict:
 def csv_problem(path: Path, default: Path) -> Optional[str]:
     """Why the results could not be written to path, or None; checked before minutes of measuring. Only
     the default file's directory is made where missing (bench/results in a fresh checkout)."""
-    if path.is_dir():
-        return f"--csv {path}: a directory; give a file name"
-    parent = path.parent
-    if not parent.is_dir():
-        if parent.exists() or path != default:
-            return f"--csv {path}: no directory {parent}"
-        return None
-    writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
-    if not writable:
-        return f"--csv {path}: no permission to write it"
-    return None
+    try:
+        if path.is_dir():
+            return f"--csv {path}: a directory; give a file name"
+        parent = path.parent
+        if not parent.is_dir():
+            if parent.exists() or path.resolve() != default.resolve():
+                return f"--csv {path}: no directory {parent}"
+            return None
+        writable = os.access(path, os.W_OK) if path.exists() else os.access(parent, os.W_OK | os.X_OK)
+    except OSError as err:  # (a directory on the way that may not be searched)
+        return f"--csv {path}: cannot check it ({err.strerror or err})"
+    return None if writable else f"--csv {path}: no permission to write it"
 
 
 def write_csv(path: Path, rows: list, torch_threads: list, machine: Machine) -> None:
@@ -1029,11 +1030,11 @@ def main(argv=None, prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CS
         args = build_parser(prog, default_csv).parse_args(argv)
     except SystemExit as exit_:  # --help, or a bad argument (argparse printed why)
         return exit_.code
-    csv_path = Path(args.csv) if args.csv else None
-    if args.device == "cuda" and args.csv == str(default_csv):  # the default CPU file name becomes its CUDA twin
-        csv_path = Path(str(default_csv).replace("cpu", "cuda"))
-    problem = csv_problem(csv_path, Path(str(default_csv).replace("cpu", "cuda") if args.device == "cuda"
-                                          else default_csv)) if csv_path else None
+    default = Path(default_csv)
+    if args.device == "cuda":  # the default CPU file name becomes its CUDA twin
+        default = default.with_name(default.name.replace("cpu", "cuda"))
+    csv_path = None if not args.csv else default if args.csv == str(default_csv) else Path(args.csv)
+    problem = csv_problem(csv_path, default) if csv_path else None
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return EXIT_USAGE

@@ -111,7 +111,19 @@ def model_config(model) -> dict:
         json.dumps(config, default=_plain)
     except (TypeError, ValueError, RecursionError) as err:
         raise TypeError(f"model: its configuration cannot be saved ({err})") from None
+    for module in _rebuilt_by_name(model):  # what load() will look up by its class name
+        if nn._REGISTRY.get(type(module).__name__) is not type(module):
+            raise TypeError(f"model: {type(module).__name__} is not a class fastlstm.load can rebuild; decorate it "
+                            "with @fastlstm.nn.register (under a name of its own)")
     return config
+
+
+def _rebuilt_by_name(module):
+    """module and, in a plain Sequential, its layers (recursively): the classes a checkpoint names."""
+    yield module
+    if type(module) is nn.Sequential:
+        for layer in module.layers:
+            yield from _rebuilt_by_name(layer)
 
 
 def save(model, path, meta=None) -> str:

@@ -207,9 +207,10 @@ def _train(args) -> int:
         report = os.path.realpath(args.report)
         if report == os.path.realpath(out_dir):
             raise CliError(f"--report {args.report}: is the --out directory; give a file name")
-        for path, what in ((ckpt, "checkpoint"), (plot, "loss plot")):
+        taken = [(ckpt, "where this run writes its checkpoint"), (plot, "where this run writes its loss plot")]
+        for path, what in taken + ([(args.text, "the --text input")] if args.text else []):
             if report == os.path.realpath(path):
-                raise CliError(f"--report {args.report}: is where this run writes its {what}; give another file")
+                raise CliError(f"--report {args.report}: is {what}; give another file")
         report_dir = os.path.dirname(os.path.abspath(args.report))
         if not (report_dir == os.path.abspath(out_dir) and not os.path.exists(out_dir)):  # else: made with --out
             _writable_file(args.report, "--report")

@@ -118,11 +118,15 @@ class Parameter:
     # never see. A layer's parameter travels as its name and its layer instead; the layer's copy points it
     # at views of its own buffers (LSTM.__setstate__), whichever of the two is rebuilt first.
     def __getstate__(self) -> dict:
-        if self._owner is not None:
-            return {"name": self.name, "_owner": self._owner}
+        owner = self._owner
+        if owner is not None and any(p is self for p in owner._params.values()):
+            return {"name": self.name, "_owner": owner}
+        # (a parameter of no layer, or one its layer has replaced: .to(device) binds new ones)
         return {"name": self.name, "_owner": None, "_data": self._data, "_grad": self._grad}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state) -> None:
+        if isinstance(state, tuple):  # (None, slots): pickled by fastlstm 0.1.0 before __getstate__ existed
+            state = dict(state[1], _owner=None)
         for key, value in state.items():
             setattr(self, key, value)
 
@@ -283,7 +287,8 @@ class LSTM:
 
         def bind(name, data, grad):
             p = keep.get(name) if keep else None
-            if p is None:
+            # (a shallow copy's are still the original's: it gets its own, viewing the buffers they share)
+            if p is None or getattr(p, "_owner", self) is not self:
                 p = Parameter(name, data, grad, owner=self)
             else:
                 p._data, p._grad, p._owner = data, grad, self

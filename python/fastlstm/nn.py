@@ -59,26 +59,26 @@ def register(cls):
 
 def from_config(config: dict, *, init: bool = True) -> "Module":
     """Rebuild a model from ``module.config()``: untrained weights, or with init=False none drawn at all
-    (the parameters' memory is left as allocated, for a caller that loads every one next: fastlstm.load)."""
+    (zeros, in pages not touched until written, for a caller that loads every one next: fastlstm.load).
+    Layers whose config holds a seed (LSTM, Dropout) draw their seed's weights; Linear and Embedding new ones."""
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(f"config: expected a dict with a 'type' key, got {V.describe(config)}")
     cls = _REGISTRY.get(config["type"])
     if cls is None:
         raise ValueError(f"config: unknown layer type {config['type']!r}; known: {sorted(_REGISTRY)} (a Module "
                          "subclass of your own: decorate it with @fastlstm.nn.register before loading)")
-    token = None if V.boolean(init, "init") else skip_init.set(True)
+    token = skip_init.set(not V.boolean(init, "init"))
     try:
         return cls._from_config({k: v for k, v in config.items() if k != "type"})
     finally:
-        if token is not None:
-            skip_init.reset(token)
+        skip_init.reset(token)
 
 
 def _seed(value) -> int:
     """A layer's seed for its random masks: the one given, or one drawn now. Either way it goes into the
     layer's config, so every load of a checkpoint draws the same masks (fit is reproducible after a load)."""
     value = V.seed(value)
-    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1) if value is None else value
+    return int(np.random.SeedSequence().generate_state(1)[0]) if value is None else value  # (32 bits)
 
 
 def _as_array(value, name: str, kinds: str, expected: str):
@@ -126,7 +126,7 @@ def _check_dy(dy, y_shape: tuple):
 
 
 def _param(name, shape, bound, rng, dtype) -> Parameter:
-    data = np.empty(shape, dtype) if skip_init.get() else rng.uniform(-bound, bound, size=shape).astype(dtype)
+    data = np.zeros(shape, dtype) if skip_init.get() else rng.uniform(-bound, bound, size=shape).astype(dtype)
     return Parameter(name, data, np.zeros(shape, dtype))  # (np.zeros: untouched pages until written)
 
 
@@ -206,10 +206,15 @@ class Module:
         return ()
 
     # ---- description --------------------------------------------------------------------------------
+    def _arguments(self):
+        """The keyword arguments that rebuild this module (its ``_config``), or None where it has none."""
+        own = self.__dict__.get("_config")
+        return own if isinstance(own, dict) else None
+
     def config(self) -> dict:
         """JSON-able description: {'type': class name, **constructor arguments (self._config)}."""
-        own = getattr(self, "_config", None)
-        if not isinstance(own, dict):
+        own = self._arguments()
+        if own is None:
             raise TypeError(f"{type(self).__name__}.config(): this Module subclass does not describe itself; to "
                             "save and load it, set self._config to its constructor's keyword arguments and "
                             "decorate the class with @fastlstm.nn.register")
@@ -224,12 +229,19 @@ class Module:
         return tuple(input_shape)
 
     def __repr__(self) -> str:
-        own = getattr(self, "_config", None)
-        if not isinstance(own, dict):  # a subclass of the user's without a config: its children, if any
+        own = self._arguments()
+        if own is None:  # a subclass of the user's without a config: its children, if any
             inner = "".join(f"\n  ({i}): {child!r}" for i, child in enumerate(self._children()))
             return f"{type(self).__name__}({inner}\n)" if inner else f"{type(self).__name__}()"
         args = ", ".join(f"{k}={v!r}" for k, v in own.items())
         return f"{type(self).__name__}({args})"
+
+    # what a training-mode forward keeps for backward: not carried by pickle or copy.deepcopy (as the fused
+    # LSTM's saved forward is not), so a copy's backward needs a forward of its own
+    _saved_for_backward: tuple = ()
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, **{name: None for name in self._saved_for_backward})
 
     @staticmethod
     def _need_cache(cache, layer):
@@ -242,6 +254,8 @@ class Module:
 @_register
 class Linear(Module):
     """y = x W^T + b on the last axis. weight: [out, in] (PyTorch's layout and init, U(+-1/sqrt(in)))."""
+
+    _saved_for_backward = ("_cache",)
 
     def __init__(self, in_features, out_features, bias=True, dtype="float32", seed=None):
         self.in_features = V.positive_int(in_features, "in_features")
@@ -295,6 +309,8 @@ class Linear(Module):
 class Embedding(Module):
     """Integer ids [...] -> vectors [..., dim]. weight: [num_embeddings, dim], init N(0, 1) as PyTorch."""
 
+    _saved_for_backward = ("_cache",)
+
     def __init__(self, num_embeddings, embedding_dim, dtype="float32", seed=None):
         self.num_embeddings = V.positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = V.positive_int(embedding_dim, "embedding_dim")
@@ -303,7 +319,7 @@ class Embedding(Module):
         V.memory(2 * self.num_embeddings * self.embedding_dim * self.dtype.itemsize,
                  "Embedding parameters and gradients", advice="use a smaller vocabulary or embedding")
         shape = (self.num_embeddings, self.embedding_dim)
-        data = np.empty(shape, self.dtype) if skip_init.get() else rng.standard_normal(shape).astype(self.dtype)
+        data = np.zeros(shape, self.dtype) if skip_init.get() else rng.standard_normal(shape).astype(self.dtype)
         self.weight = Parameter("weight", data, np.zeros(shape, self.dtype))
         self._config = dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
                             dtype=self.dtype.name)
@@ -336,6 +352,8 @@ class Embedding(Module):
 class Dropout(Module):
     """Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p).
     The masks come from seed (drawn when None; kept in the config, so a loaded model draws them alike)."""
+
+    _saved_for_backward = ("_mask", "_shape")
 
     def __init__(self, p=0.5, seed=None):
         self.p = V.probability(p, "p")
@@ -376,6 +394,8 @@ class LSTM(Module):
     masks of dropout between layers (drawn when None, and kept in the config as Dropout's).
     """
 
+    _saved_for_backward = ("_y_shape",)
+
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0,
                  return_sequences=True, stateful=False, proj_size=0, dtype="float32", device="cpu", seed=None):
         self.seed = _seed(seed)
@@ -385,8 +405,11 @@ class LSTM(Module):
         self.return_sequences = V.boolean(return_sequences, "return_sequences")
         self._y_shape = None  # with return_sequences=False, the last training-mode output's shape
 
-    @property
-    def _config(self) -> dict:  # (as the layer is now: stateful and return_sequences may be set later)
+    def _arguments(self) -> dict:
+        """As the layer is now (stateful and return_sequences may be set later); a subclass's own _config first."""
+        own = super()._arguments()
+        if own is not None:
+            return own
         c = self.core
         return dict(input_size=c.input_size, hidden_size=c.hidden_size, num_layers=c.num_layers,
                     bidirectional=c.bidirectional, dropout=c.dropout, return_sequences=self.return_sequences,
@@ -466,6 +489,8 @@ class RNN(Module):
     geometrically with distance, which is why it cannot learn long-range dependencies an LSTM learns.
     Batch-first [B, T, input_size]; PyTorch nn.RNN's parameter names, shapes and init.
     """
+
+    _saved_for_backward = ("_cache",)
 
     def __init__(self, input_size, hidden_size, return_sequences=True, dtype="float32", seed=None):
         self.input_size = V.positive_int(input_size, "input_size")
@@ -573,11 +598,15 @@ class Sequential(Module):
         return dy
 
     def config(self) -> dict:
+        if type(self) is not Sequential:  # a subclass of the user's rebuilds its layers itself, from its _config
+            return super().config()
         return {"type": "Sequential", "layers": [layer.config() for layer in self.layers]}
 
     @classmethod
     def _from_config(cls, kwargs):
-        return cls(*(from_config(c) for c in kwargs.get("layers", [])))
+        if cls is not Sequential:
+            return super()._from_config(kwargs)
+        return cls(*(from_config(c, init=not skip_init.get()) for c in kwargs.get("layers", [])))
 
     def output_shape(self, input_shape):
         for layer in self.layers:
@@ -592,7 +621,7 @@ class Sequential(Module):
 
     def __repr__(self):
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
-        return f"Sequential({inner}\n)"
+        return f"{type(self).__name__}({inner}\n)"
 
     def summary(self, input_shape=None, print_fn=print) -> str:
         """A Keras-style table: layer, output shape, parameter count; totals at the bottom.
