@@ -242,6 +242,12 @@ def test_gemm_second_product_matches_numpy(isa, dtype, M, N, N2, K):
             assert_close(c2, ref2, dtype, "c2 = a^T b2'")
 
 
+def work_moved_since(taken):
+    """Whether an item moved between threads since _C.work_taken() was `taken`; taken as so on a machine of 5
+    or more cores, where 5 threads need not leave any work behind."""
+    return _C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,N,K", [(12, 512, 300), (600, 448, 1100)])
 def test_gemm_work_taken_between_threads(isa, dtype, M, N, K):
@@ -270,13 +276,13 @@ def test_gemm_work_taken_between_threads(isa, dtype, M, N, K):
             assert_close(out, x.astype(np.float64) @ b, dtype, f"x b, {threads} threads")
             results.append((c, c2, sums, out))
         for _ in range(100):  # until some work has moved (timing decides when)
-            if _C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5:
+            if work_moved_since(taken):
                 break
             _C.gemm(a, b, np.zeros((M, N), dtype), True, False, None, False, 5)
     for got in results[1:]:
         for value, first in zip(got, results[0]):
             np.testing.assert_array_equal(value, first)
-    assert _C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5, "no item moved between 5 threads"
+    assert work_moved_since(taken), "no item moved between 5 threads"
 
 
 def test_pool_threads_compute_in_the_callers_floating_point_mode(isa):
@@ -320,13 +326,13 @@ def test_forward_projection_items_taken_between_threads(isa, B):
     taken = _C.work_taken()
     with using_threads(5):
         for threads in (1, 2, 3, 5, 5, 5) + (5,) * 100:
-            if len(results) >= 6 and (_C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5):
+            if len(results) >= 6 and work_moved_since(taken):
                 break  # (more calls, until some work has moved: timing decides when)
             y, gates, cell = (np.empty(shape, np.float32) for shape in ((T, B, H), (1, T, B, 4 * H), (1, T, B, H)))
             h_n, c_n = np.empty((2, 1, B, H), np.float32)
             _C.lstm_forward(None, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, False, threads, x=x, w_ih=w_ih)
             results.append((y, h_n, c_n, gates, cell))
-    assert _C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5, "no item moved between 5 threads"
+    assert work_moved_since(taken), "no item moved between 5 threads"
     for got in results[1:]:
         for value, first in zip(got, results[0]):
             np.testing.assert_array_equal(value, first)

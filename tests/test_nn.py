@@ -263,7 +263,7 @@ class _Head(nn.Module):
         return self.lstm.backward(self.head.backward(dy))
 
 
-def test_a_module_of_ones_own_trains_prints_and_is_refused_for_saving_with_the_reason(tmp_path):
+def test_a_module_of_ones_own_prints_and_is_refused_for_saving_with_the_reason(tmp_path):
     import fastlstm
     from fastlstm import optim, train
 

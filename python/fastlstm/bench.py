@@ -1033,7 +1033,9 @@ def main(argv=None, prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CS
     default = Path(default_csv)
     if args.device == "cuda":  # the default CPU file name becomes its CUDA twin
         default = default.with_name(default.name.replace("cpu", "cuda"))
-    csv_path = None if not args.csv else default if args.csv == str(default_csv) else Path(args.csv)
+    csv_path = None
+    if args.csv:
+        csv_path = default if args.csv == str(default_csv) else Path(args.csv)
     problem = csv_problem(csv_path, default) if csv_path else None
     if problem:
         print(f"{prog}: error: {problem}", file=sys.stderr)

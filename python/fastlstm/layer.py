@@ -48,12 +48,12 @@ __all__ = ["LSTM", "Parameter"]
 # ~4 ms of a 150 ms eval call at T=100, B=64, H=512. Per thread, so concurrent eval calls never share it;
 # buffers past _GX_CACHE_MAX are not kept.
 _gx_cache = threading.local()
+_GX_CACHE_MAX = 1 << 30
 
 # Set while a checkpoint rebuilds a model whose every parameter it loads next (nn.from_config(init=False)):
 # parameters are allocated but not drawn, so a damaged file that describes a huge model fails on its missing
 # weights at once, without drawing gigabytes of numbers first.
 skip_init = contextvars.ContextVar("fastlstm_skip_init", default=False)
-_GX_CACHE_MAX = 1 << 30
 
 _STRATEGIES = ("auto", "persistent", "streaming")
 

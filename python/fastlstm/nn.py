@@ -40,9 +40,6 @@ def _register(cls):
     return cls
 
 
-_BUILT_IN: set = set()  # filled below, after the library's own layers have registered
-
-
 def register(cls):
     """Class decorator: make a Module subclass of your own loadable by name (fastlstm.load, from_config).
 
@@ -231,10 +228,14 @@ class Module:
     def __repr__(self) -> str:
         own = self._arguments()
         if own is None:  # a subclass of the user's without a config: its children, if any
-            inner = "".join(f"\n  ({i}): {child!r}" for i, child in enumerate(self._children()))
-            return f"{type(self).__name__}({inner}\n)" if inner else f"{type(self).__name__}()"
+            return self._children_repr(empty="")
         args = ", ".join(f"{k}={v!r}" for k, v in own.items())
         return f"{type(self).__name__}({args})"
+
+    def _children_repr(self, empty: str = "\n") -> str:
+        """'Name(' + a line per child + '\n)', or 'Name(' + empty + ')' without children."""
+        inner = "".join(f"\n  ({i}): {child!r}" for i, child in enumerate(self._children()))
+        return f"{type(self).__name__}({inner}\n)" if inner else f"{type(self).__name__}({empty})"
 
     # what a training-mode forward keeps for backward: not carried by pickle or copy.deepcopy (as the fused
     # LSTM's saved forward is not), so a copy's backward needs a forward of its own
@@ -620,8 +621,7 @@ class Sequential(Module):
         return len(self.layers)
 
     def __repr__(self):
-        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
-        return f"{type(self).__name__}({inner}\n)"
+        return self._children_repr()
 
     def summary(self, input_shape=None, print_fn=print) -> str:
         """A Keras-style table: layer, output shape, parameter count; totals at the bottom.
@@ -645,4 +645,5 @@ class Sequential(Module):
             print_fn(text)
         return text
 
-_BUILT_IN.update(_REGISTRY)  # (register() refuses to shadow these)
+
+_BUILT_IN = frozenset(_REGISTRY)  # the library's own layer names, which register() refuses to shadow

@@ -26,10 +26,10 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "ConstantLR", 
 
 def _parameters(params) -> list:
     """params (an iterable of Parameters: model.parameters()) as a list; a TypeError naming it otherwise."""
-    if hasattr(params, "parameters") and not hasattr(params, "__iter__"):
-        raise TypeError(f"params: expected an iterable of Parameters, got a {type(params).__name__} model; "
-                        "pass model.parameters()")
     if isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
+        if hasattr(params, "parameters"):
+            raise TypeError(f"params: expected an iterable of Parameters, got a {type(params).__name__} model; "
+                            "pass model.parameters()")
         raise TypeError(f"params: expected an iterable of Parameters (model.parameters()), got {V.describe(params)}")
     params = list(params)
     for i, p in enumerate(params):
