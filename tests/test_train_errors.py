@@ -303,6 +303,27 @@ def test_data_generators_check_rng_and_series_parameters():
         data.CharCorpus("abc" * 100, seq_len=4, val_fraction="0.1")
 
 
+
+def test_data_generators_check_memory_before_allocating():
+    """A size no machine holds is a MemoryError naming the data before anything is drawn (a size just past
+    the machine's memory was once drawn until the kernel killed the process)."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(MemoryError, match=r"adding problem's data \(20000 sequences of 10000000000 steps\) needs"):
+        data.adding_problem(20000, 10**10, rng)
+    series = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(10**12,), strides=(0,))
+    with pytest.raises(MemoryError, match=r"forecast_windows' .* windows of 1000000 \+ 24 values needs"):
+        data.forecast_windows(series, 10**6, 24)
+    corpus = data.CharCorpus("abcd" * 100, seq_len=8, val_fraction=0.0)
+    with pytest.raises(MemoryError, match="a batch of 10000000000000 windows of 8 characters needs"):
+        corpus.batches(10**13, rng)  # at the call, as its batch_size check
+
+
+def test_train_reports_a_task_too_large_for_memory_in_one_line(tmp_path):
+    out = cli("train", "--seq-len", str(10**10), "--steps", "1", "--no-progress", "--out", str(tmp_path / "run"))
+    assert_one_line_error(out, "adding problem's data", "GiB of working memory")
+    assert not (tmp_path / "run").exists()
+
+
 # ---- tasks and the command line --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device,error", [("gpu", ValueError), (0, TypeError)])

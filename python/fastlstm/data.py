@@ -39,6 +39,9 @@ def adding_problem(n, seq_len, rng, dtype=np.float32):
     if T < 2:
         raise ValueError(f"seq_len: expected at least 2 (one marker in each half), got {T}")
     rng, dtype = _generator(rng), V.float_dtype(dtype)
+    # x and, while it is filled, the float64 values drawn for it
+    V.memory(n * T * (2 * dtype.itemsize + 8), f"the adding problem's data ({n} sequences of {T} steps)",
+             advice="use fewer sequences or a shorter seq_len")
     x = np.zeros((n, T, 2), dtype)
     x[:, :, 0] = rng.random((n, T))
     half = T // 2
@@ -82,6 +85,9 @@ def forecast_windows(series, seq_len, horizon):
     n = len(series) - T - h + 1
     if n < 1:
         raise ValueError(f"series: expected at least seq_len + horizon = {T + h} values, got {len(series)}")
+    # the windows and, while they are gathered, their int64 indices
+    V.memory(n * (T + h) * (series.itemsize + 8), f"forecast_windows' {n} windows of {T} + {h} values",
+             advice="use a shorter series or seq_len")
     idx = np.arange(n)[:, None]
     inputs = series[idx + np.arange(T)][:, :, None]
     targets = series[idx + T + np.arange(h)]
@@ -193,6 +199,9 @@ class CharCorpus:
 
     def batches(self, batch_size, rng):
         batch_size, rng = V.positive_int(batch_size, "batch_size"), _generator(rng)  # now, not at next()
+        # per batch: the starts, then int64 indices and windows of seq_len + 1 (inputs and targets view them)
+        V.memory(batch_size * (8 + (self.seq_len + 1) * 16),
+                 f"a batch of {batch_size} windows of {self.seq_len} characters", advice="use a smaller batch or seq_len")
         return self._batches(batch_size, rng)
 
     def _batches(self, batch_size, rng):
