@@ -117,6 +117,16 @@ def test_npy_file_permissions_and_suffix(tmp_path):
     assert ckpt.load(tmp_path / "plain") is not None  # the name save() was given finds the file
 
 
+
+def test_saving_over_a_checkpoint_keeps_its_permissions(tmp_path):
+    """The replacement is a new file (written aside, then renamed): it takes the old one's mode, so a
+    checkpoint a user made private stays private."""
+    path = ckpt.save(small_model(), tmp_path / "m.npz")
+    os.chmod(path, 0o600)
+    ckpt.save(small_model(), path)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert ckpt.load(path) is not None
+
 def test_meta_takes_numpy_numbers_and_keeps_nan(tmp_path):
     # (a checkpoint of a diverged run may record a NaN loss; NumPy scalars are what metrics usually are)
     meta = {"loss": np.float32(0.5), "step": np.int64(3), "best": np.array(2.5), "diverged": float("nan")}

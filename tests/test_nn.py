@@ -197,6 +197,22 @@ def test_cross_entropy_is_stable_for_huge_logits():
     assert np.all(np.isfinite(grad))
 
 
+
+@pytest.mark.parametrize("bad", [-np.inf, np.nan], ids=["minus_inf", "nan"])
+def test_cross_entropy_positions_not_counted_give_nothing_whatever_their_logits(bad):
+    """A pad class masked to -inf (or a NaN) where ignore_index or the mask leaves the position out: the
+    loss and gradient are those of the counted positions alone (they were NaN: 0 * inf)."""
+    logits = np.array([[bad, 0.0, 0.0], [-np.inf, 1.0, 2.0]], np.float32)
+    targets = np.array([0, 1])
+    want = float(np.log(np.exp([1.0, 2.0]).sum()) - 1.0)  # the second row alone
+    for fn, mask in ((losses.CrossEntropyLoss(ignore_index=0), None), (losses.CrossEntropyLoss(), [0, 1])):
+        loss, grad = fn(logits, targets, mask)
+        assert loss == pytest.approx(want, rel=1e-6)
+        assert np.all(grad[0] == 0) and np.all(np.isfinite(grad[1])) and grad[1, 0] == 0
+        assert fn.sum_and_count(logits, targets, mask) == pytest.approx((want, 1.0), rel=1e-6)
+    loss, _ = losses.CrossEntropyLoss()(logits, np.array([1, 1]))  # counted, the bad logit shows
+    assert np.isnan(loss) if np.isnan(bad) else loss == pytest.approx((want + np.log(2.0)) / 2, rel=1e-6)
+
 def test_mse_value_and_gradient():
     pred = np.array([[1.0, 2.0], [3.0, 5.0]])
     target = np.array([[1.0, 1.0], [1.0, 1.0]])

@@ -356,6 +356,34 @@ def test_sample_length_must_be_non_negative_and_the_message_names_it():
     assert_one_line_error(cli("sample", "model.npz", "--length", "-5"), "argument --length")
 
 
+
+def test_train_without_a_finite_validation_fails_and_leaves_an_earlier_checkpoint_alone(tmp_path):
+    """Every validation non-finite (a learning rate of 1e38): nothing is saved, so the model.npz of an earlier
+    run in the same --out must not be reported as this run's result (it was, with exit status 0)."""
+    run, report = tmp_path / "run", tmp_path / "report.json"
+    small = ("--steps", "1", "--seq-len", "4", "--batch-size", "2", "--no-progress", "--out", str(run))
+    assert cli("train", "--hidden", "3", *small).returncode == 0
+    earlier = (run / "model.npz").read_bytes()
+    out = cli("train", "--hidden", "4", "--lr", "1e38", "--report", str(report), *small)
+    assert_one_line_error(out, "no validation in 1 step gave a finite mse", "no checkpoint was written", "--lr")
+    assert (run / "model.npz").read_bytes() == earlier and not report.exists()
+
+
+def test_train_checks_its_output_files_are_not_directories_before_training(tmp_path):
+    run = tmp_path / "run"
+    for name in ("model.npz", "loss.png"):
+        (run / name).mkdir(parents=True)
+        out = cli("train", "--steps", "2", "--seq-len", "4", "--hidden", "4", "--no-progress", "--out", str(run))
+        assert_one_line_error(out, f"{run / name} is a directory")
+        assert "validation" not in out.stdout, "trained before noticing"
+        (run / name).rmdir()
+
+
+def test_train_names_seq_len_too_long_for_the_sine_series(tmp_path):
+    out = cli("train", "--task", "sine", "--seq-len", "16000", "--steps", "1", "--no-progress",
+              "--out", str(tmp_path / "run"))
+    assert_one_line_error(out, "--seq-len: the sine task's training series has 16000 values", "at most 15976")
+
 def test_train_checks_report_before_training(tmp_path):
     run = tmp_path / "run"
     out = cli("train", "--steps", "2", "--seq-len", "4", "--hidden", "4", "--no-progress", "--out", str(run),

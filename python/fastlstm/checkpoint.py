@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import struct
 import tempfile
 import zipfile
@@ -149,9 +150,13 @@ def save(model, path, meta=None) -> str:
         raise type(err)(err.errno, f"path: cannot write a checkpoint at {path!r} ({err.strerror or err})") \
             from None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
+        try:  # mkstemp makes it private: keep the mode of the file it replaces, else an ordinary file's
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()

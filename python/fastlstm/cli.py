@@ -203,6 +203,9 @@ def _train(args) -> int:
     # every argument is checked before anything is created
     _check_out_dir(out_dir, "--out")
     ckpt, plot = os.path.join(out_dir, "model.npz"), os.path.join(out_dir, "loss.png")
+    for path, what in ((ckpt, "checkpoint"), (plot, "loss plot")):
+        if os.path.isdir(path):
+            raise CliError(f"--out {out_dir}: {path} is a directory; this run writes its {what} there")
     if args.report is not None:
         report = os.path.realpath(args.report)
         if report == os.path.realpath(out_dir):
@@ -236,6 +239,10 @@ def _train(args) -> int:
                      eval_every=args.eval_every, seed=args.seed, clip_norm=clip or None, schedule=schedule,
                      callbacks=[saver], progress=not args.no_progress)
     seconds = time.perf_counter() - t0
+    if saver.saved_path is None:  # (a model.npz already there is an earlier run's: not this result)
+        drawn = _plot(hist, plot)
+        raise CliError(f"no validation in {steps} step{'s' if steps != 1 else ''} gave a finite {task.metric_name}, so no checkpoint was "
+                       f"written{' (loss curve: ' + plot + ')' if drawn else ''}; try a smaller --lr or --clip")
     # the checkpoint holds the best validation point; report that model
     model, _ = checkpoint.load_checkpoint(ckpt)
     metric = train.evaluate(model, task.val, task.loss)

@@ -65,24 +65,25 @@ class CrossEntropyLoss:
         expd = xp.exp(shifted)
         total = expd.sum(axis=-1, keepdims=True)
         picked = xp.take_along_axis(shifted, safe[..., None], axis=-1)[..., 0]
-        nll = xp.log(total[..., 0]) - picked
-        return xp, weight, safe, expd / total, nll
+        # positions that count for nothing give exactly 0, even with a -inf or NaN logit there (0 * inf is NaN)
+        nll = xp.where(counted, xp.log(total[..., 0]) - picked, 0)
+        return xp, weight, counted, safe, expd / total, nll
 
     def __call__(self, logits, targets, mask=None):
         """(mean loss as a Python float, dL/dlogits shaped like logits)."""
-        xp, weight, safe, probs, nll = self._parts(logits, targets, mask)
+        xp, weight, counted, safe, probs, nll = self._parts(logits, targets, mask)
         count = float(weight.sum())
         scale = 1.0 / count if count > 0 else 0.0
-        loss = float((nll * weight).sum()) * scale
+        loss = float(nll.sum()) * scale
         grad = probs
         onehot_rows = xp.take_along_axis(grad, safe[..., None], axis=-1) - 1
         xp.put_along_axis(grad, safe[..., None], onehot_rows, axis=-1)
-        grad *= (weight * grad.dtype.type(scale))[..., None]
-        return loss, grad
+        grad *= grad.dtype.type(scale)
+        return loss, xp.where(counted[..., None], grad, grad.dtype.type(0))
 
     def sum_and_count(self, logits, targets, mask=None):
-        _, weight, _, _, nll = self._parts(logits, targets, mask)
-        return float((nll * weight).sum()), float(weight.sum())
+        _, weight, _, _, _, nll = self._parts(logits, targets, mask)
+        return float(nll.sum()), float(weight.sum())
 
 
 class MSELoss:

@@ -62,6 +62,7 @@ TASKS = {
 
 SINE_HORIZON = 24
 SINE_PERIOD = 24
+SINE_STEPS = 20000  # the series' length: the first 80% trains, the rest validates
 
 
 def _recurrent(kind, input_size, hidden, layers, return_sequences, seed):
@@ -113,8 +114,11 @@ def build(name, *, model="lstm", hidden=None, layers=1, seq_len=None, seed=0, te
     if name == "sine":
         if seq_len < SINE_PERIOD:
             raise ValueError(f"seq_len: the sine task needs at least one period ({SINE_PERIOD}) of history, got {seq_len}")
-        series = D.seasonal_series(20000, rng)
+        series = D.seasonal_series(SINE_STEPS, rng)
         cut = int(len(series) * 0.8)
+        if seq_len > cut - SINE_HORIZON:  # one training window: seq_len inputs, then the horizon
+            raise ValueError(f"seq_len: the sine task's training series has {cut} values, room for at most "
+                             f"{cut - SINE_HORIZON} of history before a {SINE_HORIZON}-step horizon, got {seq_len}")
         train = D.forecast_windows(series[:cut], seq_len, SINE_HORIZON)
         val = D.forecast_windows(series[cut - seq_len:], seq_len, SINE_HORIZON)
         # seasonal naive: the value one period before each target
