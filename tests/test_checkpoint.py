@@ -177,3 +177,97 @@ def test_training_a_loaded_model_is_reproducible(tmp_path):
 
     for a, b in zip(fit_loaded(), fit_loaded()):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- resuming: the optimizer's state in the checkpoint, fit(initial_step=) --------------------------------------
+def adding_run(tmp_path):
+    from fastlstm import data, losses, optim, train
+
+    rng = np.random.default_rng(0)
+    (x, y), val = data.adding_problem(256, 12, rng), data.adding_problem(64, 12, rng)
+
+    def model():
+        return nn.Sequential(nn.LSTM(2, 8, return_sequences=False, seed=0), nn.Linear(8, 1, seed=1))
+
+    def run(m, opt, **kw):
+        return train.fit(m, (x, y), losses.MSELoss(), opt, steps=20, batch_size=16, seed=3, progress=False,
+                         schedule=optim.CosineLR(1e-2, 20, warmup_steps=4), **kw)
+
+    return model, run, val
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_bit_identical_to_one_never_stopped(tmp_path):
+    """Stopped after its validation at step 8; the checkpoint holds model, Adam's moments and the step. Loaded,
+    given to an optimizer by load_optimizer and run on with initial_step: the same weights as the run that
+    went straight through (the schedule continues and the batches of steps 1-8 are skipped)."""
+    from fastlstm import optim, train
+
+    model, run, val = adding_run(tmp_path)
+    straight = model()
+    run(straight, optim.Adam(straight.parameters(), 1e-2))
+
+    class StopAtFirstValidation(train.Callback):
+        def on_validation_end(self, state, logs):
+            state.stop = True
+
+    path = tmp_path / "m.npz"
+    first = model()
+    saver = train.ModelCheckpoint(path, include_optimizer=True)
+    run(first, optim.Adam(first.parameters(), 1e-2), val=val, eval_every=8, callbacks=[saver, StopAtFirstValidation()])
+    resumed, meta = ckpt.load_checkpoint(path)
+    assert meta["step"] == 8
+    opt = optim.Adam(resumed.parameters(), 1e-2)
+    ckpt.load_optimizer(path, opt)
+    assert opt.steps == 8
+    history = run(resumed.train(), opt, initial_step=meta["step"])
+    assert history["step"] == [10, 20]
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    # without the optimizer's moments the same resume goes elsewhere: the state is what made it exact
+    fresh, _ = ckpt.load_checkpoint(path)
+    run(fresh.train(), optim.Adam(fresh.parameters(), 1e-2), initial_step=8)
+    assert not np.array_equal(fresh.parameters()[0].data, straight.parameters()[0].data)
+
+
+def test_load_optimizer_names_what_does_not_fit(tmp_path):
+    from fastlstm import optim
+
+    model = small_model()
+    bare = ckpt.save(model, tmp_path / "bare.npz")
+    with pytest.raises(ckpt.CheckpointError, match="holds no optimizer state"):
+        ckpt.load_optimizer(bare, optim.Adam(model.parameters()))
+    sgd = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad[...] = 1.0
+    sgd.step()
+    path = ckpt.save(model, tmp_path / "sgd.npz", optimizer=sgd)
+    loaded, _ = ckpt.load_checkpoint(path)  # the optimizer's entries are not weights
+    with pytest.raises(ckpt.CheckpointError, match="does not fit this optimizer.*state of a SGD, not of this Adam"):
+        ckpt.load_optimizer(path, optim.Adam(loaded.parameters()))
+    with pytest.raises(ckpt.CheckpointError, match=r"does not fit this optimizer.*expected shape"):
+        ckpt.load_optimizer(path, optim.SGD(small_model().parameters()[::-1], lr=0.1, momentum=0.9))
+    with pytest.raises(TypeError, match="optimizer: expected a fastlstm.optim optimizer"):
+        ckpt.load_optimizer(path, "adam")
+    with pytest.raises(TypeError, match="optimizer: expected a fastlstm.optim optimizer or None"):
+        ckpt.save(model, tmp_path / "x.npz", optimizer=object())
+    restored = optim.SGD(loaded.parameters(), lr=0.5, momentum=0.9)
+    ckpt.load_optimizer(path, restored)
+    assert restored.steps == 1 and restored.lr == 0.1
+    np.testing.assert_array_equal(restored.state[0]["momentum"], sgd.state[0]["momentum"])
+
+
+def test_fit_checks_initial_step_and_model_checkpoint_best(tmp_path):
+    from fastlstm import optim, train
+
+    model, run, val = adding_run(tmp_path)
+    m = model()
+    for bad, error in ((20, ValueError), (-1, ValueError), (True, TypeError), (2.0, TypeError)):
+        with pytest.raises(error, match="initial_step"):
+            run(m, optim.Adam(m.parameters(), 1e-2), initial_step=bad)
+    for bad, error in (("0.1", TypeError), (float("nan"), ValueError)):
+        with pytest.raises(error, match="best: expected None or a finite number"):
+            train.ModelCheckpoint(tmp_path / "m.npz", best=bad)
+    # a resumed run's checkpoint is not replaced by a worse validation
+    saver = train.ModelCheckpoint(tmp_path / "m.npz", best=-1.0)
+    run(m, optim.Adam(m.parameters(), 1e-2), val=val, eval_every=10, callbacks=[saver], initial_step=10)
+    assert saver.saved_path is None and not (tmp_path / "m.npz").exists()

@@ -141,3 +141,89 @@ def test_updates_are_in_place_so_the_layer_sees_them():
     before = lstm.eval()(x)[0].copy()
     optim.SGD(lstm.parameters(), lr=0.5).step()
     assert not np.array_equal(lstm(x)[0], before)
+
+
+# ---- state_dict / load_state_dict: resuming where an optimizer stopped ----------------------------------------
+OPTIMIZERS = {
+    "sgd_momentum": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+    "adam": lambda ps: optim.Adam(ps, lr=0.01, weight_decay=0.1),
+    "adamw": lambda ps: optim.AdamW(ps, lr=0.01),
+}
+
+
+def two_params(seed):
+    rng = np.random.default_rng(seed)
+    return [Parameter("a", rng.standard_normal((3, 2)), np.zeros((3, 2))),
+            Parameter("b", rng.standard_normal(4).astype(np.float32), np.zeros(4, np.float32))]
+
+
+def run_steps(opt, params, grads):
+    for g in grads:
+        for p, gp in zip(params, g):
+            p.grad[...] = gp
+        opt.step()
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_a_loaded_state_continues_exactly_where_the_optimizer_stopped(make):
+    rng = np.random.default_rng(1)
+    grads = [[rng.standard_normal((3, 2)), rng.standard_normal(4).astype(np.float32)] for _ in range(5)]
+    straight = two_params(0)
+    run_steps(make(straight), straight, grads)
+    first = two_params(0)
+    opt = make(first)
+    run_steps(opt, first, grads[:2])
+    state = opt.state_dict()
+    resumed = [Parameter(p.name, p.data.copy(), np.zeros_like(p.grad)) for p in first]
+    opt2 = make(resumed)
+    opt2.load_state_dict(state)
+    assert opt2.steps == 2 and opt2.lr == opt.lr
+    run_steps(opt2, resumed, grads[2:])
+    for p, q in zip(straight, resumed):
+        np.testing.assert_array_equal(p.data, q.data)
+        assert q.data.dtype == p.data.dtype
+
+
+def test_state_dict_holds_copies_and_names_each_buffer():
+    params = two_params(0)
+    opt = optim.Adam(params, lr=0.01)
+    run_steps(opt, params, [[np.ones((3, 2)), np.ones(4, np.float32)]])
+    state = opt.state_dict()
+    assert state["type"] == "Adam" and state["steps"] == 1 and sorted(state["state"]) == ["0.m", "0.v", "1.m", "1.v"]
+    state["state"]["0.m"][...] = 99.0
+    assert not np.any(opt.state[0]["m"] == 99.0)
+    assert optim.SGD(params, lr=0.1).state_dict()["state"] == {}  # plain SGD keeps no buffers
+
+
+@pytest.mark.parametrize("change,error,message", [
+    (lambda s: s.update(type="SGD"), ValueError, "holds the state of a SGD, not of this Adam"),
+    (lambda s: s.update(extra=1), ValueError, r"unexpected keys \['extra'\]"),
+    (lambda s: s.update(steps=-1), ValueError, r"state_dict\['steps'\]: expected a non-negative int"),
+    (lambda s: s.update(lr=float("nan")), ValueError, r"state_dict\['lr'\]"),
+    (lambda s: s.update(state=[1]), TypeError, r"state_dict\['state'\]: expected a dict"),
+    (lambda s: s["state"].update({"2.m": np.zeros(1)}), ValueError, r"unexpected key '2.m'"),
+    (lambda s: s["state"].update({"0.momentum": np.zeros((3, 2))}), ValueError, r"unexpected key '0.momentum'"),
+    (lambda s: s["state"].update({"0.m": np.zeros((2, 3))}), ValueError, r"expected shape \(3, 2\).*got \(2, 3\)"),
+    (lambda s: s["state"].update({"0.m": [[0.0] * 2] * 3}), TypeError, "expected an array of shape"),
+    (lambda s: s["state"].update({"0.m": np.array([["a"] * 2] * 3)}), TypeError, "real numbers"),
+    (lambda s: s["state"].pop("1.v"), ValueError, r"parameter 1 has \['m'\] but not \['v'\]"),
+], ids=["type", "key", "steps", "lr", "state", "index", "buffer", "shape", "list", "strings", "missing"])
+def test_load_state_dict_refuses_a_bad_state_and_changes_nothing(change, error, message):
+    params = two_params(0)
+    opt = optim.Adam(params, lr=0.01)
+    run_steps(opt, params, [[np.ones((3, 2)), np.ones(4, np.float32)]])
+    good = opt.state_dict()
+    bad = opt.state_dict()
+    run_steps(opt, params, [[np.ones((3, 2)), np.ones(4, np.float32)]])
+    before = opt.state_dict()
+    change(bad)
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert after["steps"] == before["steps"] == 2 and after["lr"] == before["lr"]
+    for k in before["state"]:
+        np.testing.assert_array_equal(after["state"][k], before["state"][k])
+    opt.load_state_dict(good)
+    assert opt.steps == 1
+    with pytest.raises(TypeError, match="state_dict: expected a dict"):
+        opt.load_state_dict([good])

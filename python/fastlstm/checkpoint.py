@@ -4,8 +4,11 @@ What this is: ``save(model, path, meta=None)`` and ``load(path)``. The file is a
 zip) holding every parameter under its model name (PyTorch's names inside LSTM layers, e.g.
 ``1.weight_ih_l0``) plus one entry ``__fastlstm__``: UTF-8 JSON with a format tag, the model's
 ``config()`` and the caller's ``meta`` (task, vocabulary, metrics). ``load`` rebuilds the model
-with no code and returns it; ``load_checkpoint`` also returns ``meta``. Nothing is pickled: the
-file is read with ``allow_pickle=False``, so loading a checkpoint never runs code.
+with no code and returns it; ``load_checkpoint`` also returns ``meta``. ``save(..., optimizer=opt)``
+adds the optimizer's state (steps, learning rate, buffers as ``__optimizer__.<i>.<buffer>``), which
+``load_optimizer(path, opt)`` gives to an optimizer of the same kind to resume training (with
+``fit(..., initial_step=meta["step"])``). Nothing is pickled: the file is read with
+``allow_pickle=False``, so loading a checkpoint never runs code.
 
 Atomic: the bytes go to a temporary file in the same directory, are flushed to disk, then renamed
 over ``path``; a crash at any point leaves either the previous checkpoint or the new one, never a
@@ -32,12 +35,14 @@ import numpy as np
 from . import _backend
 from . import _validate as V
 from . import nn
+from .optim import Optimizer
 
-__all__ = ["save", "load", "load_checkpoint", "CheckpointError"]
+__all__ = ["save", "load", "load_checkpoint", "load_optimizer", "CheckpointError"]
 
 FORMAT = "fastlstm-checkpoint"
 VERSION = 1
 _META_KEY = "__fastlstm__"
+_OPTIMIZER_PREFIX = "__optimizer__."  # then "<parameter index>.<buffer>", as Optimizer.state_dict() names them
 
 
 class CheckpointError(ValueError):
@@ -127,18 +132,25 @@ def _rebuilt_by_name(module):
             yield from _rebuilt_by_name(layer)
 
 
-def save(model, path, meta=None) -> str:
-    """Write model (weights + config) and meta (JSON-able) to path (".npz" appended if missing)."""
+def save(model, path, meta=None, optimizer=None) -> str:
+    """Write model (weights + config) and meta (JSON-able) to path (".npz" appended if missing); with
+    optimizer (fastlstm.optim), its state too, for load_optimizer to resume training from."""
     config = model_config(model)
     path = check_path(path)
     if not path.endswith(".npz"):
         path += ".npz"
     header = {"format": FORMAT, "version": VERSION, "model": config, "meta": check_meta(meta)}
-    blob = _json(header).encode("utf-8")
     arrays = {name: _backend.to_numpy(p.data) for name, p in model.named_parameters()}
-    if _META_KEY in arrays:
-        raise ValueError(f"model: a parameter may not be named {_META_KEY!r}")
-    arrays[_META_KEY] = np.frombuffer(blob, np.uint8)
+    for name in arrays:
+        if name == _META_KEY or name.startswith(_OPTIMIZER_PREFIX):
+            raise ValueError(f"model: a parameter may not be named {name!r} (the checkpoint's own entries)")
+    if optimizer is not None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected a fastlstm.optim optimizer or None, got {V.describe(optimizer)}")
+        state = optimizer.state_dict()
+        header["optimizer"] = {"type": state["type"], "steps": state["steps"], "lr": state["lr"]}
+        arrays.update({_OPTIMIZER_PREFIX + key: _backend.to_numpy(buf) for key, buf in state["state"].items()})
+    arrays[_META_KEY] = np.frombuffer(_json(header).encode("utf-8"), np.uint8)
 
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -185,10 +197,10 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path):
-    """(model, meta) from a file written by save; the model is in eval mode."""
+def _existing_file(path) -> str:
+    """path (or path + ".npz", as save() names it), checked to be a regular file."""
     path = check_path(path)
-    if not os.path.isfile(path) and os.path.isfile(path + ".npz"):  # as save() names it
+    if not os.path.isfile(path) and os.path.isfile(path + ".npz"):
         path += ".npz"
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path}: a directory, not a checkpoint file")
@@ -196,6 +208,12 @@ def load_checkpoint(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: not a checkpoint (not a regular file)")
+    return path
+
+
+def load_checkpoint(path):
+    """(model, meta) from a file written by save; the model is in eval mode."""
+    path = _existing_file(path)
     with open(path, "rb") as f:  # a file we may not read is an OSError of its own, not a damaged checkpoint
         header, weights = _read(f, path)
     _check_header(header, path)
@@ -208,10 +226,32 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path}: cannot build the stored model from its configuration "
                               f"({type(err).__name__}: {err})") from None
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict({k: w for k, w in weights.items() if not k.startswith(_OPTIMIZER_PREFIX)})
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: the weights do not fit the stored model ({err})") from None
     return model.eval(), header.get("meta", {})
+
+
+def load_optimizer(path, optimizer) -> None:
+    """Give optimizer the state a checkpoint saved with save(..., optimizer=) or ModelCheckpoint(include_optimizer=
+    True): build the model with load_checkpoint, the same kind of optimizer over its parameters(), then this."""
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer: expected a fastlstm.optim optimizer, got {V.describe(optimizer)}")
+    path = _existing_file(path)
+    with open(path, "rb") as f:
+        header, arrays = _read(f, path)
+    _check_header(header, path)
+    saved = header.get("optimizer")
+    if saved is None:
+        raise CheckpointError(f"{path}: holds no optimizer state (saved without optimizer=, or by ModelCheckpoint "
+                              "without include_optimizer=True)")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: its header's 'optimizer' is a JSON {_json_kind(saved)}, expected an object")
+    buffers = {k[len(_OPTIMIZER_PREFIX):]: a for k, a in arrays.items() if k.startswith(_OPTIMIZER_PREFIX)}
+    try:
+        optimizer.load_state_dict({**{k: saved[k] for k in ("type", "steps", "lr") if k in saved}, "state": buffers})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its optimizer state does not fit this optimizer ({err})") from None
 
 
 def _read(f, path):

@@ -9,6 +9,8 @@ place on the parameter's own array, so it stays on its device and the layer sees
     opt = Adam(model.parameters(), lr=3e-3)
     clip_grad_norm(model.parameters(), 1.0)
     opt.step(); opt.zero_grad()
+    state = opt.state_dict()          # steps taken, lr and per-parameter buffers (copies): resume with
+    opt2.load_state_dict(state)       # an optimizer of the same kind over parameters of the same shapes
 
 Tests: tests/test_optim.py (each rule against values computed by hand, and against torch when present).
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import math
 import numbers
+
+import numpy as np
 
 from . import _backend
 from . import _validate as V
@@ -41,6 +45,8 @@ def _parameters(params) -> list:
 class Optimizer:
     """Holds the parameters (objects with .data and .grad arrays), the learning rate and per-parameter state."""
 
+    state_names: tuple = ()  # the per-parameter buffers a subclass keeps (all of them, or none before a first step)
+
     def __init__(self, params, lr):
         self.params = _parameters(params)
         if not self.params:
@@ -61,10 +67,60 @@ class Optimizer:
     def _update(self, w, g, st) -> None:
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """{"type": class name, "steps": steps taken, "lr": the current rate, "state": {"<i>.<buffer>": a copy of
+        parameter i's buffer}}: what load_state_dict needs to continue exactly where this optimizer is."""
+        state = {f"{i}.{name}": buf.copy() for i, st in enumerate(self.state) for name, buf in st.items()}
+        return {"type": type(self).__name__, "steps": self.steps, "lr": self.lr, "state": state}
+
+    def load_state_dict(self, state_dict) -> None:
+        """Take steps, lr and buffers from state_dict (as state_dict() gives them, e.g. from a checkpoint), copied
+        to each parameter's dtype and device. All or nothing: a bad entry raises before anything changes.
+        Hyperparameters (betas, momentum, ...) stay as this optimizer was built."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict: expected a dict (Optimizer.state_dict()), got {V.describe(state_dict)}")
+        unknown = sorted(set(state_dict) - {"type", "steps", "lr", "state"})
+        if unknown:
+            raise ValueError(f"state_dict: unexpected keys {unknown}; expected type, steps, lr and state")
+        kind = state_dict.get("type", type(self).__name__)
+        if kind != type(self).__name__:
+            raise ValueError(f"state_dict: holds the state of a {kind}, not of this {type(self).__name__}")
+        steps = state_dict.get("steps", 0)
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+            raise ValueError(f"state_dict['steps']: expected a non-negative int, got {steps!r}")
+        lr = V.finite_number(state_dict["lr"], "state_dict['lr']", allow_zero=True) if "lr" in state_dict else self.lr
+        buffers = state_dict.get("state", {})
+        if not isinstance(buffers, dict):
+            raise TypeError(f"state_dict['state']: expected a dict of arrays, got {V.describe(buffers)}")
+        new = [dict() for _ in self.params]
+        for key, value in buffers.items():
+            index, _, name = str(key).partition(".")
+            if not (index.isdigit() and int(index) < len(self.params) and name in self.state_names):
+                raise ValueError(f"state_dict['state']: unexpected key {key!r}; expected '<i>.<buffer>' with i < "
+                                 f"{len(self.params)} and a buffer among {list(self.state_names)}")
+            w = self.params[int(index)].data
+            xp = _backend.array_module(w)
+            where = f"state_dict['state'][{key!r}]"
+            if not hasattr(value, "shape"):
+                raise TypeError(f"{where}: expected an array of shape {tuple(w.shape)}, got {V.describe(value)}")
+            arr = xp.asarray(_backend.to_numpy(value)) if xp is np else xp.asarray(value)
+            if arr.dtype.kind not in "fiu":
+                raise TypeError(f"{where}: expected an array of real numbers, got {V.describe(value)}")
+            if tuple(arr.shape) != tuple(w.shape):
+                raise ValueError(f"{where}: expected shape {tuple(w.shape)} (parameter {index}'s), got {tuple(arr.shape)}")
+            new[int(index)][name] = arr.astype(w.dtype, copy=True)
+        for i, st in enumerate(new):
+            if st and len(st) != len(self.state_names):
+                missing = sorted(set(self.state_names) - set(st))
+                raise ValueError(f"state_dict['state']: parameter {i} has {sorted(st)} but not {missing}")
+        self.steps, self.lr, self.state = int(steps), lr, new
+
 
 class SGD(Optimizer):
     """g = grad + wd*w;  buf = momentum*buf + (1-dampening)*g (buf = g at the first step);
     w -= lr * (g + momentum*buf if nesterov else buf)   (plain SGD when momentum = 0)."""
+
+    state_names = ("momentum",)
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)
@@ -95,6 +151,7 @@ class Adam(Optimizer):
     with g = grad + wd*w (L2 penalty, torch.optim.Adam's weight_decay)."""
 
     decoupled = False
+    state_names = ("m", "v")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)

@@ -245,22 +245,33 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Save the model (fastlstm.checkpoint.save) after each validation, or only when `monitor` improves."""
+    """Save the model (fastlstm.checkpoint.save) after each validation, or only when `monitor` improves;
+    meta gets the step and the logged metrics. include_optimizer: the optimizer's state too, so that
+    fastlstm.checkpoint.load_optimizer and fit(initial_step=meta["step"]) can resume from the file."""
 
-    def __init__(self, path, monitor="val_loss", save_best_only=True, mode="min", meta=None):
+    def __init__(self, path, monitor="val_loss", save_best_only=True, mode="min", meta=None, include_optimizer=False,
+                 best=None):
         from .checkpoint import check_meta, check_path
 
         meta = check_meta(meta)  # now, not at the first save in the middle of training
         self.path, self.monitor, self.mode = check_path(path), _monitor(monitor), _mode(mode)
         self.save_best_only, self.meta = V.boolean(save_best_only, "save_best_only"), meta
-        self.best = None
+        self.include_optimizer = V.boolean(include_optimizer, "include_optimizer")
+        # the value to beat from the start: a resumed run's checkpoint's, so a worse one does not replace it
+        if best is not None:
+            if isinstance(best, (bool, np.bool_)) or not isinstance(best, numbers.Real):
+                raise TypeError(f"best: expected None or a finite number (the value to beat), got {V.describe(best)}")
+            if not math.isfinite(best):
+                raise ValueError(f"best: expected None or a finite number (the value to beat), got {best}")
+        self.initial_best = None if best is None else float(best)
+        self.best = self.initial_best
         self.saved_path = None
 
     def on_train_begin(self, state):
         from .checkpoint import model_config
 
         model_config(state.model)  # a model that cannot be saved is refused now, not after the first validation
-        self.best = None
+        self.best = self.initial_best
 
     def on_validation_end(self, state, logs):
         from .checkpoint import save
@@ -274,7 +285,8 @@ class ModelCheckpoint(Callback):
             self.best = value
         if improved or not self.save_best_only:
             meta = dict(self.meta or {}, step=state.step, **{k: v for k, v in logs.items() if isinstance(v, float)})
-            self.saved_path = save(state.model, self.path, meta=meta)
+            self.saved_path = save(state.model, self.path, meta=meta,
+                                   optimizer=state.optimizer if self.include_optimizer else None)
 
 
 def evaluate(model, data, loss, batch_size=256) -> float:
@@ -336,13 +348,20 @@ def _scheduled_lr(schedule, step: int) -> float:
 
 
 def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32, val=None, eval_every=None,
-        seed=0, clip_norm=None, schedule=None, callbacks=(), progress=True, log_every=10) -> History:
+        seed=0, clip_norm=None, schedule=None, callbacks=(), progress=True, log_every=10,
+        initial_step=0) -> History:
     """Train model on data; returns the History (loss, lr, tokens_per_s per logged step; val_loss per validation).
 
     steps or epochs (an epoch = len(data) / batch_size steps) sets the length; eval_every (default: 10
     validations over the run) sets how often val is evaluated; schedule: step -> learning rate (anything
     float() takes, finite and >= 0, checked before the optimizer sees it); callbacks: a list of Callbacks,
     one Callback, or None. Data pairs may be lists (made NumPy arrays).
+
+    initial_step resumes a run that stopped after that many steps (a checkpoint's meta["step"], with its
+    model and load_optimizer's optimizer): steps/epochs still count the whole run, the schedule and the
+    step numbers continue, and the batches of the steps already taken are drawn and skipped, so a model
+    without dropout trains exactly as if it had never stopped (a loaded dropout layer draws its masks from
+    the start of its seed's stream again).
     """
     _check_model(model)
     data = _as_data(data, "data")
@@ -358,6 +377,10 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
             raise ValueError("epochs: this data has no length; give steps= instead")
         steps = V.positive_int(epochs, "epochs") * max(1, math.ceil(len(data) / batch_size))
     steps = V.positive_int(steps, "steps")
+    initial_step = V.non_negative_int(initial_step, "initial_step")
+    if initial_step >= steps:
+        raise ValueError(f"initial_step: expected fewer than the run's {steps} steps (it counts the steps already "
+                         f"taken), got {initial_step}")
     eval_every = V.positive_int(eval_every, "eval_every") if eval_every is not None else max(1, steps // 10)
     log_every = V.positive_int(log_every, "log_every")
     if schedule is not None and not callable(schedule):
@@ -368,21 +391,24 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
     rng = np.random.default_rng(V.seed(seed))
     history = History()
     state = TrainState(model, optimizer, history)
+    state.step = initial_step
     params = model.parameters()
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, unit="step", dynamic_ncols=True, leave=True)
+        bar = tqdm(total=steps, initial=initial_step, unit="step", dynamic_ncols=True, leave=True)
     for cb in callbacks:
         cb.on_train_begin(state)
     model.train()
     batches = data.batches(batch_size, rng)
+    for _ in range(initial_step):  # the batches the run before this one trained on
+        next(batches)
     smooth, tokens, t_window = None, 0, time.perf_counter()
     t_start = t_window
     try:
-        for step in range(steps):
+        for step in range(initial_step, steps):
             if schedule is not None:
                 optimizer.lr = _scheduled_lr(schedule, step)
             inputs, targets = next(batches)
