@@ -86,3 +86,71 @@ def test_bench_runs_through_the_cli(tmp_path):
     assert "GFLOP/s" in out.stdout and (tmp_path / "b.csv").is_file()
     assert "variable-length batches" in out.stdout and "90% short" in out.stdout
     assert "layer features" in out.stdout and "recurrent dropout" in out.stdout
+
+
+# ---- fastlstm train --resume -------------------------------------------------------------------------------
+SMALL_RUN = ("--steps", "40", "--seq-len", "10", "--hidden", "8", "--eval-every", "10", "--no-progress")
+
+
+def checkpoint_arrays(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_an_interrupted_run_resumed_ends_with_the_checkpoint_of_a_run_never_stopped(tmp_path, monkeypatch, capsys):
+    """In process: Ctrl-C arrives right after the checkpoint of step 20 (the validation there is saved first);
+    --resume takes the run's settings, model and Adam state from that checkpoint and trains steps 21-40. Its
+    final checkpoint (the best validation) is byte for byte the one of the same run left alone."""
+    from fastlstm import cli as fcli, train
+
+    assert fcli.main(["train", *SMALL_RUN, "--out", str(tmp_path / "straight")]) == 0
+    save = train.ModelCheckpoint.on_validation_end
+
+    def save_then_interrupt(self, state, logs):
+        save(self, state, logs)
+        if state.step == 20:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.ModelCheckpoint, "on_validation_end", save_then_interrupt)
+    run = tmp_path / "interrupted"
+    assert fcli.main(["train", *SMALL_RUN, "--out", str(run)]) == 130
+    assert f"fastlstm train --resume --out {run} continues from it" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert checkpoint_arrays(run / "model.npz") != {}
+    assert fcli.main(["train", "--resume", "--no-progress", "--out", str(run)]) == 0
+    assert "resuming at step 20" in capsys.readouterr().out
+    straight, resumed = checkpoint_arrays(tmp_path / "straight" / "model.npz"), checkpoint_arrays(run / "model.npz")
+    assert sorted(straight) == sorted(resumed) and any(k.startswith("__optimizer__.") for k in straight)
+    for key in straight:
+        np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
+
+
+def test_resume_refuses_what_does_not_fit_the_run(tmp_path):
+    run = tmp_path / "run"
+    out = cli("train", "--resume", "--no-progress", "--out", str(run))
+    assert out.returncode == 1 and f"--resume: no checkpoint {run / 'model.npz'} to resume" in out.stderr
+    assert cli("train", *SMALL_RUN, "--out", str(run)).returncode == 0
+    for args, message in [(("--hidden", "16"), "--hidden: the run being resumed has 8, got 16"),
+                          (("--task", "sine"), "--task: the run being resumed has 'adding', got 'sine'"),
+                          (("--seed", "1"), "--seed: the run being resumed has 0, got 1"),
+                          ((), "saved at step 40, the end of a 40-step run; give --steps above it")]:
+        out = cli("train", "--resume", "--no-progress", "--out", str(run), *args)
+        assert out.returncode == 1 and message in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    out = cli("train", "--resume", "--no-progress", "--out", str(run), "--hidden", "8", "--steps", "60")
+    assert out.returncode == 0 and "resuming at step 40" in out.stdout, out.stderr
+
+
+def test_resume_a_charlm_run_needs_its_text(tmp_path):
+    text, other = tmp_path / "t.txt", tmp_path / "o.txt"
+    text.write_text("hello world, hello fastlstm. " * 30, encoding="utf-8")
+    other.write_text("a different text with other letters: xyzq " * 30, encoding="utf-8")
+    run = tmp_path / "lm"
+    args = ("--task", "charlm", "--seq-len", "16", "--hidden", "16", "--no-progress", "--out", str(run))
+    assert cli("train", "--text", str(text), "--steps", "20", *args).returncode == 0
+    out = cli("train", "--resume", "--steps", "30", *args)
+    assert out.returncode == 1 and "--task charlm trains on a text file" in out.stderr
+    out = cli("train", "--resume", "--steps", "30", "--text", str(other), *args)
+    assert out.returncode == 1 and "not the vocabulary of the run being resumed" in out.stderr
+    out = cli("train", "--resume", "--steps", "30", "--text", str(text), *args)
+    assert out.returncode == 0 and "resuming at step 20" in out.stdout, out.stderr

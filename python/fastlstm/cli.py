@@ -180,6 +180,30 @@ def _compare(metric: float, baseline: float) -> str:
     return "higher: worse than the baseline"
 
 
+# what makes a run (the model, its data, their order, the optimizer and its schedule): a checkpoint of `fastlstm
+# train` keeps them in meta["run"], and --resume takes them from there
+_RUN_SETTINGS = ("task", "model", "hidden", "layers", "seq_len", "seed", "batch_size", "lr", "clip")
+
+
+def _resume_point(ckpt, given) -> tuple:
+    """(model, meta, the run's settings) of the run in ckpt, checked against the options given (None: not given)."""
+    from . import checkpoint
+
+    if not os.path.isfile(ckpt):
+        raise CliError(f"--resume: no checkpoint {ckpt} to resume (a run with the same --task, --model and --out "
+                       "writes it)")
+    model, meta = checkpoint.load_checkpoint(ckpt)
+    run = meta.get("run")
+    if not isinstance(run, dict) or not set(_RUN_SETTINGS) <= set(run) or not isinstance(meta.get("step"), int):
+        raise CliError(f"--resume: {ckpt} does not record its run's settings (written by an older fastlstm, or not "
+                       "by fastlstm train); train afresh")
+    for name, value in given.items():
+        if value is not None and value != run[name]:
+            raise CliError(f"--{name.replace('_', '-')}: the run being resumed has {run[name]!r}, got {value!r} "
+                           "(leave it out to keep the run's)")
+    return model, meta, dict(run)
+
+
 def _train(args) -> int:
     from . import _backend, checkpoint, optim, tasks, train
 
@@ -188,24 +212,38 @@ def _train(args) -> int:
             _backend.require_cuda(f"--device {args.device}")
         except RuntimeError as err:
             raise CliError(f"{err}; use --device cpu") from None
-    defaults = tasks.TASKS[args.task]
-    if args.text is not None and args.task != "charlm":
-        raise CliError(f"--text {args.text}: only --task charlm trains on a text (this is --task {args.task})")
-    text = _read_text(args.text) if args.text is not None else None
-    if args.task == "charlm" and text is None:
-        raise CliError("--task charlm trains on a text file: give --text FILE")
-    steps = args.steps or defaults.steps
-    lr = args.lr or defaults.lr
-    batch = args.batch_size or defaults.batch_size
-    clip = defaults.clip if args.clip is None else args.clip
+    task_name, model_kind = args.task or "adding", args.model or "lstm"
     out_dir = args.out if args.out is not None else os.path.join(
-        "runs", args.task if args.model == "lstm" else f"{args.task}-{args.model}")
+        "runs", task_name if model_kind == "lstm" else f"{task_name}-{model_kind}")
     # every argument is checked before anything is created
     _check_out_dir(out_dir, "--out")
     ckpt, plot = os.path.join(out_dir, "model.npz"), os.path.join(out_dir, "loss.png")
     for path, what in ((ckpt, "checkpoint"), (plot, "loss plot")):
         if os.path.isdir(path):
             raise CliError(f"--out {out_dir}: {path} is a directory; this run writes its {what} there")
+    given = {name: getattr(args, name) for name in _RUN_SETTINGS}
+    resumed = _resume_point(ckpt, given) if args.resume else None  # (model, meta, the run's settings)
+    if resumed:
+        task_name = resumed[2]["task"]
+    defaults = tasks.TASKS[task_name]
+    if args.text is not None and task_name != "charlm":
+        raise CliError(f"--text {args.text}: only --task charlm trains on a text (this is --task {task_name})")
+    text = _read_text(args.text) if args.text is not None else None
+    if task_name == "charlm" and text is None:
+        raise CliError("--task charlm trains on a text file: give --text FILE")
+    run = resumed[2] if resumed else {
+        "task": task_name, "model": model_kind, "hidden": args.hidden or defaults.hidden,
+        "layers": args.layers or 1, "seq_len": args.seq_len or defaults.seq_len, "seed": args.seed or 0,
+        "batch_size": args.batch_size or defaults.batch_size, "lr": args.lr or defaults.lr,
+        "clip": defaults.clip if args.clip is None else args.clip, "steps": args.steps or defaults.steps}
+    if args.steps is not None:  # a resumed run may be given more (or fewer) steps: its schedule follows
+        run["steps"] = args.steps
+    run["eval_every"] = args.eval_every or run.get("eval_every") or max(1, run["steps"] // 10)
+    steps, lr, batch, clip, seed = run["steps"], run["lr"], run["batch_size"], run["clip"], run["seed"]
+    initial_step = resumed[1]["step"] if resumed else 0
+    if initial_step >= steps:
+        raise CliError(f"--resume: {ckpt} was saved at step {initial_step}, the end of a {steps}-step run; give "
+                       "--steps above it to train on")
     if args.report is not None:
         report = os.path.realpath(args.report)
         if report == os.path.realpath(out_dir):
@@ -218,31 +256,46 @@ def _train(args) -> int:
         if not (report_dir == os.path.abspath(out_dir) and not os.path.exists(out_dir)):  # else: made with --out
             _writable_file(args.report, "--report")
     try:
-        task = tasks.build(args.task, model=args.model, hidden=args.hidden, layers=args.layers,
-                           seq_len=args.seq_len, seed=args.seed, text=text, device=args.device)
+        task = tasks.build(run["task"], model=run["model"], hidden=run["hidden"], layers=run["layers"],
+                           seq_len=run["seq_len"], seed=seed, text=text, device=args.device)
     except (ValueError, TypeError) as err:
         raise _as_option(err) from None
+    model, best = task.model, None
+    if resumed:
+        model, meta, _ = resumed
+        if meta.get("vocab", task.meta.get("vocab")) != task.meta.get("vocab"):
+            raise CliError(f"--text {args.text}: its characters are not the vocabulary of the run being resumed")
+        best = meta.get("val_loss")
     _make_out_dir(out_dir, "--out")
 
     print(f"task {task.name}: {task.metric_name} baseline {task.baseline:.4g} "
           f"({'always 1.0' if task.name == 'adding' else 'seasonal naive' if task.name == 'sine' else 'unigram'})")
-    print(f"model {args.model}, seq_len {task.meta['seq_len']}, batch {batch}, steps {steps}, lr {lr}, "
-          f"clip {clip or 'off'}, seed {args.seed}")
+    print(f"model {run['model']}, seq_len {task.meta['seq_len']}, batch {batch}, steps {steps}, lr {lr}, "
+          f"clip {clip or 'off'}, seed {seed}" + (f"; resuming at step {initial_step}" if resumed else ""))
     sample_x = next(task.val.eval_batches(1))[0] if hasattr(task.val, "eval_batches") else task.val[0][:1]
-    task.model.summary(tuple(sample_x.shape[1:]))
+    model.summary(tuple(sample_x.shape[1:]))
 
-    opt = optim.Adam(task.model.parameters(), lr=lr)
+    opt = optim.Adam(model.parameters(), lr=lr)
+    if resumed:
+        checkpoint.load_optimizer(ckpt, opt)
     schedule = optim.CosineLR(lr, steps, warmup_steps=min(100, steps // 10), min_lr=lr * 0.05)
-    saver = train.ModelCheckpoint(ckpt, meta=task.meta)
+    saver = train.ModelCheckpoint(ckpt, meta=dict(task.meta, run=run), include_optimizer=True, best=best)
     t0 = time.perf_counter()
-    hist = train.fit(task.model, task.train, task.loss, opt, steps=steps, batch_size=batch, val=task.val,
-                     eval_every=args.eval_every, seed=args.seed, clip_norm=clip or None, schedule=schedule,
-                     callbacks=[saver], progress=not args.no_progress)
+    try:
+        hist = train.fit(model.train(), task.train, task.loss, opt, steps=steps, batch_size=batch, val=task.val,
+                         eval_every=run["eval_every"], seed=seed, clip_norm=clip or None, schedule=schedule,
+                         callbacks=[saver], progress=not args.no_progress, initial_step=initial_step)
+    except KeyboardInterrupt:
+        if saver.saved_path or resumed:
+            print(f"fastlstm: {ckpt} holds the best validation so far; fastlstm train --resume --out {out_dir}"
+                  f"{' --text ' + args.text if args.text else ''} continues from it", file=sys.stderr)
+        raise
     seconds = time.perf_counter() - t0
-    if saver.saved_path is None:  # (a model.npz already there is an earlier run's: not this result)
+    if saver.saved_path is None and not resumed:  # (a model.npz already there is an earlier run's)
         drawn = _plot(hist, plot)
-        raise CliError(f"no validation in {steps} step{'s' if steps != 1 else ''} gave a finite {task.metric_name}, so no checkpoint was "
-                       f"written{' (loss curve: ' + plot + ')' if drawn else ''}; try a smaller --lr or --clip")
+        raise CliError(f"no validation in {steps} step{'s' if steps != 1 else ''} gave a finite {task.metric_name}, "
+                       f"so no checkpoint was written{' (loss curve: ' + plot + ')' if drawn else ''}; try a smaller "
+                       "--lr or --clip")
     # the checkpoint holds the best validation point; report that model
     model, _ = checkpoint.load_checkpoint(ckpt)
     metric = train.evaluate(model, task.val, task.loss)
@@ -251,10 +304,10 @@ def _train(args) -> int:
     print(f"checkpoint: {ckpt}")
     if _plot(hist, plot):
         print(f"loss curve: {plot}")
-    report = {"task": task.name, "model": args.model, "val_metric_name": task.metric_name, "val_metric": metric,
+    report = {"task": task.name, "model": run["model"], "val_metric_name": task.metric_name, "val_metric": metric,
               "baseline_metric": task.baseline, "steps": steps, "seconds": seconds, "checkpoint": ckpt,
-              "seq_len": task.meta["seq_len"], "hidden": args.hidden or defaults.hidden, "batch_size": batch,
-              "lr": lr, "seed": args.seed}
+              "seq_len": task.meta["seq_len"], "hidden": run["hidden"], "batch_size": batch, "lr": lr, "seed": seed,
+              "resumed_at_step": initial_step}
     if args.report is not None:
         _write_report(args.report, "--report", report)
         print(f"report: {args.report}")
@@ -335,20 +388,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model on a built-in task (default: the adding problem)")
-    p.add_argument("--task", choices=sorted(TASKS), default="adding", help="what to learn (default adding)")
-    p.add_argument("--model", choices=("lstm", "rnn"), default="lstm", help="lstm (default) or a plain tanh rnn")
+    p.add_argument("--task", choices=sorted(TASKS), help="what to learn (default adding)")
+    p.add_argument("--model", choices=("lstm", "rnn"), help="lstm (default) or a plain tanh rnn")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where to train (default cpu; cuda is refused for now: the built-in tasks' Linear, "
                         "Embedding and RNN layers run on the CPU only)")
     p.add_argument("--steps", type=_positive_int, help="optimizer steps (task default)")
     p.add_argument("--hidden", type=_positive_int, help="hidden units (task default)")
-    p.add_argument("--layers", type=_positive_int, default=1, help="stacked LSTM layers (default 1)")
+    p.add_argument("--layers", type=_positive_int, help="stacked LSTM layers (default 1)")
     p.add_argument("--seq-len", type=_positive_int, help="sequence length T (task default)")
     p.add_argument("--batch-size", type=_positive_int, help="sequences per step (task default)")
     p.add_argument("--lr", type=_positive_float, help="peak learning rate of Adam (task default)")
     p.add_argument("--clip", type=_clip_value, help="global gradient-norm clip, 0 for none (default 1.0)")
     p.add_argument("--eval-every", type=_positive_int, help="steps between validations (default steps/10)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="data, init and shuffling seed (default 0)")
+    p.add_argument("--seed", type=_non_negative_int, help="data, init and shuffling seed (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run whose checkpoint is in --out (its settings; --steps may extend it)")
     p.add_argument("--text", metavar="FILE", type=_path, help="UTF-8 text for --task charlm")
     p.add_argument("--out", metavar="DIR", type=_path, help="where the checkpoint and plot go (default runs/TASK)")
     p.add_argument("--report", metavar="FILE.json", type=_path, help="also write the result as JSON")
