@@ -271,3 +271,30 @@ def test_fit_checks_initial_step_and_model_checkpoint_best(tmp_path):
     saver = train.ModelCheckpoint(tmp_path / "m.npz", best=-1.0)
     run(m, optim.Adam(m.parameters(), 1e-2), val=val, eval_every=10, callbacks=[saver], initial_step=10)
     assert saver.saved_path is None and not (tmp_path / "m.npz").exists()
+
+
+
+def test_the_format_version_says_whether_optimizer_state_is_inside(tmp_path):
+    """A reader from before optimizer state says 'format version 2' instead of 'unexpected keys'."""
+    import json
+    from fastlstm import optim, train
+
+    model = small_model()
+    for optimizer, version in ((None, 1), (optim.SGD(model.parameters(), lr=0.1), 2)):
+        path = ckpt.save(model, tmp_path / f"v{version}.npz", optimizer=optimizer)
+        with np.load(path, allow_pickle=False) as z:
+            assert json.loads(bytes(z["__fastlstm__"]))["version"] == version
+        assert ckpt.load(path) is not None
+
+    class Duck:  # fit takes any object with step, zero_grad and lr; a checkpoint of its state cannot be made
+        lr = 0.1
+
+        def step(self):
+            pass
+
+        def zero_grad(self):
+            pass
+
+    saver = train.ModelCheckpoint(tmp_path / "d.npz", include_optimizer=True)
+    with pytest.raises(TypeError, match="include_optimizer needs a fastlstm.optim optimizer"):
+        saver.on_train_begin(train.TrainState(model, Duck(), train.History()))

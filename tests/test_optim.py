@@ -227,3 +227,42 @@ def test_load_state_dict_refuses_a_bad_state_and_changes_nothing(change, error, 
     assert opt.steps == 1
     with pytest.raises(TypeError, match="state_dict: expected a dict"):
         opt.load_state_dict([good])
+
+
+
+def test_load_state_dict_needs_buffers_for_every_parameter_after_a_step():
+    """Adam's state over two parameters given to an Adam over three: the third would start with zero moments
+    under step 2's bias correction, so it is refused; likewise a state with steps but no buffers, and momentum
+    buffers for an SGD without momentum."""
+    params = two_params(0)
+    opt = optim.Adam(params, lr=0.01)
+    run_steps(opt, params, [[np.ones((3, 2)), np.ones(4, np.float32)]] * 2)
+    more = optim.Adam(two_params(0) + [Parameter("c", np.zeros(2), np.zeros(2))], lr=0.01)
+    with pytest.raises(ValueError, match=r"parameter 2 has no buffers but not \['m', 'v'\]"):
+        more.load_state_dict(opt.state_dict())
+    with pytest.raises(ValueError, match="parameter 0 has no buffers"):
+        more.load_state_dict({"steps": 5, "state": {}})
+    more.load_state_dict({"steps": 0, "state": {}})  # a fresh optimizer's state is fine
+    sgd = optim.SGD(params, lr=0.1, momentum=0.9)
+    run_steps(sgd, params, [[np.ones((3, 2)), np.ones(4, np.float32)]])
+    with pytest.raises(ValueError, match="does not keep"):
+        optim.SGD(params, lr=0.1).load_state_dict(sgd.state_dict())
+    optim.SGD(params, lr=0.1).load_state_dict(optim.SGD(params, lr=0.1).state_dict())
+
+
+def test_a_subclass_must_name_its_buffers_to_save_them():
+    class Velocity(optim.Optimizer):
+        def _update(self, w, g, st):
+            st.setdefault("vel", np.zeros_like(w))
+            st["vel"] += g
+            w -= self.lr * st["vel"]
+
+    params = two_params(0)
+    opt = Velocity(params, lr=0.1)
+    run_steps(opt, params, [[np.ones((3, 2)), np.ones(4, np.float32)]])
+    with pytest.raises(TypeError, match=r"parameter 0's state 'vel' is not an array listed in its state_names"):
+        opt.state_dict()
+    Velocity.state_names = ("vel",)
+    again = Velocity(two_params(0), lr=0.1)
+    again.load_state_dict(opt.state_dict())
+    np.testing.assert_array_equal(again.state[1]["vel"], opt.state[1]["vel"])

@@ -40,7 +40,8 @@ from .optim import Optimizer
 __all__ = ["save", "load", "load_checkpoint", "load_optimizer", "CheckpointError"]
 
 FORMAT = "fastlstm-checkpoint"
-VERSION = 1
+VERSION = 1  # weights and configuration
+VERSION_WITH_OPTIMIZER = 2  # and an optimizer's state: a reader that predates it says so, not "unexpected keys"
 _META_KEY = "__fastlstm__"
 _OPTIMIZER_PREFIX = "__optimizer__."  # then "<parameter index>.<buffer>", as Optimizer.state_dict() names them
 
@@ -139,7 +140,8 @@ def save(model, path, meta=None, optimizer=None) -> str:
     path = check_path(path)
     if not path.endswith(".npz"):
         path += ".npz"
-    header = {"format": FORMAT, "version": VERSION, "model": config, "meta": check_meta(meta)}
+    version = VERSION if optimizer is None else VERSION_WITH_OPTIMIZER
+    header = {"format": FORMAT, "version": version, "model": config, "meta": check_meta(meta)}
     arrays = {name: _backend.to_numpy(p.data) for name, p in model.named_parameters()}
     for name in arrays:
         if name == _META_KEY or name.startswith(_OPTIMIZER_PREFIX):
@@ -302,8 +304,9 @@ def _check_header(header, path) -> None:
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a fastlstm checkpoint (format tag {header.get('format')!r})")
     version = header.get("version")
-    if isinstance(version, bool) or version != VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {version!r}; this fastlstm reads version {VERSION}")
+    if isinstance(version, bool) or version not in (VERSION, VERSION_WITH_OPTIMIZER):
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}; this fastlstm reads versions "
+                              f"{VERSION} and {VERSION_WITH_OPTIMIZER}")
     if "model" not in header:
         raise CheckpointError(f"{path}: its header has no 'model' entry (the model's configuration)")
     if not isinstance(header["model"], dict):

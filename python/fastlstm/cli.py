@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import math
 import os
+import shlex
 import stat
 import sys
 import tempfile
@@ -181,20 +183,26 @@ def _compare(metric: float, baseline: float) -> str:
 
 
 # what makes a run (the model, its data, their order, the optimizer and its schedule): a checkpoint of `fastlstm
-# train` keeps them in meta["run"], and --resume takes them from there
-_RUN_SETTINGS = ("task", "model", "hidden", "layers", "seq_len", "seed", "batch_size", "lr", "clip")
+# train` keeps them in meta["run"] (with steps, eval_every, the --text's digest and, once the run is over,
+# finished), and --resume takes them from there; the options a resumed run may not change, with their types
+_RUN_SETTINGS = {"task": str, "model": str, "hidden": int, "layers": int, "seq_len": int, "seed": int,
+                 "batch_size": int, "lr": float, "clip": float}
 
 
 def _resume_point(ckpt, given) -> tuple:
     """(model, meta, the run's settings) of the run in ckpt, checked against the options given (None: not given)."""
-    from . import checkpoint
+    from . import checkpoint, tasks
 
     if not os.path.isfile(ckpt):
         raise CliError(f"--resume: no checkpoint {ckpt} to resume (a run with the same --task, --model and --out "
                        "writes it)")
     model, meta = checkpoint.load_checkpoint(ckpt)
     run = meta.get("run")
-    if not isinstance(run, dict) or not set(_RUN_SETTINGS) <= set(run) or not isinstance(meta.get("step"), int):
+    kinds = dict(_RUN_SETTINGS, steps=int, eval_every=int)
+    if not (isinstance(run, dict) and isinstance(meta.get("step"), int) and set(kinds) <= set(run)
+            and all(isinstance(run[k], (int, float) if t is float else t) and not isinstance(run[k], bool)
+                    for k, t in kinds.items())
+            and run["task"] in tasks.TASKS and run["model"] in ("lstm", "rnn")):
         raise CliError(f"--resume: {ckpt} does not record its run's settings (written by an older fastlstm, or not "
                        "by fastlstm train); train afresh")
     for name, value in given.items():
@@ -202,6 +210,10 @@ def _resume_point(ckpt, given) -> tuple:
             raise CliError(f"--{name.replace('_', '-')}: the run being resumed has {run[name]!r}, got {value!r} "
                            "(leave it out to keep the run's)")
     return model, meta, dict(run)
+
+
+def _text_digest(text) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _train(args) -> int:
@@ -236,14 +248,16 @@ def _train(args) -> int:
         "layers": args.layers or 1, "seq_len": args.seq_len or defaults.seq_len, "seed": args.seed or 0,
         "batch_size": args.batch_size or defaults.batch_size, "lr": args.lr or defaults.lr,
         "clip": defaults.clip if args.clip is None else args.clip, "steps": args.steps or defaults.steps}
+    initial_step = resumed[1]["step"] if resumed else 0
+    if resumed and run.pop("finished", False) and args.steps is None:
+        raise CliError(f"--resume: the run in {out_dir} finished its {run['steps']} steps (its best validation, "
+                       f"the checkpoint, is from step {initial_step}); give --steps to train on from there")
     if args.steps is not None:  # a resumed run may be given more (or fewer) steps: its schedule follows
         run["steps"] = args.steps
     run["eval_every"] = args.eval_every or run.get("eval_every") or max(1, run["steps"] // 10)
     steps, lr, batch, clip, seed = run["steps"], run["lr"], run["batch_size"], run["clip"], run["seed"]
-    initial_step = resumed[1]["step"] if resumed else 0
     if initial_step >= steps:
-        raise CliError(f"--resume: {ckpt} was saved at step {initial_step}, the end of a {steps}-step run; give "
-                       "--steps above it to train on")
+        raise CliError(f"--steps {steps}: the checkpoint being resumed is from step {initial_step}; give more steps")
     if args.report is not None:
         report = os.path.realpath(args.report)
         if report == os.path.realpath(out_dir):
@@ -261,10 +275,12 @@ def _train(args) -> int:
     except (ValueError, TypeError) as err:
         raise _as_option(err) from None
     model, best = task.model, None
+    if text is not None:
+        if resumed and run.get("text_sha256") != _text_digest(text):
+            raise CliError(f"--text {args.text}: not the text of the run being resumed (its SHA-256 differs)")
+        run["text_sha256"] = _text_digest(text)
     if resumed:
         model, meta, _ = resumed
-        if meta.get("vocab", task.meta.get("vocab")) != task.meta.get("vocab"):
-            raise CliError(f"--text {args.text}: its characters are not the vocabulary of the run being resumed")
         best = meta.get("val_loss")
     _make_out_dir(out_dir, "--out")
 
@@ -287,8 +303,11 @@ def _train(args) -> int:
                          callbacks=[saver], progress=not args.no_progress, initial_step=initial_step)
     except KeyboardInterrupt:
         if saver.saved_path or resumed:
-            print(f"fastlstm: {ckpt} holds the best validation so far; fastlstm train --resume --out {out_dir}"
-                  f"{' --text ' + args.text if args.text else ''} continues from it", file=sys.stderr)
+            command = ["fastlstm", "train", "--resume", "--out", out_dir, "--steps", str(steps)]
+            command += ["--eval-every", str(run["eval_every"])] if args.eval_every else []
+            command += ["--text", args.text] if args.text else []
+            print(f"fastlstm: {ckpt} holds the best validation so far; {shlex.join(command)} continues from it",
+                  file=sys.stderr)
         raise
     seconds = time.perf_counter() - t0
     if saver.saved_path is None and not resumed:  # (a model.npz already there is an earlier run's)
@@ -296,8 +315,12 @@ def _train(args) -> int:
         raise CliError(f"no validation in {steps} step{'s' if steps != 1 else ''} gave a finite {task.metric_name}, "
                        f"so no checkpoint was written{' (loss curve: ' + plot + ')' if drawn else ''}; try a smaller "
                        "--lr or --clip")
-    # the checkpoint holds the best validation point; report that model
-    model, _ = checkpoint.load_checkpoint(ckpt)
+    # the checkpoint holds the best validation point; report that model, and mark the run as over (--resume
+    # then needs --steps: it would otherwise replay the steps after that point)
+    model, meta = checkpoint.load_checkpoint(ckpt)
+    opt = optim.Adam(model.parameters(), lr=lr)
+    checkpoint.load_optimizer(ckpt, opt)
+    checkpoint.save(model, ckpt, meta=dict(meta, run=dict(run, finished=True)), optimizer=opt)
     metric = train.evaluate(model, task.val, task.loss)
     print(f"validation {task.metric_name}: {metric:.4g} (baseline {task.baseline:.4g}, "
           f"{_compare(metric, task.baseline)}) after {steps} steps in {seconds:.1f} s")

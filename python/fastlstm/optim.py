@@ -67,10 +67,21 @@ class Optimizer:
     def _update(self, w, g, st) -> None:
         raise NotImplementedError
 
+    @property
+    def buffered(self) -> bool:
+        """Whether a step gives every parameter its state_names buffers (SGD: only with momentum)."""
+        return bool(self.state_names)
+
     def state_dict(self) -> dict:
         """{"type": class name, "steps": steps taken, "lr": the current rate, "state": {"<i>.<buffer>": a copy of
         parameter i's buffer}}: what load_state_dict needs to continue exactly where this optimizer is."""
-        state = {f"{i}.{name}": buf.copy() for i, st in enumerate(self.state) for name, buf in st.items()}
+        state = {}
+        for i, st in enumerate(self.state):
+            for name, buf in st.items():
+                if name not in self.state_names or not hasattr(buf, "copy"):
+                    raise TypeError(f"{type(self).__name__}: parameter {i}'s state {name!r} is not an array listed in "
+                                    f"its state_names {self.state_names}; a subclass names its buffers there")
+                state[f"{i}.{name}"] = buf.copy()
         return {"type": type(self).__name__, "steps": self.steps, "lr": self.lr, "state": state}
 
     def load_state_dict(self, state_dict) -> None:
@@ -86,8 +97,10 @@ class Optimizer:
         if kind != type(self).__name__:
             raise ValueError(f"state_dict: holds the state of a {kind}, not of this {type(self).__name__}")
         steps = state_dict.get("steps", 0)
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-            raise ValueError(f"state_dict['steps']: expected a non-negative int, got {steps!r}")
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+            raise TypeError(f"state_dict['steps']: expected a non-negative int, got {V.describe(steps)}")
+        if steps < 0:
+            raise ValueError(f"state_dict['steps']: expected a non-negative int, got {steps}")
         lr = V.finite_number(state_dict["lr"], "state_dict['lr']", allow_zero=True) if "lr" in state_dict else self.lr
         buffers = state_dict.get("state", {})
         if not isinstance(buffers, dict):
@@ -95,7 +108,7 @@ class Optimizer:
         new = [dict() for _ in self.params]
         for key, value in buffers.items():
             index, _, name = str(key).partition(".")
-            if not (index.isdigit() and int(index) < len(self.params) and name in self.state_names):
+            if not (index.isascii() and index.isdigit() and int(index) < len(self.params) and name in self.state_names):
                 raise ValueError(f"state_dict['state']: unexpected key {key!r}; expected '<i>.<buffer>' with i < "
                                  f"{len(self.params)} and a buffer among {list(self.state_names)}")
             w = self.params[int(index)].data
@@ -109,10 +122,17 @@ class Optimizer:
             if tuple(arr.shape) != tuple(w.shape):
                 raise ValueError(f"{where}: expected shape {tuple(w.shape)} (parameter {index}'s), got {tuple(arr.shape)}")
             new[int(index)][name] = arr.astype(w.dtype, copy=True)
+        # buffers come with the first step, for every parameter: a state that lacks some does not continue exactly
+        # (an optimizer over more parameters than the one saved, or one whose hyperparameters differ)
         for i, st in enumerate(new):
-            if st and len(st) != len(self.state_names):
+            if (st or (steps and self.buffered)) and len(st) != len(self.state_names):
                 missing = sorted(set(self.state_names) - set(st))
-                raise ValueError(f"state_dict['state']: parameter {i} has {sorted(st)} but not {missing}")
+                raise ValueError(f"state_dict['state']: parameter {i} has {sorted(st) or 'no buffers'} but not {missing} "
+                                 f"(after {steps} steps this {type(self).__name__} keeps {list(self.state_names)} "
+                                 "for every parameter)")
+            if st and not self.buffered:
+                raise ValueError(f"state_dict['state']: holds {sorted(st)} for parameter {i}, which this "
+                                 f"{type(self).__name__} does not keep (its hyperparameters differ from the saved one's)")
         self.steps, self.lr, self.state = int(steps), lr, new
 
 
@@ -121,6 +141,10 @@ class SGD(Optimizer):
     w -= lr * (g + momentum*buf if nesterov else buf)   (plain SGD when momentum = 0)."""
 
     state_names = ("momentum",)
+
+    @property
+    def buffered(self) -> bool:
+        return self.momentum != 0
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)

@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from . import _validate as V
-from .optim import clip_grad_norm
+from .optim import Optimizer, clip_grad_norm
 
 __all__ = ["fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint", "ArrayData"]
 
@@ -271,6 +271,9 @@ class ModelCheckpoint(Callback):
         from .checkpoint import model_config
 
         model_config(state.model)  # a model that cannot be saved is refused now, not after the first validation
+        if self.include_optimizer and not isinstance(state.optimizer, Optimizer):
+            raise TypeError(f"ModelCheckpoint: include_optimizer needs a fastlstm.optim optimizer to save, got "
+                            f"{V.describe(state.optimizer)}")
         self.best = self.initial_best
 
     def on_validation_end(self, state, logs):
@@ -403,11 +406,11 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
         cb.on_train_begin(state)
     model.train()
     batches = data.batches(batch_size, rng)
-    for _ in range(initial_step):  # the batches the run before this one trained on
-        next(batches)
     smooth, tokens, t_window = None, 0, time.perf_counter()
     t_start = t_window
     try:
+        for _ in range(initial_step):  # the batches the run before this one trained on
+            next(batches)
         for step in range(initial_step, steps):
             if schedule is not None:
                 optimizer.lr = _scheduled_lr(schedule, step)
