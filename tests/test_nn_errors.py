@@ -294,5 +294,49 @@ def test_summary_checks_input_shape():
     assert "(None, 2)" in model.summary((2,), **quiet)
     # Keras-style unknown sizes and any sequence of whole numbers, as summary took before it checked
     seq = nn.Sequential(nn.LSTM(2, 16, return_sequences=False), nn.Linear(16, 1))
-    for shape in ((None, 2), np.array([20, 2]), (20.0, 2), range(20, 22)):
+    for shape in ((None, 2), np.array([20, 2]), (20.0, 2), range(20, 1, -18)):
         assert "(None, 16)" in seq.summary(shape, **quiet)
+
+
+
+def test_summary_refuses_shapes_the_model_would_refuse():
+    """summary's shapes come from each layer's output_shape: one the forward would refuse is an error
+    naming the layer (Linear(8, 2) on 3 features printed (None, 2))."""
+    quiet = dict(print_fn=None)
+    with pytest.raises(ValueError, match=r"input_shape: Linear takes \[batch, ..., features\] with 8 features, "
+                                         r"got \(None, 3\)"):
+        nn.Sequential(nn.Linear(8, 2)).summary((3,), **quiet)
+    with pytest.raises(ValueError, match=r"input_shape: RNN takes \[batch, time, features\] with 2 features"):
+        nn.Sequential(nn.RNN(2, 3)).summary((2,), **quiet)  # no time axis
+    with pytest.raises(ValueError, match="input_shape: LSTM takes"):
+        nn.Sequential(nn.Embedding(5, 4), nn.LSTM(3, 2)).summary((7,), **quiet)
+    assert "(None, 7, 2)" in nn.Sequential(nn.Embedding(5, 3), nn.LSTM(3, 2)).summary((7,), **quiet)
+    with pytest.raises(TypeError, match="print_fn: expected a callable"):
+        nn.Sequential(nn.Linear(8, 2)).summary((8,), print_fn=5)
+
+
+@pytest.mark.parametrize("config,error,message", [
+    ({"type": ["Linear"]}, TypeError, r"config\['type'\]: expected a layer name \(str\), got list"),
+    ({"type": "Sequential", "layers": None}, TypeError, r"config\['layers'\]: expected a list of layer configs"),
+    ({"type": "Sequential", "layers": "abc"}, TypeError, r"config\['layers'\]: expected a list"),
+    ({"type": "Sequential", "layers": {"type": "Linear"}}, TypeError, r"config\['layers'\]: expected a list"),
+    ({"type": "Sequential", "layer": []}, ValueError, r"has 'layers' only, got also \['layer'\]"),
+], ids=["type", "none", "str", "dict", "typo"])
+def test_from_config_names_a_malformed_config(config, error, message):
+    with pytest.raises(error, match=message):
+        nn.from_config(config)
+
+
+def test_dropout_backward_needs_its_training_forward_once():
+    drop = nn.Dropout(0.5, seed=0)
+    x = np.ones((4, 6), np.float32)
+    with pytest.raises(ValueError, match="backward: Dropout has no saved forward"):
+        drop.backward(x)  # used to return dy unscaled
+    y = drop(x)
+    np.testing.assert_array_equal(drop.backward(x), y)  # the same mask and scale
+    with pytest.raises(ValueError, match="backward: Dropout has no saved forward"):
+        drop.backward(x)  # used to reuse the mask
+    drop.eval()
+    drop(x)
+    with pytest.raises(ValueError, match="no saved forward"):
+        drop.backward(x)

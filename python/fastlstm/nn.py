@@ -60,6 +60,8 @@ def from_config(config: dict, *, init: bool = True) -> "Module":
     Layers whose config holds a seed (LSTM, Dropout) draw their seed's weights; Linear and Embedding new ones."""
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(f"config: expected a dict with a 'type' key, got {V.describe(config)}")
+    if not isinstance(config["type"], str):
+        raise TypeError(f"config['type']: expected a layer name (str), got {V.describe(config['type'])}")
     cls = _REGISTRY.get(config["type"])
     if cls is None:
         raise ValueError(f"config: unknown layer type {config['type']!r}; known: {sorted(_REGISTRY)} (a Module "
@@ -69,6 +71,15 @@ def from_config(config: dict, *, init: bool = True) -> "Module":
         return cls._from_config({k: v for k, v in config.items() if k != "type"})
     finally:
         skip_init.reset(token)
+
+
+def _check_features(shape: tuple, features: int, layer: str, steps: bool = False) -> None:
+    """output_shape's check of an input shape (batch first, None where unknown): `features` on the last axis,
+    and for a recurrent layer a time axis before it."""
+    if len(shape) < (3 if steps else 2) or shape[-1] not in (None, features):
+        want = "[batch, time, features]" if steps else "[batch, ..., features]"
+        shown = "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+        raise ValueError(f"input_shape: {layer} takes {want} with {features} features, got {shown} (batch first)")
 
 
 def _seed(value) -> int:
@@ -303,6 +314,7 @@ class Linear(Module):
         return _backend.matmul(dy2, self.weight.data).reshape(*dy.shape[:-1], self.in_features)
 
     def output_shape(self, input_shape):
+        _check_features(input_shape, self.in_features, "Linear")
         return tuple(input_shape[:-1]) + (self.out_features,)
 
 
@@ -377,11 +389,9 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dy):
-        if self._shape is not None:
-            dy = _check_dy(dy, self._shape)
-        else:
-            dy = _as_array(dy, "dy", "fiu", "a real-valued array")
-        return dy if self._mask is None else dy * self._mask
+        dy = _check_dy(dy, self._need_cache(self._shape, "Dropout"))
+        mask, self._mask, self._shape = self._mask, None, None  # once per forward, as every layer
+        return dy if mask is None else dy * mask
 
 
 @_register
@@ -476,6 +486,7 @@ class LSTM(Module):
         return dx
 
     def output_shape(self, input_shape):
+        _check_features(input_shape, self.core.input_size, "LSTM", steps=True)
         width = self.core.num_directions * self.core._hout
         if self.return_sequences:
             return tuple(input_shape[:-1]) + (width,)
@@ -559,6 +570,7 @@ class RNN(Module):
         return (d2 @ self.weight_ih.data).reshape(B, T, -1)
 
     def output_shape(self, input_shape):
+        _check_features(input_shape, self.input_size, "RNN", steps=True)
         if self.return_sequences:
             return tuple(input_shape[:-1]) + (self.hidden_size,)
         return (input_shape[0], self.hidden_size)
@@ -607,7 +619,13 @@ class Sequential(Module):
     def _from_config(cls, kwargs):
         if cls is not Sequential:
             return super()._from_config(kwargs)
-        return cls(*(from_config(c, init=not skip_init.get()) for c in kwargs.get("layers", [])))
+        unknown = sorted(set(kwargs) - {"layers"})
+        if unknown:
+            raise ValueError(f"config: a Sequential's config has 'layers' only, got also {unknown}")
+        layers = kwargs.get("layers", [])
+        if not isinstance(layers, (list, tuple)):
+            raise TypeError(f"config['layers']: expected a list of layer configs, got {V.describe(layers)}")
+        return cls(*(from_config(c, init=not skip_init.get()) for c in layers))
 
     def output_shape(self, input_shape):
         for layer in self.layers:
@@ -628,6 +646,8 @@ class Sequential(Module):
 
         input_shape: the input's shape without the batch (e.g. (100, 2)); default: the last input seen.
         """
+        if print_fn is not None and not callable(print_fn):
+            raise TypeError(f"print_fn: expected a callable (print) or None, got {V.describe(print_fn)}")
         shape = self._input_shape if input_shape is None else (None,) + _sizes(input_shape)
         rows = [("Layer (type)", "Output shape", "Params")]
         for i, layer in enumerate(self.layers):
