@@ -19,11 +19,12 @@ def test_train_adding_writes_checkpoint_report_and_reports_the_baseline(tmp_path
     out = cli("train", "--steps", "30", "--seq-len", "8", "--hidden", "8", "--no-progress",
               "--out", str(tmp_path / "run"), "--report", str(report))
     assert out.returncode == 0, out.stderr
-    assert "baseline 0.1667" in out.stdout and "validation mse:" in out.stdout
+    # the baseline is always answering 1.0 scored on the run's own validation set (1/6 in expectation)
+    assert "baseline 0.1656" in out.stdout and "validation mse:" in out.stdout
     r = json.loads(report.read_text())
     assert {"task", "val_metric_name", "val_metric", "baseline_metric", "steps", "seconds"} <= set(r)
     assert r["task"] == "adding" and r["steps"] == 30 and r["val_metric_name"] == "mse"
-    assert r["baseline_metric"] == pytest.approx(1 / 6)
+    assert r["baseline_metric"] == pytest.approx(1 / 6, rel=0.03)
     assert (tmp_path / "run" / "model.npz").is_file()
 
 

@@ -1,5 +1,6 @@
-"""Layers and losses of fastlstm.nn / fastlstm.losses: every backward against central finite
-differences in float64, plus shapes, modes, configs and the summary table."""
+"""Layers and losses of fastlstm.nn / fastlstm.losses: backwards against central finite differences in
+float64 (Embedding's and Dropout's against values computed by hand), plus shapes, modes, configs and the
+summary table."""
 
 import numpy as np
 import pytest

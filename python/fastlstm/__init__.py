@@ -33,7 +33,7 @@ def build_info() -> dict:
     """What this build contains and what it selected on this machine.
 
     Keys: version, isa_compiled, isa_supported, isa_selected, num_threads, cuda_compiled, cuda_archs,
-    cuda_devices, compiler.
+    cuda_devices, cuda_device_names, compiler.
     """
     return _C.build_info()
 

@@ -1,8 +1,8 @@
 """fastlstm.LSTMCell: one LSTM step with torch.nn.LSTMCell's semantics, on the fused kernel.
 
 What this is: ``h, c = cell(x, (h, c))`` for step-by-step generation, streaming and hand-written
-loops. Each call runs the same fused forward kernel as fastlstm.LSTM with T = 1 (one GEMM for the
-input projection, the step GEMM fused with the gate math). In training mode each call records what
+loops. Each call is a fastlstm.LSTM call with T = 1 (the step GEMM fused with the gate math, and on
+the CPU the input projection too while the weights fit in cache). In training mode each call records what
 its backward needs on a stack; ``cell.backward(dh, dc)`` undoes the latest recorded call, returning
 ``dx, (dh_prev, dc_prev)`` and adding parameter gradients, so BPTT written by hand runs the calls'
 backwards in reverse order. Parameters: ``weight_ih [4H, I]``, ``weight_hh [4H, H]``, ``bias_ih``,
@@ -14,7 +14,8 @@ backwards in reverse order. Parameters: ``weight_ih [4H, I]``, ``weight_hh [4H, 
         h, c = cell(x_t, None if h is None else (h, c))
     dx, (dh, dc) = cell.backward(dh_last, dc_last)   # the last step; call again for the one before
 
-Tests: tests/test_cell.py (against fastlstm.reference, torch.nn.LSTMCell and finite differences).
+Tests: tests/test_cell.py (against fastlstm.reference's BPTT, itself checked by finite differences, and
+torch.nn.LSTMCell).
 """
 
 from __future__ import annotations

@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run whose checkpoint is in --out (its settings; --steps may extend it)")
     p.add_argument("--text", metavar="FILE", type=_path, help="UTF-8 text for --task charlm")
-    p.add_argument("--out", metavar="DIR", type=_path, help="where the checkpoint and plot go (default runs/TASK)")
+    p.add_argument("--out", metavar="DIR", type=_path,
+                   help="where the checkpoint and plot go (default runs/TASK, runs/TASK-rnn for --model rnn)")
     p.add_argument("--report", metavar="FILE.json", type=_path, help="also write the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

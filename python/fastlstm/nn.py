@@ -14,7 +14,8 @@ Data layout: batch first, ``[B, T, features]`` for sequences, like Keras; ``Line
     logits = model(x)                 # x: [B, T] integer ids
     model.backward(dlogits)           # grads now in p.grad for p in model.parameters()
 
-Tests: tests/test_nn.py (every backward against central finite differences in float64);
+Tests: tests/test_nn.py (the backward of Linear, RNN, LSTM, models and losses against central finite
+differences in float64; Embedding's and Dropout's against values computed by hand);
 tests/test_nn_errors.py (bad arguments are rejected before anything is modified).
 """
 
