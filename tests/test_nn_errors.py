@@ -300,19 +300,41 @@ def test_summary_checks_input_shape():
 
 
 def test_summary_refuses_shapes_the_model_would_refuse():
-    """summary's shapes come from each layer's output_shape: one the forward would refuse is an error
-    naming the layer (Linear(8, 2) on 3 features printed (None, 2))."""
+    """A shape the caller gives that the forward would refuse is an error naming the layer (Linear(8, 2) on 3
+    features printed (None, 2)); after a forward, what summary cannot tell is '?', never an error."""
     quiet = dict(print_fn=None)
-    with pytest.raises(ValueError, match=r"input_shape: Linear takes \[batch, ..., features\] with 8 features, "
+    with pytest.raises(ValueError, match=r"input_shape: Linear takes \[\.\.\., features\] with 8 features, "
                                          r"got \(None, 3\)"):
         nn.Sequential(nn.Linear(8, 2)).summary((3,), **quiet)
-    with pytest.raises(ValueError, match=r"input_shape: RNN takes \[batch, time, features\] with 2 features"):
+    with pytest.raises(ValueError, match=r"input_shape: RNN takes \[batch, time, features\] with 2 features, "
+                                         r"got \(None, 2\)"):
         nn.Sequential(nn.RNN(2, 3)).summary((2,), **quiet)  # no time axis
-    with pytest.raises(ValueError, match="input_shape: LSTM takes"):
+    with pytest.raises(ValueError, match=r"RNN takes .* got \(None, 4, 5, 2\)"):
+        nn.Sequential(nn.RNN(2, 3)).summary((4, 5, 2), **quiet)  # the forward refuses 4-D input too
+    with pytest.raises(ValueError, match=r"input_shape: LSTM takes \[batch, time, features\] or \[time, features\]"):
         nn.Sequential(nn.Embedding(5, 4), nn.LSTM(3, 2)).summary((7,), **quiet)
     assert "(None, 7, 2)" in nn.Sequential(nn.Embedding(5, 3), nn.LSTM(3, 2)).summary((7,), **quiet)
+    assert nn.LSTM(2, 4).output_shape((7, 2)) == (7, 4)  # unbatched, as its forward takes it
+    assert nn.LSTM(2, 4, return_sequences=False).output_shape((7, 2)) == (4,)
     with pytest.raises(TypeError, match="print_fn: expected a callable"):
         nn.Sequential(nn.Linear(8, 2)).summary((8,), print_fn=5)
+
+
+def test_summary_after_an_unbatched_forward_or_a_layer_of_ones_own():
+    quiet = dict(print_fn=None)
+    model = nn.Sequential(nn.LSTM(2, 4), nn.Linear(4, 1))
+    assert model(np.zeros((7, 2), np.float32)).shape == (7, 1)  # unbatched: (7, 2) recorded as (None, 2)
+    assert "(None, 1)" in model.summary(**quiet)  # read as an unbatched [time, features] (it raised)
+    ids = nn.Sequential(nn.Embedding(5, 2), nn.RNN(2, 3), nn.Linear(3, 1))
+    assert ids(np.zeros((2, 7), np.int64)).shape == (2, 7, 1)
+    assert "(None, 7, 1)" in ids.summary(**quiet)
+
+    class Twice(nn.Module):  # no output_shape of its own: summary cannot know its width
+        def forward(self, x):
+            return np.concatenate([x, x], axis=-1)
+
+    table = nn.Sequential(Twice(), nn.Linear(6, 1)).summary((3,), **quiet)
+    assert "(None, 3)" not in table.split("Twice")[1].splitlines()[0] and table.count("?") == 2
 
 
 @pytest.mark.parametrize("config,error,message", [

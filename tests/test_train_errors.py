@@ -745,8 +745,9 @@ def test_train_words_a_result_worse_than_the_baseline_correctly(tmp_path):
     out = cli(*TINY, "--out", str(tmp_path / "run"))  # two steps: the loss is still well above the baseline
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if line.startswith("validation mse:"))
-    metric = float(line.split()[2])
-    assert ("higher: worse than the baseline" in line) == (metric > 1 / 6) and "0.1x lower" not in line
+    metric, baseline = float(line.split()[2]), float(line.split("(baseline ")[1].split(",")[0])
+    assert ("higher: worse than the baseline" in line) == (metric > baseline) and "0.1x lower" not in line
+    assert _compare(0.157238, 0.157232) == "level with the baseline"  # the default --model rnn run
 
 
 @pytest.mark.parametrize("length", ["99999999999999999999999", "10000001"])

@@ -74,13 +74,14 @@ def from_config(config: dict, *, init: bool = True) -> "Module":
         skip_init.reset(token)
 
 
-def _check_features(shape: tuple, features: int, layer: str, steps: bool = False) -> None:
-    """output_shape's check of an input shape (batch first, None where unknown): `features` on the last axis,
-    and for a recurrent layer a time axis before it."""
-    if len(shape) < (3 if steps else 2) or shape[-1] not in (None, features):
-        want = "[batch, time, features]" if steps else "[batch, ..., features]"
-        shown = "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
-        raise ValueError(f"input_shape: {layer} takes {want} with {features} features, got {shown} (batch first)")
+def _check_features(shape: tuple, features: int, layer: str, ranks=None) -> None:
+    """output_shape's check of an input shape (None where unknown) as the layer's forward checks its input:
+    `features` on the last axis and, for a recurrent layer, a rank among `ranks`."""
+    if (ranks is not None and len(shape) not in ranks) or len(shape) < 1 or shape[-1] not in (None, features):
+        want = ("[batch, time, features]" + (" or [time, features]" if 2 in ranks else "")) if ranks \
+            else "[..., features]"
+        shown = "(" + ", ".join("None" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+        raise ValueError(f"input_shape: {layer} takes {want} with {features} features, got {shown}")
 
 
 def _seed(value) -> int:
@@ -233,9 +234,10 @@ class Module:
     def _from_config(cls, kwargs: dict) -> "Module":
         return cls(**kwargs)
 
-    def output_shape(self, input_shape: tuple) -> tuple:
-        """The output shape for an input shape (None for an unknown batch or time size)."""
-        return tuple(input_shape)
+    def output_shape(self, input_shape: tuple):
+        """The output shape for an input shape (None for an unknown batch or time size); None where the layer
+        cannot tell (a Module subclass that does not override this: summary shows '?' from there on)."""
+        return None
 
     def __repr__(self) -> str:
         own = self._arguments()
@@ -389,6 +391,9 @@ class Dropout(Module):
         self._mask = xp.asarray(keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p)))
         return x * self._mask
 
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
     def backward(self, dy):
         dy = _check_dy(dy, self._need_cache(self._shape, "Dropout"))
         mask, self._mask, self._shape = self._mask, None, None  # once per forward, as every layer
@@ -487,11 +492,11 @@ class LSTM(Module):
         return dx
 
     def output_shape(self, input_shape):
-        _check_features(input_shape, self.core.input_size, "LSTM", steps=True)
+        _check_features(input_shape, self.core.input_size, "LSTM", ranks=(2, 3))  # 2: unbatched [T, F]
         width = self.core.num_directions * self.core._hout
         if self.return_sequences:
             return tuple(input_shape[:-1]) + (width,)
-        return (input_shape[0], width)
+        return tuple(input_shape[:-2]) + (width,)
 
 
 @_register
@@ -571,7 +576,7 @@ class RNN(Module):
         return (d2 @ self.weight_ih.data).reshape(B, T, -1)
 
     def output_shape(self, input_shape):
-        _check_features(input_shape, self.input_size, "RNN", steps=True)
+        _check_features(input_shape, self.input_size, "RNN", ranks=(3,))
         if self.return_sequences:
             return tuple(input_shape[:-1]) + (self.hidden_size,)
         return (input_shape[0], self.hidden_size)
@@ -630,6 +635,8 @@ class Sequential(Module):
 
     def output_shape(self, input_shape):
         for layer in self.layers:
+            if input_shape is None:
+                break
             input_shape = layer.output_shape(input_shape)
         return input_shape
 

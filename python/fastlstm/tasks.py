@@ -4,7 +4,7 @@ What this is: for each task, its defaults, data, model, loss, baseline and how i
 is read, so the CLI, the tests and a user's script all run the same thing:
 
     adding   the adding problem (data.adding_problem): LSTM -> last step -> Linear(1); MSE against
-             the 1/6 of always answering 1.0
+             always answering 1.0, on the same validation set (1/6 in expectation)
     sine     forecast the next 24 values of a noisy seasonal series from the last 48: LSTM -> Linear(24);
              MSE against the seasonal-naive forecast (the values one period earlier)
     charlm   a character language model on a text: Embedding -> LSTM -> Linear(vocab); cross-entropy
