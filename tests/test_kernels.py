@@ -7,6 +7,7 @@ batch-major layouts, and with 1, 2 and 3 threads (which must agree bit for bit).
 """
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -248,6 +249,14 @@ def work_moved_since(taken):
     return _C.work_taken() > taken or len(os.sched_getaffinity(0)) >= 5
 
 
+def call_until_work_moves(taken, call, seconds=10.0):
+    """call() again until an item has moved between threads, for up to `seconds` (timing decides when: on a
+    machine loaded by other processes, 5 threads may run one after another for many short calls)."""
+    deadline = time.monotonic() + seconds
+    while not work_moved_since(taken) and time.monotonic() < deadline:
+        call()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M,N,K", [(12, 512, 300), (600, 448, 1100)])
 def test_gemm_work_taken_between_threads(isa, dtype, M, N, K):
@@ -275,10 +284,7 @@ def test_gemm_work_taken_between_threads(isa, dtype, M, N, K):
             _C.gemm(x, b.T.copy(), out, False, True, None, False, threads)
             assert_close(out, x.astype(np.float64) @ b, dtype, f"x b, {threads} threads")
             results.append((c, c2, sums, out))
-        for _ in range(100):  # until some work has moved (timing decides when)
-            if work_moved_since(taken):
-                break
-            _C.gemm(a, b, np.zeros((M, N), dtype), True, False, None, False, 5)
+        call_until_work_moves(taken, lambda: _C.gemm(a, b, np.zeros((M, N), dtype), True, False, None, False, 5))
     for got in results[1:]:
         for value, first in zip(got, results[0]):
             np.testing.assert_array_equal(value, first)
@@ -324,14 +330,20 @@ def test_forward_projection_items_taken_between_threads(isa, B):
     h0, c0 = rng.standard_normal((2, 1, B, H)).astype(np.float32)
     results = []
     taken = _C.work_taken()
+    def forward(threads):
+        y, gates, cell = (np.empty(shape, np.float32) for shape in ((T, B, H), (1, T, B, 4 * H), (1, T, B, H)))
+        h_n, c_n = np.empty((2, 1, B, H), np.float32)
+        _C.lstm_forward(None, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, False, threads, x=x, w_ih=w_ih)
+        return y, h_n, c_n, gates, cell
+
+    def same_as_one_thread(got):
+        for value, first in zip(got, results[0]):
+            np.testing.assert_array_equal(value, first)
+
     with using_threads(5):
-        for threads in (1, 2, 3, 5, 5, 5) + (5,) * 100:
-            if len(results) >= 6 and work_moved_since(taken):
-                break  # (more calls, until some work has moved: timing decides when)
-            y, gates, cell = (np.empty(shape, np.float32) for shape in ((T, B, H), (1, T, B, 4 * H), (1, T, B, H)))
-            h_n, c_n = np.empty((2, 1, B, H), np.float32)
-            _C.lstm_forward(None, w_hh, bias, h0, c0, y, h_n, c_n, gates, cell, False, threads, x=x, w_ih=w_ih)
-            results.append((y, h_n, c_n, gates, cell))
+        for threads in (1, 2, 3, 5, 5, 5):
+            results.append(forward(threads))
+        call_until_work_moves(taken, lambda: same_as_one_thread(forward(5)))
     assert work_moved_since(taken), "no item moved between 5 threads"
     for got in results[1:]:
         for value, first in zip(got, results[0]):
