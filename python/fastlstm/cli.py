@@ -2,7 +2,9 @@
 
     fastlstm train                  the main job: an LSTM learns the adding problem (T=100) in about a
                                     minute on 2 cores; prints the validation MSE against always
-                                    answering 1.0 (0.157 on its validation set), saves runs/adding/model.npz (+ loss.png with matplotlib)
+                                    answering 1.0 (0.157 on its validation set), saves
+                                    runs/adding/model.npz (+ loss.png with matplotlib)
+    fastlstm train --resume         continue a stopped run from its checkpoint (Ctrl-C prints the command)
     fastlstm train --task charlm --text FILE     a character LM on any text (also: --task sine)
     fastlstm train --model rnn      the same budget with a plain tanh RNN, for comparison
     fastlstm sample CHECKPOINT --prime "The " --length 200 --temperature 0.8
@@ -212,6 +214,27 @@ def _resume_point(ckpt, given) -> tuple:
     return model, meta, dict(run)
 
 
+def _run_settings(args, defaults, task_name, model_kind, resumed, out_dir) -> tuple:
+    """(the run's settings, the step it starts from): the options over the task's defaults, or, resuming,
+    the checkpoint's run with --steps and --eval-every applied."""
+    run = resumed[2] if resumed else {
+        "task": task_name, "model": model_kind, "hidden": args.hidden or defaults.hidden,
+        "layers": args.layers or 1, "seq_len": args.seq_len or defaults.seq_len, "seed": args.seed or 0,
+        "batch_size": args.batch_size or defaults.batch_size, "lr": args.lr or defaults.lr,
+        "clip": defaults.clip if args.clip is None else args.clip, "steps": args.steps or defaults.steps}
+    initial_step = resumed[1]["step"] if resumed else 0
+    if resumed and run.pop("finished", False) and args.steps is None:
+        raise CliError(f"--resume: the run in {out_dir} finished its {run['steps']} steps (its best validation, "
+                       f"the checkpoint, is from step {initial_step}); give --steps to train on from there")
+    if args.steps is not None:  # a resumed run may be given more (or fewer) steps: its schedule follows
+        run["steps"] = args.steps
+    run["eval_every"] = args.eval_every or run.get("eval_every") or max(1, run["steps"] // 10)
+    if initial_step >= run["steps"]:
+        raise CliError(f"--steps {run['steps']}: the checkpoint being resumed is from step {initial_step}; give "
+                       "more steps")
+    return run, initial_step
+
+
 def _text_digest(text) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -243,21 +266,8 @@ def _train(args) -> int:
     text = _read_text(args.text) if args.text is not None else None
     if task_name == "charlm" and text is None:
         raise CliError("--task charlm trains on a text file: give --text FILE")
-    run = resumed[2] if resumed else {
-        "task": task_name, "model": model_kind, "hidden": args.hidden or defaults.hidden,
-        "layers": args.layers or 1, "seq_len": args.seq_len or defaults.seq_len, "seed": args.seed or 0,
-        "batch_size": args.batch_size or defaults.batch_size, "lr": args.lr or defaults.lr,
-        "clip": defaults.clip if args.clip is None else args.clip, "steps": args.steps or defaults.steps}
-    initial_step = resumed[1]["step"] if resumed else 0
-    if resumed and run.pop("finished", False) and args.steps is None:
-        raise CliError(f"--resume: the run in {out_dir} finished its {run['steps']} steps (its best validation, "
-                       f"the checkpoint, is from step {initial_step}); give --steps to train on from there")
-    if args.steps is not None:  # a resumed run may be given more (or fewer) steps: its schedule follows
-        run["steps"] = args.steps
-    run["eval_every"] = args.eval_every or run.get("eval_every") or max(1, run["steps"] // 10)
+    run, initial_step = _run_settings(args, defaults, task_name, model_kind, resumed, out_dir)
     steps, lr, batch, clip, seed = run["steps"], run["lr"], run["batch_size"], run["clip"], run["seed"]
-    if initial_step >= steps:
-        raise CliError(f"--steps {steps}: the checkpoint being resumed is from step {initial_step}; give more steps")
     if args.report is not None:
         report = os.path.realpath(args.report)
         if report == os.path.realpath(out_dir):
