@@ -84,13 +84,12 @@ def test_fit_argument_errors():
 
 
 @pytest.mark.parametrize("name,kw,steps", [
-    ("adding", dict(seq_len=10, hidden=16), 150),
+    ("adding", dict(seq_len=10, hidden=16, n_train=2000, n_val=300), 150),
     ("sine", dict(seq_len=24, hidden=16), 150),
-    ("charlm", dict(seq_len=20, hidden=32), 150),
+    ("charlm", dict(seq_len=20, hidden=32, text="the quick brown fox jumps over the lazy dog. " * 40), 150),
 ])
 def test_each_task_learns_something_on_tiny_settings(name, kw, steps):
-    text = ("the quick brown fox jumps over the lazy dog. " * 40) if name == "charlm" else None
-    task = tasks.build(name, seed=0, text=text, n_train=2000, n_val=300, **kw)
+    task = tasks.build(name, seed=0, **kw)
     before = train.evaluate(task.model, task.val, task.loss)
     opt = optim.Adam(task.model.parameters(), lr=1e-2)
     train.fit(task.model, task.train, task.loss, opt, steps=steps, batch_size=32, val=None, seed=0,

@@ -873,3 +873,71 @@ def test_bench_csv_default_file_may_be_made_in_a_missing_directory(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert csv_problem(Path("results/bench_cpu.csv"), default) is None  # the same file, written relatively
     assert "no directory" in csv_problem(tmp_path / "other" / "b.csv", default)
+
+
+
+# ---- a probe of bench, tasks and fit (session of the resume work) ----------------------------------------------
+def test_bench_usage_errors_and_problems_too_large_are_one_line_before_any_timing(tmp_path):
+    out = cli("bench", "--configs", "1,2")
+    assert out.returncode == 2 and out.stderr.startswith("fastlstm: error: argument --configs")
+    assert len(out.stderr.strip().splitlines()) == 1
+    csv = tmp_path / "b.csv"
+    out = cli("bench", "--quick", "--no-torch", "--no-reference", "--configs", "2,1,2,2", "1,1,1,100000",
+              "--csv", str(csv))
+    assert out.returncode == 2 and "GFLOP/s" not in out.stdout and not csv.exists()
+    assert out.stderr.strip() == out.stderr.strip().splitlines()[0]
+    assert out.stderr.startswith("fastlstm: error: --configs 1,1,1,100000: LSTM parameters and gradients needs")
+    out = cli("bench", "--quick", "--no-torch", "--no-reference", "--configs", "100000,100000,8,8", "--csv", "")
+    assert out.returncode == 2 and "--configs 100000,100000,8,8: timing it needs" in out.stderr
+
+
+def test_bench_interrupted_prints_one_line():
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastlstm", "bench", "--no-torch", "--no-reference", "--csv", ""],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # importing, then the SGEMM measurement and the default sweep: minutes in all
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and err.strip().endswith("fastlstm: interrupted")
+
+
+def test_fit_closes_its_progress_bar_when_a_callback_refuses_to_start_and_names_a_finite_data():
+    from tqdm import tqdm
+
+    class Refuses(train.Callback):
+        def on_train_begin(self, state):
+            raise RuntimeError("no")
+
+    model = nn.Sequential(nn.Linear(2, 1, seed=0))
+    x, y = np.ones((8, 2), np.float32), np.ones((8, 1), np.float32)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    before = len(getattr(tqdm, "_instances", ()))
+    with pytest.raises(RuntimeError, match="no"):
+        train.fit(model, (x, y), losses.MSELoss(), opt, steps=3, callbacks=[Refuses()])
+    assert len(getattr(tqdm, "_instances", ())) == before  # no bar left open
+
+    class Finite:
+        def batches(self, batch_size, rng):
+            return iter([(x, y)] * 2)
+
+        def eval_batches(self, batch_size):
+            return iter([(x, y)])
+
+    with pytest.raises(ValueError, match=r"data: its batches\(\) ended after 2 batches; fit needs an endless"):
+        train.fit(model, Finite(), losses.MSELoss(), opt, steps=3, progress=False)
+
+
+def test_tasks_build_refuses_arguments_its_task_does_not_use():
+    with pytest.raises(ValueError, match="n_train: only the adding task takes it"):
+        tasks.build("sine", n_train=1)
+    with pytest.raises(ValueError, match="text: only the charlm task takes it"):
+        tasks.build("adding", text="abc", n_train=8, n_val=8)
+
+
+def test_train_result_wording_never_prints_a_ratio_of_one():
+    from fastlstm.cli import _compare
+
+    assert _compare(1.775, 1.748) == "1.02x higher: worse than the baseline"
+    assert _compare(1.70, 1.748) == "1.03x lower"

@@ -921,8 +921,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line, the way every other fastlstm failure prints."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{error_prefix(self.prog)} {message} (see {self.prog} --help)\n")
+
+
+def error_prefix(prog: str) -> str:
+    """'fastlstm: error:' for the CLI's subcommand, 'bench_lstm.py: error:' for the script."""
+    return f"{prog.split()[0]}: error:"
+
+
 def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=prog,
         description="Time fastlstm.LSTM (forward, fwd+bwd) against torch.nn.LSTM and the NumPy reference.")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -949,8 +961,9 @@ def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) 
                    help=f"also time variable-length batches at {VARLEN_CONFIG.label}: fastlstm with lengths= "
                         "against its padded call and torch's padded and packed (pack_padded_sequence) calls")
     p.add_argument("--markdown", action="store_true", help="print the header and table as Markdown")
-    p.add_argument("--csv", default=str(default_csv), metavar="PATH",
-                   help=f"write every row here (default {default_csv}; '' writes none)")
+    p.add_argument("--csv", metavar="PATH",
+                   help=f"write the main table's rows here (default {default_csv}, its _cuda twin with --device "
+                        "cuda; '' writes none)")
     return p
 
 
@@ -973,6 +986,21 @@ def load_torch(enabled: bool):
 
 def log_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def too_large(configs, fastlstm) -> Optional[str]:
+    """Why one of the --configs cannot be timed on this machine (its layer, or the arrays the benchmark and the
+    layer's training step hold, beyond the available memory), before anything is measured; None if all fit."""
+    from . import _validate as V
+
+    for cfg in configs:
+        try:
+            fastlstm.LSTM(cfg.I, cfg.H, seed=0)  # checks its own parameters and gradients
+            # x, dy and dx, y, and the training forward's gates and cells, in float32, twice (fastlstm and torch)
+            V.memory(2 * 4 * cfg.T * cfg.B * (2 * cfg.I + 2 * cfg.H + 5 * cfg.H), "timing it")
+        except MemoryError as err:
+            return f"--configs {cfg.label}: {err}"
+    return None
 
 
 def run(args, fastlstm, torch) -> int:
@@ -1033,14 +1061,18 @@ def main(argv=None, prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CS
     default = Path(default_csv)
     if args.device == "cuda":  # the default CPU file name becomes its CUDA twin
         default = default.with_name(default.name.replace("cpu", "cuda"))
-    csv_path = None
-    if args.csv:
-        csv_path = default if args.csv == str(default_csv) else Path(args.csv)
+    csv_path = default if args.csv is None else Path(args.csv) if args.csv else None
+    args.csv = None if csv_path is None else str(csv_path)
     problem = csv_problem(csv_path, default) if csv_path else None
     if problem:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+        print(f"{error_prefix(prog)} {problem}", file=sys.stderr)
         return EXIT_USAGE
     import fastlstm
+
+    problem = too_large(args.configs or [], fastlstm)
+    if problem:
+        print(f"{error_prefix(prog)} {problem}", file=sys.stderr)
+        return EXIT_USAGE
 
     reason = device_unavailable(args.device)
     if reason:
@@ -1054,6 +1086,9 @@ def main(argv=None, prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CS
     torch_threads = torch.get_num_threads() if torch else None
     try:
         return run(args, fastlstm, torch)
+    except KeyboardInterrupt:
+        print(f"{prog.split()[0]}: interrupted", file=sys.stderr)
+        return 130
     finally:  # leave both libraries as they were (a test may call main() in its own process)
         if fastlstm.get_num_threads() != fastlstm_threads:
             fastlstm.set_num_threads(fastlstm_threads)

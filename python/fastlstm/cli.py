@@ -177,10 +177,11 @@ def _compare(metric: float, baseline: float) -> str:
         return "not comparable"
     if abs(metric - baseline) <= 0.005 * abs(baseline):  # (a ratio would print 1.0x lower or higher)
         return "level with the baseline" if metric != baseline else "the same as the baseline"
+    ratio = (lambda r: f"{r:.2f}x" if r < 2 else f"{r:.1f}x")  # (1.02x, not a 1.0x that reads as level)
     if metric < baseline:
-        return f"{baseline / metric:.1f}x lower" if metric > 0 else "lower than the baseline"
+        return f"{ratio(baseline / metric)} lower" if metric > 0 else "lower than the baseline"
     if baseline > 0:
-        return f"{metric / baseline:.1f}x higher: worse than the baseline"
+        return f"{ratio(metric / baseline)} higher: worse than the baseline"
     return "higher: worse than the baseline"
 
 

@@ -89,8 +89,8 @@ def _check_device(device) -> None:
                      f"have no CUDA version), got {device!r}; use device='cpu'")
 
 
-def build(name, *, model="lstm", hidden=None, layers=1, seq_len=None, seed=0, text=None, n_train=20000,
-          n_val=2000, device="cpu") -> Task:
+def build(name, *, model="lstm", hidden=None, layers=1, seq_len=None, seed=0, text=None, n_train=None,
+          n_val=None, device="cpu") -> Task:
     """Data, model and loss for task `name` (defaults from TASKS where an argument is None)."""
     if not isinstance(name, str):
         raise TypeError(f"task: expected one of {sorted(TASKS)}, got {V.describe(name)}")
@@ -100,7 +100,11 @@ def build(name, *, model="lstm", hidden=None, layers=1, seq_len=None, seed=0, te
     seed = V.seed(seed)
     if seed is None:
         raise TypeError("seed: expected a non-negative int, got None (the task's data and weights need one)")
-    n_train, n_val = V.positive_int(n_train, "n_train"), V.positive_int(n_val, "n_val")
+    for arg, value, task in (("n_train", n_train, "adding"), ("n_val", n_val, "adding"), ("text", text, "charlm")):
+        if value is not None and name != task:  # (the other tasks' data do not depend on it)
+            raise ValueError(f"{arg}: only the {task} task takes it (this is {name})")
+    n_train = 20000 if n_train is None else V.positive_int(n_train, "n_train")
+    n_val = 2000 if n_val is None else V.positive_int(n_val, "n_val")
     d = TASKS[name]
     hidden = d.hidden if hidden is None else hidden
     seq_len = d.seq_len if seq_len is None else seq_len

@@ -397,24 +397,32 @@ def fit(model, data, loss, optimizer, *, steps=None, epochs=None, batch_size=32,
     state.step = initial_step
     params = model.parameters()
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=initial_step, unit="step", dynamic_ncols=True, leave=True)
     for cb in callbacks:
         cb.on_train_begin(state)
     model.train()
     batches = data.batches(batch_size, rng)
+
+    def next_batch(step):
+        try:
+            return next(batches)
+        except StopIteration:
+            raise ValueError(f"data: its batches() ended after {step} batches; fit needs an endless iterator "
+                             "(as ArrayData's and CharCorpus's)") from None
+
+    bar = None
+    if progress:  # (after everything that may refuse to start: an open bar would outlive the error)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=initial_step, unit="step", dynamic_ncols=True, leave=True)
     smooth, tokens, t_window = None, 0, time.perf_counter()
     t_start = t_window
     try:
-        for _ in range(initial_step):  # the batches the run before this one trained on
-            next(batches)
+        for step in range(initial_step):  # the batches the run before this one trained on
+            next_batch(step)
         for step in range(initial_step, steps):
             if schedule is not None:
                 optimizer.lr = _scheduled_lr(schedule, step)
-            inputs, targets = next(batches)
+            inputs, targets = next_batch(step)
             out = model(inputs)
             value, grad = loss(out, targets)
             if not math.isfinite(value):
