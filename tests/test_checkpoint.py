@@ -298,3 +298,49 @@ def test_the_format_version_says_whether_optimizer_state_is_inside(tmp_path):
     saver = train.ModelCheckpoint(tmp_path / "d.npz", include_optimizer=True)
     with pytest.raises(TypeError, match="include_optimizer needs a fastlstm.optim optimizer"):
         saver.on_train_begin(train.TrainState(model, Duck(), train.History()))
+
+
+
+def test_early_stopping_resumes_from_the_best_checkpoint_as_if_never_stopped(tmp_path):
+    """EarlyStopping(best=meta['val_loss']) on the resumed run: patience counts from the checkpoint, as it did
+    when the checkpoint (the best validation) was written, and restore_best puts the loaded weights back. Here
+    validation worsens right after step 20, the run stops two validations later; resumed from the step-20
+    checkpoint without best=, the first worse validation would count as the best and the run would go on."""
+    from fastlstm import data, losses, optim, train
+
+    rng = np.random.default_rng(0)
+    (x, y), val = data.adding_problem(256, 12, rng), data.adding_problem(64, 12, rng)
+
+    def run(m, opt, callbacks, initial_step=0):
+        return train.fit(m, (x, y), losses.MSELoss(), opt, steps=60, batch_size=16, seed=3, progress=False,
+                         val=val, eval_every=4, callbacks=callbacks, initial_step=initial_step)
+
+    def model():
+        return nn.Sequential(nn.LSTM(2, 8, return_sequences=False, seed=0), nn.Linear(8, 1, seed=1))
+
+    straight = model()
+    history = run(straight, optim.Adam(straight.parameters(), 5e-2), [train.EarlyStopping(patience=2)])
+    assert history["val_step"][-1] < 60, "the straight run should stop early for this test to mean anything"
+
+    path = tmp_path / "m.npz"
+    saver = train.ModelCheckpoint(path, include_optimizer=True)
+
+    class StopAfterASave(train.Callback):  # cut short right after a checkpoint at step 20 or later
+        def on_validation_end(self, state, logs):
+            state.stop = state.step >= 20 and saver.best == logs["val_loss"]
+
+    first = model()
+    run(first, optim.Adam(first.parameters(), 5e-2), [train.EarlyStopping(patience=2), saver, StopAfterASave()])
+
+    def resume(**kw):
+        resumed, meta = ckpt.load_checkpoint(path)
+        opt = optim.Adam(resumed.parameters(), 5e-2)
+        ckpt.load_optimizer(path, opt)
+        best = {"best": meta["val_loss"]} if kw.get("with_best") else {}
+        run(resumed.train(), opt, [train.EarlyStopping(patience=2, **best)], initial_step=meta["step"])
+        return all(np.array_equal(a.data, b.data) for a, b in zip(straight.parameters(), resumed.parameters()))
+
+    assert resume(with_best=True)
+    assert not resume(), "without best= the resumed run should have gone elsewhere"
+    with pytest.raises(ValueError, match="best: expected None or a finite number"):
+        train.EarlyStopping(best=float("inf"))

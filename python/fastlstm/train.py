@@ -207,19 +207,36 @@ def _mode(value) -> str:
     return value
 
 
+def _initial_best(best):
+    """A callback's best= (the monitored value a resumed run starts from: its checkpoint's), checked."""
+    if best is None:
+        return None
+    if isinstance(best, (bool, np.bool_)) or not isinstance(best, numbers.Real):
+        raise TypeError(f"best: expected None or a finite number (the value to beat), got {V.describe(best)}")
+    if not math.isfinite(best):
+        raise ValueError(f"best: expected None or a finite number (the value to beat), got {best}")
+    return float(best)
+
+
 class EarlyStopping(Callback):
     """Stop when `monitor` has not improved by min_delta for `patience` validations; optionally put the
-    best weights back at the end."""
+    best weights back at the end. best: resuming from a checkpoint of the best validation, its value (the
+    model as fit starts is then the best so far, as it was when the checkpoint was written)."""
 
-    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="min", restore_best=True):
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="min", restore_best=True, best=None):
         self.monitor, self.mode = _monitor(monitor), _mode(mode)
         self.patience = V.non_negative_int(patience, "patience")
         self.min_delta = V.finite_number(min_delta, "min_delta", allow_zero=True)
         self.restore_best = V.boolean(restore_best, "restore_best")
+        self.initial_best = _initial_best(best)
         self.best, self.best_step, self.best_state, self.wait = None, None, None, 0
 
     def on_train_begin(self, state):
-        self.best, self.best_step, self.best_state, self.wait = None, None, None, 0
+        self.best, self.best_step, self.best_state, self.wait = self.initial_best, None, None, 0
+        if self.initial_best is not None:
+            self.best_step = state.step
+            if self.restore_best:
+                self.best_state = state.model.state_dict()
 
     def _better(self, value):
         if self.best is None or not math.isfinite(self.best):
@@ -258,12 +275,7 @@ class ModelCheckpoint(Callback):
         self.save_best_only, self.meta = V.boolean(save_best_only, "save_best_only"), meta
         self.include_optimizer = V.boolean(include_optimizer, "include_optimizer")
         # the value to beat from the start: a resumed run's checkpoint's, so a worse one does not replace it
-        if best is not None:
-            if isinstance(best, (bool, np.bool_)) or not isinstance(best, numbers.Real):
-                raise TypeError(f"best: expected None or a finite number (the value to beat), got {V.describe(best)}")
-            if not math.isfinite(best):
-                raise ValueError(f"best: expected None or a finite number (the value to beat), got {best}")
-        self.initial_best = None if best is None else float(best)
+        self.initial_best = _initial_best(best)
         self.best = self.initial_best
         self.saved_path = None
 
