@@ -117,7 +117,6 @@ def test_npy_file_permissions_and_suffix(tmp_path):
     assert ckpt.load(tmp_path / "plain") is not None  # the name save() was given finds the file
 
 
-
 def test_saving_over_a_checkpoint_keeps_its_permissions(tmp_path):
     """The replacement is a new file (written aside, then renamed): it takes the old one's mode, so a
     checkpoint a user made private stays private."""
@@ -273,7 +272,6 @@ def test_fit_checks_initial_step_and_model_checkpoint_best(tmp_path):
     assert saver.saved_path is None and not (tmp_path / "m.npz").exists()
 
 
-
 def test_the_format_version_says_whether_optimizer_state_is_inside(tmp_path):
     """A reader from before optimizer state says 'format version 2' instead of 'unexpected keys'."""
     import json
@@ -298,7 +296,6 @@ def test_the_format_version_says_whether_optimizer_state_is_inside(tmp_path):
     saver = train.ModelCheckpoint(tmp_path / "d.npz", include_optimizer=True)
     with pytest.raises(TypeError, match="include_optimizer needs a fastlstm.optim optimizer"):
         saver.on_train_begin(train.TrainState(model, Duck(), train.History()))
-
 
 
 def test_early_stopping_resumes_from_the_best_checkpoint_as_if_never_stopped(tmp_path):

@@ -198,7 +198,6 @@ def test_cross_entropy_is_stable_for_huge_logits():
     assert np.all(np.isfinite(grad))
 
 
-
 @pytest.mark.parametrize("bad", [-np.inf, np.nan], ids=["minus_inf", "nan"])
 def test_cross_entropy_positions_not_counted_give_nothing_whatever_their_logits(bad):
     """A pad class masked to -inf (or a NaN) where ignore_index or the mask leaves the position out: the

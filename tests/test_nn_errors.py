@@ -298,7 +298,6 @@ def test_summary_checks_input_shape():
         assert "(None, 16)" in seq.summary(shape, **quiet)
 
 
-
 def test_summary_refuses_shapes_the_model_would_refuse():
     """A shape the caller gives that the forward would refuse is an error naming the layer (Linear(8, 2) on 3
     features printed (None, 2)); after a forward, what summary cannot tell is '?', never an error."""

@@ -229,7 +229,6 @@ def test_load_state_dict_refuses_a_bad_state_and_changes_nothing(change, error, 
         opt.load_state_dict([good])
 
 
-
 def test_load_state_dict_needs_buffers_for_every_parameter_after_a_step():
     """Adam's state over two parameters given to an Adam over three: the third would start with zero moments
     under step 2's bias correction, so it is refused; likewise a state with steps but no buffers, and momentum

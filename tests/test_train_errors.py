@@ -303,10 +303,9 @@ def test_data_generators_check_rng_and_series_parameters():
         data.CharCorpus("abc" * 100, seq_len=4, val_fraction="0.1")
 
 
-
 def test_data_generators_check_memory_before_allocating():
-    """A size no machine holds is a MemoryError naming the data before anything is drawn (a size just past
-    the machine's memory was once drawn until the kernel killed the process)."""
+    """A size no machine holds is a MemoryError naming the data before anything is drawn (nothing stopped a
+    size just past the machine's memory short of the kernel's OOM killer)."""
     rng = np.random.default_rng(0)
     with pytest.raises(MemoryError, match=r"adding problem's data \(20000 sequences of 10000000000 steps\) needs"):
         data.adding_problem(20000, 10**10, rng)
@@ -354,7 +353,6 @@ def test_seed_must_be_non_negative_and_the_message_names_it(command):
 
 def test_sample_length_must_be_non_negative_and_the_message_names_it():
     assert_one_line_error(cli("sample", "model.npz", "--length", "-5"), "argument --length")
-
 
 
 def test_train_without_a_finite_validation_fails_and_leaves_an_earlier_checkpoint_alone(tmp_path):
@@ -875,7 +873,6 @@ def test_bench_csv_default_file_may_be_made_in_a_missing_directory(tmp_path, mon
     assert "no directory" in csv_problem(tmp_path / "other" / "b.csv", default)
 
 
-
 # ---- a probe of bench, tasks and fit (session of the resume work) ----------------------------------------------
 def test_bench_usage_errors_and_problems_too_large_are_one_line_before_any_timing(tmp_path):
     out = cli("bench", "--configs", "1,2")
@@ -897,9 +894,11 @@ def test_bench_interrupted_prints_one_line():
 
     proc = subprocess.Popen([sys.executable, "-m", "fastlstm", "bench", "--no-torch", "--no-reference", "--csv", ""],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # importing, then the SGEMM measurement and the default sweep: minutes in all
+    first = proc.stderr.readline()  # "measuring SGEMM ...": the measuring has begun (the default sweep takes minutes)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    err = first + err
     assert proc.returncode == 130 and "Traceback" not in err and err.strip().endswith("fastlstm: interrupted")
 
 
@@ -914,9 +913,10 @@ def test_fit_closes_its_progress_bar_when_a_callback_refuses_to_start_and_names_
     x, y = np.ones((8, 2), np.float32), np.ones((8, 1), np.float32)
     opt = optim.SGD(model.parameters(), lr=0.1)
     before = len(getattr(tqdm, "_instances", ()))
-    with pytest.raises(RuntimeError, match="no"):
+    with pytest.raises(RuntimeError, match="no") as refused:
         train.fit(model, (x, y), losses.MSELoss(), opt, steps=3, callbacks=[Refuses()])
-    assert len(getattr(tqdm, "_instances", ())) == before  # no bar left open
+    # while the error (and its traceback, which holds fit's frame) is alive, no bar of fit's is left open
+    assert refused.traceback and len(getattr(tqdm, "_instances", ())) == before
 
     class Finite:
         def batches(self, batch_size, rng):

@@ -921,8 +921,9 @@ def positive_int(text: str) -> int:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line, the way every other fastlstm failure prints."""
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line, the way every other fastlstm failure prints (the CLI's
+    parser too)."""
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{error_prefix(self.prog)} {message} (see {self.prog} --help)\n")
@@ -934,7 +935,7 @@ def error_prefix(prog: str) -> str:
 
 
 def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=prog,
         description="Time fastlstm.LSTM (forward, fwd+bwd) against torch.nn.LSTM and the NumPy reference.")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

@@ -199,8 +199,9 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def _existing_file(path) -> str:
-    """path (or path + ".npz", as save() names it), checked to be a regular file."""
+def _read_checkpoint(path, optimizer: bool = False):
+    """(path, header, arrays) of the checkpoint at path (or path + ".npz", as save() names it), its header checked;
+    arrays: the weights, or with optimizer=True the optimizer's buffers (their "<i>.<buffer>" names)."""
     path = check_path(path)
     if not os.path.isfile(path) and os.path.isfile(path + ".npz"):
         path += ".npz"
@@ -210,15 +211,15 @@ def _existing_file(path) -> str:
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: not a checkpoint (not a regular file)")
-    return path
+    with open(path, "rb") as f:  # a file we may not read is an OSError of its own, not a damaged checkpoint
+        header, arrays = _read(f, path, optimizer)
+    _check_header(header, path)
+    return path, header, arrays
 
 
 def load_checkpoint(path):
     """(model, meta) from a file written by save; the model is in eval mode."""
-    path = _existing_file(path)
-    with open(path, "rb") as f:  # a file we may not read is an OSError of its own, not a damaged checkpoint
-        header, weights = _read(f, path)
-    _check_header(header, path)
+    path, header, weights = _read_checkpoint(path)
     for name, w in weights.items():
         if w.dtype.kind != "f":
             raise CheckpointError(f"{path}: weight {name!r} holds {w.dtype} values; expected floating point")
@@ -228,7 +229,7 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path}: cannot build the stored model from its configuration "
                               f"({type(err).__name__}: {err})") from None
     try:
-        model.load_state_dict({k: w for k, w in weights.items() if not k.startswith(_OPTIMIZER_PREFIX)})
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: the weights do not fit the stored model ({err})") from None
     return model.eval(), header.get("meta", {})
@@ -239,25 +240,22 @@ def load_optimizer(path, optimizer) -> None:
     True): build the model with load_checkpoint, the same kind of optimizer over its parameters(), then this."""
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer: expected a fastlstm.optim optimizer, got {V.describe(optimizer)}")
-    path = _existing_file(path)
-    with open(path, "rb") as f:
-        header, arrays = _read(f, path)
-    _check_header(header, path)
+    path, header, buffers = _read_checkpoint(path, optimizer=True)
     saved = header.get("optimizer")
     if saved is None:
         raise CheckpointError(f"{path}: holds no optimizer state (saved without optimizer=, or by ModelCheckpoint "
                               "without include_optimizer=True)")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: its header's 'optimizer' is a JSON {_json_kind(saved)}, expected an object")
-    buffers = {k[len(_OPTIMIZER_PREFIX):]: a for k, a in arrays.items() if k.startswith(_OPTIMIZER_PREFIX)}
     try:
         optimizer.load_state_dict({**{k: saved[k] for k in ("type", "steps", "lr") if k in saved}, "state": buffers})
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its optimizer state does not fit this optimizer ({err})") from None
 
 
-def _read(f, path):
-    """(header, weights) from an open .npz file; CheckpointError for anything that is not one."""
+def _read(f, path, optimizer: bool = False):
+    """(header, arrays) from an open .npz file, arrays as _read_checkpoint says (only those members are
+    decompressed); CheckpointError for anything that is not one."""
     magic = f.read(6)
     f.seek(0)
     if magic.startswith(b"\x93NUMPY"):
@@ -271,7 +269,10 @@ def _read(f, path):
                 raise CheckpointError(f"{path}: not a fastlstm checkpoint (no {_META_KEY} entry; "
                                       f"it holds {sorted(z.files)[:5]}...)")
             header = json.loads(bytes(z[_META_KEY]).decode("utf-8"))
-            weights = {k: z[k] for k in z.files if k != _META_KEY}
+            if optimizer:
+                arrays = {k[len(_OPTIMIZER_PREFIX):]: z[k] for k in z.files if k.startswith(_OPTIMIZER_PREFIX)}
+            else:
+                arrays = {k: z[k] for k in z.files if k != _META_KEY and not k.startswith(_OPTIMIZER_PREFIX)}
     except CheckpointError:
         raise
     except MemoryError as err:
@@ -286,7 +287,7 @@ def _read(f, path):
             kind = f"{type(err).__module__}.{kind}"
         raise CheckpointError(f"{path}: not a readable fastlstm checkpoint (truncated or corrupted: "
                               f"{kind}: {err})") from None
-    return header, weights
+    return header, arrays
 
 
 def _json_kind(value) -> str:

@@ -236,10 +236,6 @@ def _run_settings(args, defaults, task_name, model_kind, resumed, out_dir) -> tu
     return run, initial_step
 
 
-def _text_digest(text) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def _train(args) -> int:
     from . import _backend, checkpoint, optim, tasks, train
 
@@ -287,9 +283,10 @@ def _train(args) -> int:
         raise _as_option(err) from None
     model, best = task.model, None
     if text is not None:
-        if resumed and run.get("text_sha256") != _text_digest(text):
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if resumed and run.get("text_sha256") != digest:
             raise CliError(f"--text {args.text}: not the text of the run being resumed (its SHA-256 differs)")
-        run["text_sha256"] = _text_digest(text)
+        run["text_sha256"] = digest
     if resumed:
         model, meta, _ = resumed
         best = meta.get("val_loss")
@@ -406,18 +403,12 @@ def _clip_value(text):
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with usage errors as the one line every other failure prints."""
-
-    def error(self, message):
-        self.exit(2, f"fastlstm: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import OneLineParser
     from .bench import positive_int as _positive_int
     from .tasks import TASKS
 
-    parser = _Parser(prog="fastlstm", description="fast fused LSTM kernels for NumPy, and a "
+    parser = OneLineParser(prog="fastlstm", description="fast fused LSTM kernels for NumPy, and a "
                                      "small training library around them")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

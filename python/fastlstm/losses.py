@@ -49,15 +49,14 @@ class CrossEntropyLoss:
             raise ValueError(f"targets: expected shape {tuple(logits.shape[:-1])} (logits' without the class axis), "
                              f"got {tuple(targets.shape)}")
         V = logits.shape[-1]
-        weight = xp.ones(targets.shape, logits.dtype)
+        counted = xp.ones(targets.shape, bool)
         if self.ignore_index is not None:
-            weight *= targets != self.ignore_index
+            counted &= targets != self.ignore_index
         if mask is not None:
             mask = _as_array(mask, "mask", "biuf", f"an array of shape {tuple(targets.shape)} (nonzero counts)")
             if tuple(mask.shape) != tuple(targets.shape):
                 raise ValueError(f"mask: expected shape {tuple(targets.shape)}, got {tuple(mask.shape)}")
-            weight *= mask != 0
-        counted = weight != 0
+            counted &= mask != 0
         safe = xp.where(counted, targets, 0)
         if targets.size and (int(safe.min()) < 0 or int(safe.max()) >= V):
             raise ValueError(f"targets: expected class ids in [0, {V}), got min {int(safe.min())} max {int(safe.max())}")
@@ -67,12 +66,12 @@ class CrossEntropyLoss:
         picked = xp.take_along_axis(shifted, safe[..., None], axis=-1)[..., 0]
         # positions that count for nothing give exactly 0, even with a -inf or NaN logit there (0 * inf is NaN)
         nll = xp.where(counted, xp.log(total[..., 0]) - picked, 0)
-        return xp, weight, counted, safe, expd / total, nll
+        return xp, counted, safe, expd / total, nll
 
     def __call__(self, logits, targets, mask=None):
         """(mean loss as a Python float, dL/dlogits shaped like logits)."""
-        xp, weight, counted, safe, probs, nll = self._parts(logits, targets, mask)
-        count = float(weight.sum())
+        xp, counted, safe, probs, nll = self._parts(logits, targets, mask)
+        count = float(counted.sum())
         scale = 1.0 / count if count > 0 else 0.0
         loss = float(nll.sum()) * scale
         grad = probs
@@ -82,8 +81,8 @@ class CrossEntropyLoss:
         return loss, xp.where(counted[..., None], grad, grad.dtype.type(0))
 
     def sum_and_count(self, logits, targets, mask=None):
-        _, weight, _, _, _, nll = self._parts(logits, targets, mask)
-        return float(nll.sum()), float(weight.sum())
+        _, counted, _, _, nll = self._parts(logits, targets, mask)
+        return float(nll.sum()), float(counted.sum())
 
 
 class MSELoss:

@@ -116,7 +116,7 @@ class Optimizer:
             where = f"state_dict['state'][{key!r}]"
             if not hasattr(value, "shape"):
                 raise TypeError(f"{where}: expected an array of shape {tuple(w.shape)}, got {V.describe(value)}")
-            arr = xp.asarray(_backend.to_numpy(value)) if xp is np else xp.asarray(value)
+            arr = _backend.to_numpy(value) if xp is np else xp.asarray(value)
             if arr.dtype.kind not in "fiu":
                 raise TypeError(f"{where}: expected an array of real numbers, got {V.describe(value)}")
             if tuple(arr.shape) != tuple(w.shape):
