@@ -489,6 +489,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &set_max_threads, py::arg("n"));
   m.def("get_num_threads", &max_threads);
   m.def("work_taken", &work_taken);  // items one thread took from another's queue, since start (diagnostic)
+  // every kernel call uses n threads (within the set_num_threads budget) instead of choosing; 0: choose again.
+  // A diagnostic for bench's thread-scaling table, not an API: the choice is what makes small problems fast
+  m.def("force_threads", &force_threads, py::arg("n"));
+  m.def("forced_threads", &forced_threads);
 
   m.def("lstm_forward",
         [](py::object gx, py::object w_hh, py::object bias, py::object h0, py::object c0, py::object y,

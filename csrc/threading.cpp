@@ -91,13 +91,14 @@ class Pool {
   }
 
   void worker(int id) {
-    unsigned seen = 0;  // gen_'s initial value (a worker that starts after the first publish still sees it)
+    unsigned seen = 0;   // gen_'s initial value (a worker that starts after the first publish still sees it)
+    bool spin = true;    // after a job of its own: the next may follow at once (a layer call is a few kernels)
     for (;;) {
       unsigned word;
-      for (int spin = 0;; ++spin) {
+      for (int i = 0;; ++i) {
         word = gen_.load(std::memory_order_acquire);
         if (word != seen) break;
-        if (spin < kSpinBeforeSleep) {
+        if (spin && i < kSpinBeforeSleep) {
           FASTLSTM_PAUSE();
           continue;
         }
@@ -106,6 +107,7 @@ class Pool {
       seen = word;
       if (stop_.load()) return;
       const int n = static_cast<int>(word & kTeamMask);
+      spin = id < n;  // a worker left out of a smaller team (a lower budget) sleeps instead of burning a core
       if (id < n) {
         FASTLSTM_SET_FP_MODE(fp_mode_);
         fn_(ctx_, id, n);
@@ -157,8 +159,10 @@ void set_max_threads(int n) {
   Pool* old = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_config_mutex);
-    if (n == g_max_threads && g_pool) return;
     g_max_threads = n;
+    // a lower budget keeps the pool (teams are capped at the budget; the workers past it sleep), so a program
+    // that switches budgets does not start new threads each time, which the scheduler must first place
+    if (!g_pool || n <= g_pool->size()) return;
     old = g_pool;
     g_pool = nullptr;
   }
@@ -174,9 +178,10 @@ Parallel::Parallel(int wanted) : n_(1), pool_(nullptr) {
   // under the config lock, so set_max_threads cannot retire this pool between lookup and lease
   std::lock_guard<std::mutex> lock(g_config_mutex);
   Pool& p = pool_locked();
-  if (p.size() <= 1 || !p.busy().try_lock()) return;  // pool in use: run on this thread alone
+  const int n = std::min(wanted, std::min(p.size(), g_max_threads));
+  if (n <= 1 || !p.busy().try_lock()) return;  // pool in use: run on this thread alone
   pool_ = &p;
-  n_ = std::min(wanted, p.size());
+  n_ = n;
 }
 
 Parallel::~Parallel() {
@@ -208,6 +213,7 @@ void SpinBarrier::wait() {
 
 namespace {
 std::atomic<int64_t> g_work_taken{0};
+std::atomic<int> g_forced_threads{0};
 }  // namespace
 
 void note_work_taken() { g_work_taken.fetch_add(1, std::memory_order_relaxed); }
@@ -218,25 +224,78 @@ void spin_wait(int spin) {
   else sched_yield();
 }
 
-int choose_threads(double work_flops, int64_t units, int request) {
-  // below this much work per thread between synchronisations the barrier (~0.25 us a step on the
-  // 2-core EPYC of the README) costs more than the split saves: measured crossover at B=1, 1000 steps:
-  // H=32 (8k flops a step) 156 us on 1 thread vs 218 on 2; H=48 (18k) 374 vs 336; H=64 661 vs 413
-  constexpr double kMinFlopsPerThread = 9e3;
+int choose_threads(double work_flops, int64_t units, int request, double min_flops_per_thread) {
   int64_t limit = std::max<int64_t>(1, units);
+  if (request <= 0) request = g_forced_threads.load(std::memory_order_relaxed);
   if (request > 0) return static_cast<int>(std::min<int64_t>(request, limit));
   int n = max_threads();
-  while (n > 1 && work_flops / n < kMinFlopsPerThread) --n;
+  while (n > 1 && work_flops / n < min_flops_per_thread) --n;
   return static_cast<int>(std::min<int64_t>(n, limit));
 }
 
-void* aligned_alloc64(size_t bytes) {
-  size_t rounded = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
-  if (!p) throw std::bad_alloc();
-  return p;
+namespace {
+// The blocks a thread has freed, oldest first. Each block starts with a 64-byte header holding its size.
+constexpr size_t kScratchHeader = 64;
+constexpr size_t kScratchCacheBytes = size_t(64) << 20;  // kept per thread at most; a larger block is freed
+constexpr size_t kScratchCacheBlocks = 32;
+
+struct ScratchCache {
+  struct Block {
+    char* base;
+    size_t size;  // usable bytes after the header
+  };
+  std::vector<Block> blocks;
+  size_t bytes = 0;
+  ~ScratchCache() {
+    for (const Block& b : blocks) std::free(b.base);
+  }
+};
+thread_local ScratchCache t_scratch;
+}  // namespace
+
+void* scratch_alloc(size_t bytes) {
+  const size_t size = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+  ScratchCache& cache = t_scratch;
+  // the smallest cached block that fits, unless it is much larger (a small request would take the block a
+  // large one of the same call needs, which would then be allocated afresh)
+  int best = -1;
+  for (int i = 0; i < static_cast<int>(cache.blocks.size()); ++i) {
+    const size_t have = cache.blocks[i].size;
+    if (have >= size && have <= 2 * size + (size_t(64) << 10) && (best < 0 || have < cache.blocks[best].size)) best = i;
+  }
+  char* base;
+  if (best >= 0) {
+    base = cache.blocks[best].base;
+    cache.bytes -= cache.blocks[best].size;
+    cache.blocks.erase(cache.blocks.begin() + best);
+  } else {
+    if (size > SIZE_MAX - kScratchHeader) throw std::bad_alloc();
+    base = static_cast<char*>(std::aligned_alloc(64, size + kScratchHeader));
+    if (!base) throw std::bad_alloc();
+    *reinterpret_cast<size_t*>(base) = size;
+  }
+  return base + kScratchHeader;
 }
 
-void aligned_free64(void* p) { std::free(p); }
+void scratch_free(void* p) {
+  if (!p) return;
+  char* base = static_cast<char*>(p) - kScratchHeader;
+  const size_t size = *reinterpret_cast<size_t*>(base);
+  ScratchCache& cache = t_scratch;
+  if (size > kScratchCacheBytes) {
+    std::free(base);
+    return;
+  }
+  cache.blocks.push_back({base, size});
+  cache.bytes += size;
+  while (cache.bytes > kScratchCacheBytes || cache.blocks.size() > kScratchCacheBlocks) {  // the oldest go first
+    cache.bytes -= cache.blocks.front().size;
+    std::free(cache.blocks.front().base);
+    cache.blocks.erase(cache.blocks.begin());
+  }
+}
+
+void force_threads(int n) { g_forced_threads.store(std::clamp(n, 0, kMaxPoolThreads), std::memory_order_relaxed); }
+int forced_threads() { return g_forced_threads.load(std::memory_order_relaxed); }
 
 }  // namespace fastlstm

@@ -62,11 +62,33 @@ int64_t work_taken();
 // How many threads a recurrent loop or GEMM should use: `work_flops` is the work between two
 // synchronisations (a step, or a whole GEMM), `units` the number of independent pieces it splits into.
 // request > 0 forces min(request, units); request == 0 picks the largest count that keeps every thread
-// above a minimum of work per synchronisation, so small problems never get slower with more threads.
-int choose_threads(double work_flops, int64_t units, int request);
+// above `min_flops_per_thread` (one of the two below), so small problems never get slower with more threads.
+int choose_threads(double work_flops, int64_t units, int request, double min_flops_per_thread);
 
-// 64-byte aligned scratch memory; throws std::bad_alloc.
-void* aligned_alloc64(size_t bytes);
-void aligned_free64(void* p);
+// A recurrent loop's step: below this the barrier (~0.25 us a step on the 2-core EPYC of the README) costs more
+// than the split saves. Measured crossover at B = 1, 1000 steps: H = 32 (8k flops a step) 156 us on 1 thread vs
+// 218 on 2; H = 48 (18k) 374 vs 336; H = 64 661 vs 413.
+constexpr double kStepMinFlopsPerThread = 9e3;
+// A GEMM over all time steps. On its own a 2-thread GEMM pays off from ~2 MFLOP, but it wakes the pool, and on
+// the README's machine the single-threaded loops of the same small layer ran 15-20% slower while the pool was
+// active: at B = 1 and H = 8, 16, 24 (loops too small to split, GEMMs of 1-9 MFLOP) the training step with 2
+// threads took 0.71-0.99x the time of 1 thread at the previous minimum (9e3); at this one every kernel of those
+// layers runs on one thread under either budget (measured 0.86-1.02x: the host's noise). H = 32 keeps 2 threads for
+// its 16 MFLOP dW (1.02-1.07x).
+constexpr double kGemmMinFlopsPerThread = 5e6;
+
+// A request that every kernel call asking for the automatic choice (request 0) gets instead, process-wide:
+// 0 (the default) leaves the choice to choose_threads. A diagnostic for the benchmark's thread-scaling table
+// (fastlstm._C.force_threads), which times what the choice saves against always using every thread.
+void force_threads(int n);  // clamped to [0, 4095]
+int forced_threads();
+
+// 64-byte aligned scratch memory for one kernel call; throws std::bad_alloc. Freed blocks stay with the thread
+// that freed them (up to kScratchCacheBytes in all) for that thread's next calls: a kernel called again with the
+// same shapes touches no fresh page. (glibc hands a freed block of this size back to the system whenever the
+// heap's top trims, and then every call page-faults its scratch in again: measured 148 faults, 80 -> 340 us,
+// for a 2-thread weight-gradient GEMM of a B = 1, H = 16 layer.)
+void* scratch_alloc(size_t bytes);
+void scratch_free(void* p);  // nullptr: nothing
 
 }  // namespace fastlstm

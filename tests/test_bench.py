@@ -62,3 +62,19 @@ def test_bench_cuda_without_a_gpu_exits_with_status_2_and_says_why():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "--device cpu" in out.stderr
+
+
+def test_thread_budgets_and_the_scaling_table():
+    assert bench.thread_budgets(1) == [1]
+    assert bench.thread_budgets(2) == [1, 2]
+    assert bench.thread_budgets(6) == [1, 2, 4, 6]
+    assert bench.thread_budgets(8) == [1, 2, 4, 8]
+    cfg = bench.Config(1000, 1, 16, 16)
+    rows = [(cfg, "forward", {"budget 1": 0.30, "budget 2": 0.40, "forced 2": 0.60}),
+            (cfg, "fwd+bwd", {"budget 1": 1.00, "budget 2": 0.50, "forced 2": None})]
+    table = bench.scaling_table(rows, [1, 2], markdown=True).splitlines()
+    assert table[0].startswith("thread scaling:")
+    assert table[2] == ("| T | B | I | H | mode | 1 thread ms | 2 threads ms | 2 forced ms | default vs best | "
+                        "forced vs default |")
+    assert table[4] == "| 1000 | 1 | 16 | 16 | forward | 0.300 | 0.400 | 0.600 | 0.75x | 1.50x |"
+    assert table[5] == "| 1000 | 1 | 16 | 16 | fwd+bwd | 1.000 | 0.500 | - | 1.00x | - |"

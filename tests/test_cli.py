@@ -88,11 +88,12 @@ def test_info_prints_the_build():
 
 def test_bench_runs_through_the_cli(tmp_path):
     out = cli("bench", "--quick", "--repeat", "3", "--no-reference", "--no-torch", "--configs", "5,1,4,4",
-              "--varlen", "--features", "--csv", str(tmp_path / "b.csv"))
+              "--varlen", "--features", "--scaling", "--csv", str(tmp_path / "b.csv"))
     assert out.returncode == 0, out.stderr
     assert "GFLOP/s" in out.stdout and (tmp_path / "b.csv").is_file()
     assert "variable-length batches" in out.stdout and "90% short" in out.stdout
     assert "layer features" in out.stdout and "recurrent dropout" in out.stdout
+    assert "thread scaling" in out.stdout  # (a table, or why not on a machine of one thread)
 
 
 # ---- fastlstm train --resume -------------------------------------------------------------------------------

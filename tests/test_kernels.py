@@ -392,3 +392,79 @@ def test_recurrent_kernels_forced_thread_counts(isa, dtype):
     ref = dict(y=y, h_n=h_n, c_n=c_n, dg=dx, dh0=dh0, dc0=dc0, db=db)
     for key, value in ref.items():
         assert_close(got[key], value, dtype, f"{isa} {key}")
+
+
+def test_force_threads_applies_to_every_automatic_choice_and_changes_no_result(isa):
+    """_C.force_threads(n) (the benchmark's thread-scaling diagnostic) makes every kernel that would choose its own
+    thread count use n: a layer too small to split (B = 1, H = 16: one thread under the automatic choice) trained
+    with 2 threads forced gives the same bits, and force_threads(0) hands the choice back."""
+    rng = np.random.default_rng(5)
+    x, dy = rng.standard_normal((2, 40, 1, 16)).astype(np.float32)
+    lstm = fastlstm.LSTM(16, 16, seed=3).train()
+
+    def step():
+        lstm.zero_grad()
+        y, _ = lstm(x)
+        dx, _ = lstm.backward(dy)
+        return [y, dx] + [p.grad.copy() for p in lstm.parameters()]
+
+    assert _C.forced_threads() == 0
+    with using_threads(2):
+        auto = step()
+        taken = _C.work_taken()
+        try:
+            _C.force_threads(2)
+            assert _C.forced_threads() == 2
+            forced = step()
+            _C.force_threads(-4)  # (clamped)
+            assert _C.forced_threads() == 0
+        finally:
+            _C.force_threads(0)
+    for got, want in zip(forced, auto):
+        np.testing.assert_array_equal(got, want)
+    assert _C.work_taken() >= taken
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc/self/task")
+def test_a_lower_thread_budget_keeps_the_pool():
+    """set_num_threads(1) and back does not start new threads (the scheduler would have to place them again; the
+    benchmark's scaling table switches budgets between blocks): the same worker threads serve before and after,
+    and a budget below the pool's size caps the team."""
+    a = np.ones((256, 256), np.float32)
+    c = np.empty_like(a)
+    with using_threads(2):
+        _C.gemm(a, a, c, num_threads=2)  # the pool exists
+        before = set(os.listdir("/proc/self/task"))
+        with using_threads(1):
+            _C.gemm(a, a, c, num_threads=2)  # capped at the budget: this thread alone
+            np.testing.assert_array_equal(c, a @ a)
+        _C.gemm(a, a, c, num_threads=2)
+        after = set(os.listdir("/proc/self/task"))
+    np.testing.assert_array_equal(c, a @ a)
+    assert after == before, f"threads {sorted(before)} became {sorted(after)}"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="counts page faults with resource.getrusage")
+def test_repeated_calls_reuse_their_scratch_memory():
+    """A kernel called again with the same shapes takes its scratch memory from the calling thread's earlier calls:
+    the 2-thread weight-gradient GEMM of a B = 1, H = 16 layer page-faulted ~148 times a call when each call
+    allocated afresh (glibc returned the blocks to the system whenever its heap trimmed), which took it from 80
+    to 340 us. Counted, not timed."""
+    import resource
+
+    rng = np.random.default_rng(2)
+    K, M, N = 1000, 64, 16
+    a, b, b2 = (rng.standard_normal(s).astype(np.float32) for s in ((K, M), (K, N), (K - 1, N)))
+    c, c2, sums = np.zeros((M, N), np.float32), np.zeros((M, N), np.float32), np.zeros(M)
+
+    def call():
+        _C.gemm(a, b, c, trans_a=True, accumulate=True, num_threads=2, b2=b2, c2=c2, b2_offset=1, a_sums=sums)
+
+    with using_threads(2):
+        for _ in range(5):
+            call()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(50):
+            call()
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 50
+    assert faults < 2, f"{faults:.1f} page faults a call"

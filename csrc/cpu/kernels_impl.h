@@ -54,12 +54,13 @@ FASTLSTM_INLINE void with_vecs(int nv, F&& f) {
   }
 }
 
-// Scratch memory owned by one kernel call (never by a layer object: calls may run concurrently).
+// Scratch memory owned by one kernel call (never by a layer object: calls may run concurrently), reused from the
+// calling thread's earlier calls where it can be (scratch_alloc).
 template <typename T>
 struct Scratch {
   T* p = nullptr;
-  explicit Scratch(int64_t n) : p(static_cast<T*>(aligned_alloc64(sizeof(T) * static_cast<size_t>(imax(n, 1))))) {}
-  ~Scratch() { aligned_free64(p); }
+  explicit Scratch(int64_t n) : p(static_cast<T*>(scratch_alloc(sizeof(T) * static_cast<size_t>(imax(n, 1))))) {}
+  ~Scratch() { scratch_free(p); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 };
@@ -336,7 +337,8 @@ struct Forward {
   static void run(const LstmForwardArgs<T>* dirs, int ndirs, int num_threads) {
     const int64_t T_ = dirs[0].T, B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
     const int64_t ptiles = ceil_div(P, W), I = dirs[0].x ? dirs[0].I : 0;
-    int n = choose_threads(2.0 * B * 4 * H * (KP + I) * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
+    int n = choose_threads(2.0 * B * 4 * H * (KP + I) * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads,
+                           kStepMinFlopsPerThread);
     Parallel par(n);
     n = par.size();
     Ctx ctx;
@@ -708,7 +710,8 @@ struct Backward {
   static void run(const LstmBackwardArgs<T>* dirs, int ndirs, int num_threads) {
     const int64_t B = dirs[0].B, H = dirs[0].H, P = dirs[0].P, KP = P ? P : H, tiles = ceil_div(H, W);
     const int64_t htiles = ceil_div(KP, W);
-    int n = choose_threads(2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads);
+    int n = choose_threads(2.0 * B * 4 * H * KP * ndirs + 2.0 * B * P * H * ndirs, tiles * ndirs, num_threads,
+                           kStepMinFlopsPerThread);
     Parallel par(n);
     n = par.size();
     Ctx ctx;
@@ -1002,7 +1005,7 @@ struct Gemm {
             for (int64_t j = 0; j < pt.N; ++j) pt.c[crow(g, m) * pt.ldc + j] = pt.bias ? pt.bias[j] : T(0);
       return;
     }
-    int n = choose_threads(2.0 * g.M * (g.N + g.N2) * g.K, panels * mblocks, num_threads);
+    int n = choose_threads(2.0 * g.M * (g.N + g.N2) * g.K, panels * mblocks, num_threads, kGemmMinFlopsPerThread);
     Parallel par(n);
     n = par.size();
     // the thread grid (pm x pn) that minimises a thread's multiply work plus its packing: each thread

@@ -36,6 +36,11 @@ program, writing its CSV under bench/results/)::
     fastlstm bench --quick              # smoke test, seconds
     fastlstm bench --configs 100,16,256,256 --repeat 20 --no-reference
     fastlstm bench --markdown           # the table as Markdown, for the README
+    fastlstm bench --scaling            # also: each thread budget, small problems to large (see below)
+
+--scaling times fastlstm under each set_num_threads budget up to its own on problems from too small to split to
+(100, 16, 256, 256), and with every kernel forced to use all threads (fastlstm._C.force_threads, a diagnostic): the
+evidence that a small problem never gets slower with more threads, and what choosing fewer saves.
 
 Results are also written to ./fastlstm_bench_cpu.csv (``--csv PATH``; ``--csv ''`` writes none).
 Progress goes to stderr; the header, warnings and the table go to stdout.
@@ -518,6 +523,87 @@ def features_table(rows: list, cfg: Config, markdown: bool) -> str:
     return render_table(head, body, markdown, left=2, title=title)
 
 
+# ---- thread scaling -------------------------------------------------------------------------------------
+# From problems too small to split (a thread barrier each step costs more than half a step's work) to the main
+# table's B = 16 size: where the default picks fewer threads than it may use, and what that saves.
+SCALING_CONFIGS = ((1000, 1, 8, 8), (1000, 1, 16, 16), (1000, 1, 24, 24), (1000, 1, 32, 32), (1000, 1, 48, 48),
+                   (1000, 1, 64, 64), (100, 1, 128, 128), (100, 4, 64, 64), (100, 16, 256, 256))
+SCALING_QUICK_CONFIGS = ((20, 1, 8, 8), (20, 4, 32, 32))
+
+
+def thread_budgets(n: int) -> list:
+    """The set_num_threads budgets the scaling table times: 1, 2, 4, ... below n, and n."""
+    budgets, b = [], 1
+    while b < n:
+        budgets.append(b)
+        b *= 2
+    return budgets + [n]
+
+
+def scaling_methods(fastlstm, cfg: Config, x, dy, mode: str, budgets: list) -> list:
+    """One layer timed under each thread budget (set_num_threads: its kernels choose up to that many threads),
+    and with every kernel forced to use the largest budget (_C.force_threads, a diagnostic)."""
+    training = mode != "forward"
+    lstm = fastlstm.LSTM(cfg.I, cfg.H, seed=SEED)
+
+    def run():
+        if training:
+            lstm.zero_grad()
+            lstm(x)
+            lstm.backward(dy)
+        else:
+            lstm(x)
+
+    def setting(budget: int, forced: int):
+        def enter():
+            fastlstm.set_num_threads(budget)
+            fastlstm._C.force_threads(forced)
+            lstm.train(training)
+        return enter
+
+    n = budgets[-1]
+    return [Method(f"budget {b}", run, enter=setting(b, 0)) for b in budgets] + [
+        Method(f"forced {n}", run, enter=setting(n, n))]
+
+
+def bench_scaling(fastlstm, configs, budgets: list, timer, plan: TimingPlan, log) -> list:
+    """Rows of (config, mode, {method key: ms}) for the thread-scaling table."""
+    rows = []
+    try:
+        for cfg in configs:
+            rng = np.random.default_rng(SEED)
+            x = rng.standard_normal((cfg.T, cfg.B, cfg.I), dtype=np.float32)
+            dy = rng.standard_normal((cfg.T, cfg.B, cfg.H), dtype=np.float32)
+            for mode in MODES:
+                results = measure(scaling_methods(fastlstm, cfg, x, dy, mode, budgets), timer, plan)
+                ms = {k: m.median_ms for k, m in results.items()}
+                rows.append((cfg, mode, ms))
+                log(f"  scaling {cfg.label:>14} {mode:<7} " + ", ".join(f"{k} {fmt_ms(v)} ms" for k, v in ms.items()))
+    finally:
+        fastlstm._C.force_threads(0)
+        fastlstm.set_num_threads(budgets[-1])
+    return rows
+
+
+def scaling_table(rows: list, budgets: list, markdown: bool) -> str:
+    n = budgets[-1]
+    head = ["T", "B", "I", "H", "mode"] + [f"{b} thread{'s' if b > 1 else ''} ms" for b in budgets] + [
+        f"{n} forced ms", "default vs best", "forced vs default"]
+    body = []
+    for cfg, mode, ms in rows:
+        default, forced = ms[f"budget {n}"], ms[f"forced {n}"]
+        best = min((ms[f"budget {b}"] for b in budgets if ms[f"budget {b}"] is not None), default=None)
+        body.append([str(cfg.T), str(cfg.B), str(cfg.I), str(cfg.H), mode]
+                    + [fmt_ms(ms[f"budget {b}"]) for b in budgets] + [fmt_ms(forced)]
+                    + [fmt_x(best / default if best and default else None),
+                       fmt_x(forced / default if forced and default else None)])
+    title = (f"thread scaling: fastlstm under each set_num_threads budget (the default, {n}, lets each kernel pick "
+             f"fewer threads for a small problem) and with every kernel forced to use {n} (at most one a tile of units); "
+             "default vs best = the fastest budget's time / the default's (1.00x: more threads were never slower), "
+             "forced vs default = forced time / the default's (> 1: picking fewer threads saved that factor)")
+    return render_table(head, body, markdown, left=0, title=title)
+
+
 # ---- machine -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Machine:
@@ -961,6 +1047,9 @@ def build_parser(prog: str = "fastlstm bench", default_csv: Path = DEFAULT_CSV) 
     p.add_argument("--varlen", action="store_true",
                    help=f"also time variable-length batches at {VARLEN_CONFIG.label}: fastlstm with lengths= "
                         "against its padded call and torch's padded and packed (pack_padded_sequence) calls")
+    p.add_argument("--scaling", action="store_true",
+                   help="also time fastlstm under each thread budget up to its own, from problems too small to "
+                        "split to the main table's B = 16 size, and with every kernel forced to use all threads")
     p.add_argument("--markdown", action="store_true", help="print the header and table as Markdown")
     p.add_argument("--csv", metavar="PATH",
                    help=f"write the main table's rows here (default {default_csv}, its _cuda twin with --device "
@@ -1045,6 +1134,15 @@ def run(args, fastlstm, torch) -> int:
         log_stderr(f"variable-length batches at {vcfg.label} ...")
         print()
         print(varlen_table(bench_varlen(fastlstm, torch, vcfg, timer, plan, log_stderr), vcfg, args.markdown))
+    if args.scaling:
+        budgets = thread_budgets(n)
+        print()
+        if len(budgets) == 1:
+            print("thread scaling: skipped, fastlstm has one thread here (set_num_threads / --threads)")
+        else:
+            log_stderr("thread scaling ...")
+            scfgs = [Config(*c) for c in (SCALING_QUICK_CONFIGS if args.quick else SCALING_CONFIGS)]
+            print(scaling_table(bench_scaling(fastlstm, scfgs, budgets, timer, plan, log_stderr), budgets, args.markdown))
     warning = busy_warning(cpu_busy_share(), "at the end")
     if warning:
         print(warning, flush=True)
