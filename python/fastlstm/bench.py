@@ -279,9 +279,8 @@ def measure(methods: list, timer: CpuTimer, plan: TimingPlan) -> dict:
 
 
 # ---- the methods -------------------------------------------------------------------------------------
-def fastlstm_method(lstm, x: np.ndarray, dy: np.ndarray, mode: str) -> Method:
-    training = mode != "forward"
-
+def layer_step(lstm, x: np.ndarray, dy: np.ndarray, training: bool) -> Callable[[], None]:
+    """One timed call of a fastlstm layer: a forward, or (training) a forward and backward with dy."""
     def forward():
         lstm(x)
 
@@ -290,7 +289,12 @@ def fastlstm_method(lstm, x: np.ndarray, dy: np.ndarray, mode: str) -> Method:
         lstm(x)
         lstm.backward(dy)
 
-    return Method("fastlstm", forward_backward if training else forward, enter=lambda: lstm.train(training))
+    return forward_backward if training else forward
+
+
+def fastlstm_method(lstm, x: np.ndarray, dy: np.ndarray, mode: str) -> Method:
+    training = mode != "forward"
+    return Method("fastlstm", layer_step(lstm, x, dy, training), enter=lambda: lstm.train(training))
 
 
 def torch_module(torch, state: dict, cfg: Config):
@@ -474,15 +478,7 @@ def feature_methods(fastlstm, cfg: Config, x, dy, mode: str) -> list:
             continue
         lstm = fastlstm.LSTM(cfg.I, cfg.H, seed=SEED, **kwargs)
         dy_v = np.ascontiguousarray(dy[..., :kwargs.get("proj_size") or cfg.H])
-
-        def run(lstm=lstm, dy_v=dy_v):
-            if training:
-                lstm.zero_grad()
-                lstm(x)
-                lstm.backward(dy_v)
-            else:
-                lstm(x)
-        methods.append(Method(name, run, enter=lambda lstm=lstm: lstm.train(training)))
+        methods.append(Method(name, layer_step(lstm, x, dy_v, training), enter=lambda lstm=lstm: lstm.train(training)))
     if not training:  # step-by-step and chunked inference on the same weights
         cell = fastlstm.LSTMCell(cfg.I, cfg.H, seed=SEED).eval()
         stream = fastlstm.LSTM(cfg.I, cfg.H, seed=SEED, stateful=True).eval()
@@ -545,14 +541,7 @@ def scaling_methods(fastlstm, cfg: Config, x, dy, mode: str, budgets: list) -> l
     and with every kernel forced to use the largest budget (_C.force_threads, a diagnostic)."""
     training = mode != "forward"
     lstm = fastlstm.LSTM(cfg.I, cfg.H, seed=SEED)
-
-    def run():
-        if training:
-            lstm.zero_grad()
-            lstm(x)
-            lstm.backward(dy)
-        else:
-            lstm(x)
+    run = layer_step(lstm, x, dy, training)
 
     def setting(budget: int, forced: int):
         def enter():
