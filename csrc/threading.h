@@ -70,11 +70,12 @@ int choose_threads(double work_flops, int64_t units, int request, double min_flo
 // 218 on 2; H = 48 (18k) 374 vs 336; H = 64 661 vs 413.
 constexpr double kStepMinFlopsPerThread = 9e3;
 // A GEMM over all time steps. On its own a 2-thread GEMM pays off from ~2 MFLOP, but it wakes the pool, and on
-// the README's machine the single-threaded loops of the same small layer ran 15-20% slower while the pool was
-// active: at B = 1 and H = 8, 16, 24 (loops too small to split, GEMMs of 1-9 MFLOP) the training step with 2
-// threads took 0.71-0.99x the time of 1 thread at the previous minimum (9e3); at this one every kernel of those
-// layers runs on one thread under either budget (measured 0.86-1.02x: the host's noise). H = 32 keeps 2 threads for
-// its 16 MFLOP dW (1.02-1.07x).
+// the README's machine the single-threaded loops of the same small layer ran slower while the pool was active
+// (0-60% round by round, not explained): at B = 1, H = 8 and 16 (loops too small to split, GEMMs of 1-4 MFLOP)
+// the training step with 2 threads took 0.71-1.01x the time of 1 thread at the previous minimum (9e3; 9 of 10
+// alternating runs below 1.00x). At this one every kernel of a B = 1 layer up to H = 24 runs on one thread under
+// either budget (measured 0.86-1.02x: the host's noise). H = 32 keeps 2 threads for its 16 MFLOP dW: 1.02 and
+// 1.07x in two runs, 0.91-0.99x in four later ones, so it sits at the crossover.
 constexpr double kGemmMinFlopsPerThread = 5e6;
 
 // A request that every kernel call asking for the automatic choice (request 0) gets instead, process-wide:
@@ -85,9 +86,9 @@ int forced_threads();
 
 // 64-byte aligned scratch memory for one kernel call; throws std::bad_alloc. Freed blocks stay with the thread
 // that freed them (up to kScratchCacheBytes in all) for that thread's next calls: a kernel called again with the
-// same shapes touches no fresh page. (glibc hands a freed block of this size back to the system whenever the
-// heap's top trims, and then every call page-faults its scratch in again: measured 148 faults, 80 -> 340 us,
-// for a 2-thread weight-gradient GEMM of a B = 1, H = 16 layer.)
+// same shapes touches no fresh page. (Allocated and freed with each call, a 2-thread weight-gradient GEMM of a
+// B = 1, H = 16 layer page-faulted 148 times a call, 80 -> 340 us, in some heap states and never in others: by my
+// reading, glibc gave the blocks back to the system whenever its heap's top trimmed.)
 void* scratch_alloc(size_t bytes);
 void scratch_free(void* p);  // nullptr: nothing
 

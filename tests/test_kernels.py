@@ -394,10 +394,11 @@ def test_recurrent_kernels_forced_thread_counts(isa, dtype):
         assert_close(got[key], value, dtype, f"{isa} {key}")
 
 
-def test_force_threads_applies_to_every_automatic_choice_and_changes_no_result(isa):
-    """_C.force_threads(n) (the benchmark's thread-scaling diagnostic) makes every kernel that would choose its own
-    thread count use n: a layer too small to split (B = 1, H = 16: one thread under the automatic choice) trained
-    with 2 threads forced gives the same bits, and force_threads(0) hands the choice back."""
+def test_force_threads_changes_no_result_and_zero_hands_the_choice_back(isa):
+    """_C.force_threads(n) (the benchmark's thread-scaling diagnostic: every kernel that would choose its own
+    thread count uses n; its effect on time is that table's forced column): a layer too small to split (B = 1,
+    H = 16: one thread under the automatic choice) trained with 2 threads forced gives the same bits, a negative
+    count is clamped to 0, and 0 hands the choice back."""
     rng = np.random.default_rng(5)
     x, dy = rng.standard_normal((2, 40, 1, 16)).astype(np.float32)
     lstm = fastlstm.LSTM(16, 16, seed=3).train()
@@ -411,7 +412,6 @@ def test_force_threads_applies_to_every_automatic_choice_and_changes_no_result(i
     assert _C.forced_threads() == 0
     with using_threads(2):
         auto = step()
-        taken = _C.work_taken()
         try:
             _C.force_threads(2)
             assert _C.forced_threads() == 2
@@ -422,7 +422,6 @@ def test_force_threads_applies_to_every_automatic_choice_and_changes_no_result(i
             _C.force_threads(0)
     for got, want in zip(forced, auto):
         np.testing.assert_array_equal(got, want)
-    assert _C.work_taken() >= taken
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc/self/task")
@@ -447,9 +446,8 @@ def test_a_lower_thread_budget_keeps_the_pool():
 @pytest.mark.skipif(os.name != "posix", reason="counts page faults with resource.getrusage")
 def test_repeated_calls_reuse_their_scratch_memory():
     """A kernel called again with the same shapes takes its scratch memory from the calling thread's earlier calls:
-    the 2-thread weight-gradient GEMM of a B = 1, H = 16 layer page-faulted ~148 times a call when each call
-    allocated afresh (glibc returned the blocks to the system whenever its heap trimmed), which took it from 80
-    to 340 us. Counted, not timed."""
+    the 2-thread weight-gradient GEMM of a B = 1, H = 16 layer page-faulted up to 148 times a call when each call
+    allocated afresh (depending on the heap's state), which took it from 80 to 340 us. Counted, not timed."""
     import resource
 
     rng = np.random.default_rng(2)
